@@ -1,0 +1,25 @@
+"""sdekit: fast, correct solvers for stochastic and ordinary differential equations.
+
+Public API::
+
+    SDE, ODE             problems
+    BrownianPath         seeded, refinable Brownian paths
+    solve                integrate a problem, returns a Solution
+    Solution, Stats      results
+    list_schemes, get_scheme, Scheme
+    ops                  math functions that work on every backend
+    problems             exact test problems (OU, GBM, linear systems, ...)
+    convergence          strong/weak error studies and fitted orders
+"""
+
+from . import ops
+from .brownian import BrownianPath
+from .problem import ODE, SDE
+from .schemes import Scheme, get_scheme, list_schemes
+from .solution import Solution, Stats
+from .solve import solve
+
+__all__ = [
+    "SDE", "ODE", "BrownianPath", "solve", "Solution", "Stats", "Scheme", "get_scheme", "list_schemes", "ops",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,390 @@
+"""The CPU backend: the step functions compiled by Numba, paths on all cores.
+
+Compilation is split so that a new problem compiles in about a second:
+
+* the library kernels (every scheme's step loop, the Brownian tree, the
+  adaptive integrator) are compiled once per installation, with fixed
+  signatures, and cached on disk;
+* a problem compiles only two small *adapters*, which call the user's
+  function and broadcast its result to the canonical shape. They are passed
+  to the kernels as first-class functions of one signature
+  ``(t, x, flat_params) -> array``; the user's ``params`` tuple is flattened
+  into one float64 array and rebuilt inside the adapter, so changing
+  parameter values never recompiles anything.
+
+A kernel call advances one sub-batch of a few hundred paths by a block of
+steps; the user's functions are called on the whole sub-batch. Path ranges run
+on ``numba.get_num_threads()`` threads; randomness is counter-based, so results
+do not depend on the thread count or the split.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+from numba import njit, types
+from numba.core.errors import NumbaError
+from numba.extending import overload
+
+from .. import _bridge
+from ..schemes import _adaptive, _steps
+
+_F64_1 = types.float64[::1]
+_F64_2 = types.float64[:, ::1]
+_F64_3 = types.float64[:, :, ::1]
+_FLAT = types.float64[::1]
+# Adapter types: "flat" maps (n*dim,) states to (n*dim,) values; "2d" (n, dim) -> (n, dim);
+# "3d" (n, dim) -> (n, dim, m). Flat states keep Numba's loops long when dim is small.
+FN1 = types.FunctionType(_F64_1(types.float64, _F64_1, _FLAT))
+FN2 = types.FunctionType(_F64_2(types.float64, _F64_2, _FLAT))
+FN3 = types.FunctionType(_F64_3(types.float64, _F64_2, _FLAT))
+
+EULER, EULER_HEUN, MILSTEIN, MILSTEIN_GENERAL, SRA, SRI, ERK = range(7)
+SCHEME_ID = {
+    _steps.euler: EULER, _steps.euler_heun: EULER_HEUN, _steps.milstein: MILSTEIN,
+    _steps.milstein_general: MILSTEIN_GENERAL, _steps.sra: SRA, _steps.sri: SRI, _steps.erk: ERK,
+}
+
+_euler = njit(_steps.euler)
+_euler_heun = njit(_steps.euler_heun)
+_milstein = njit(_steps.milstein)
+_milstein_general = njit(_steps.milstein_general)
+_sra = njit(_steps.sra)
+_sri = njit(_steps.sri)
+_erk = njit(_steps.erk)
+
+
+# --------------------------------------------------------------------------- kernels
+@njit(inline="always")
+def _commit(x, xn, t_end, lo, failed, fail_t):
+    """Copy the new states into ``x``; a path that turns non-finite is frozen at NaN."""
+    nb, dim = x.shape
+    for a in range(nb):
+        bad = failed[a]
+        if not bad:
+            for c in range(dim):
+                x[a, c] = xn[a, c]
+                if not math.isfinite(xn[a, c]):
+                    bad = True
+            if bad:
+                failed[a] = True
+                fail_t[lo + a] = t_end
+        if bad:
+            for c in range(dim):
+                x[a, c] = np.nan
+
+
+@njit(inline="always")
+def _save(x, k, save_idx, si, out, lo):
+    if si < save_idx.shape[0] and save_idx[si] == k + 1:
+        for a in range(x.shape[0]):
+            for c in range(x.shape[1]):
+                out[si, lo + a, c] = x[a, c]
+        return si + 1
+    return si
+
+
+def _block_signature(fn_f, fn_g):
+    return types.int64(
+        types.int64, fn_f, fn_g, _FLAT, _F64_2, _F64_2, types.int64, types.int64, types.float64, types.float64,
+        _F64_3, _F64_3, types.int64[::1], types.int64, _F64_3, types.int64, types.boolean[::1], types.float64[::1],
+    )
+
+
+@njit(_block_signature(FN1, FN1), cache=True, nogil=True)
+def _block_diagonal(sid, f, g, p, tab, x, k0, k1, t0, h, dw, hh, save_idx, si, out, lo, failed, fail_t):
+    """Steps ``k0..k1-1`` of a sub-batch with diagonal-shaped noise (or an ODE); returns the next save slot.
+
+    The steps run on flat (n*dim,) views; scalar noise (m = 1) is expanded
+    to every component.
+    """
+    nb, dim = x.shape
+    m = dw.shape[2]
+    xf = x.reshape(-1)
+    dx = np.zeros(nb * dim)
+    hx = np.zeros(nb * dim)
+    for k in range(k0, k1):
+        t = t0 + k * h
+        if m == dim:
+            d, e = dw[k - k0].reshape(-1), hh[k - k0].reshape(-1)
+        else:
+            if m == 1:
+                for a in range(nb):
+                    for c in range(dim):
+                        dx[a * dim + c] = dw[k - k0, a, 0]
+                        hx[a * dim + c] = hh[k - k0, a, 0]
+            d, e = dx, hx
+        if sid == EULER:
+            xn = _euler(f, g, p, tab, t, xf, h, d, e)
+        elif sid == EULER_HEUN:
+            xn = _euler_heun(f, g, p, tab, t, xf, h, d, e)
+        elif sid == MILSTEIN:
+            xn = _milstein(f, g, p, tab, t, xf, h, d, e)
+        elif sid == SRA:
+            xn = _sra(f, g, p, tab, t, xf, h, d, e)
+        elif sid == SRI:
+            xn = _sri(f, g, p, tab, t, xf, h, d, e)
+        else:
+            xn = _erk(f, g, p, tab, t, xf, h, d, e)
+        _commit(x, xn.reshape((nb, dim)), t + h, lo, failed, fail_t)
+        si = _save(x, k, save_idx, si, out, lo)
+    return si
+
+
+@njit(_block_signature(FN2, FN3), cache=True, nogil=True)
+def _block_matrix(sid, f, g, p, tab, x, k0, k1, t0, h, dw, hh, save_idx, si, out, lo, failed, fail_t):
+    """Steps ``k0..k1-1`` of a sub-batch with (n, dim, m) diffusion; returns the next save slot."""
+    for k in range(k0, k1):
+        t = t0 + k * h
+        d, e = dw[k - k0], hh[k - k0]
+        if sid == EULER:
+            xn = _euler(f, g, p, tab, t, x, h, d, e)
+        elif sid == EULER_HEUN:
+            xn = _euler_heun(f, g, p, tab, t, x, h, d, e)
+        elif sid == MILSTEIN_GENERAL:
+            xn = _milstein_general(f, g, p, tab, t, x, h, d, e)
+        else:
+            xn = _sra(f, g, p, tab, t, x, h, d, e)
+        _commit(x, xn, t + h, lo, failed, fail_t)
+        si = _save(x, k, save_idx, si, out, lo)
+    return si
+
+
+_integrate_path = njit(_adaptive.integrate_path)
+
+
+@njit(
+    types.void(FN2, _FLAT, _F64_2, types.float64[::1], types.float64[::1], types.float64[::1], _F64_2,
+               types.float64, types.float64, _F64_2, types.int64, types.int64, types.float64, types.float64,
+               types.int64, types.float64[::1], _F64_3, types.float64[::1], types.int64[::1], types.int64[::1]),
+    cache=True, nogil=True,
+)
+def _adaptive_range(f, p, A, b, e, c, P, t0, t1, x0, lo, hi, rtol, atol, max_steps, save_t, out, fail_t,
+                    codes, totals):
+    counts = np.zeros(3, dtype=np.int64)
+    dim = x0.shape[1]
+    for i in range(lo, hi):
+        xi = np.empty((1, dim))
+        r = i if x0.shape[0] > 1 else 0
+        for k in range(dim):
+            xi[0, k] = x0[r, k]
+        res = np.full((save_t.shape[0], dim), np.nan)
+        code, t_end = _integrate_path(f, p, A, b, e, c, P, t0, t1, xi, rtol, atol, max_steps, save_t, res, counts)
+        for j in range(save_t.shape[0]):
+            for k in range(dim):
+                out[j, i, k] = res[j, k]
+        for k in range(3):
+            totals[k] += counts[k]
+        if code != 0:
+            fail_t[i] = t_end
+            codes[i] = code
+
+
+@njit(_F64_1(types.float64, _F64_1, _FLAT), cache=True)
+def _zero_diffusion(t, x, p):
+    return np.zeros(x.shape[0])
+
+
+# --------------------------------------------------------------------------- adapters
+def fill(out, r):
+    """``out[...] = r`` with broadcasting (Numba: plain loops, fast to compile)."""
+    out[...] = r
+
+
+@overload(fill, inline="always")
+def _ov_fill(out, r):
+    nd, rd = out.ndim, getattr(r, "ndim", 0)
+    if rd == 0:
+        def f0(out, r):
+            o = out.reshape(-1)
+            for i in range(o.shape[0]):
+                o[i] = r
+        return f0
+    if nd == 2:
+        def f2(out, r):
+            r2 = r.reshape((1, r.shape[0])) if r.ndim == 1 else r
+            ra, rc = r2.shape[0] > 1, r2.shape[1] > 1
+            for a in range(out.shape[0]):
+                for c in range(out.shape[1]):
+                    out[a, c] = r2[a if ra else 0, c if rc else 0]
+        return f2
+
+    def f3(out, r):
+        r3 = r.reshape((1, r.shape[0], r.shape[1])) if r.ndim == 2 else r
+        ra, rc, rj = r3.shape[0] > 1, r3.shape[1] > 1, r3.shape[2] > 1
+        for a in range(out.shape[0]):
+            for c in range(out.shape[1]):
+                for j in range(out.shape[2]):
+                    out[a, c, j] = r3[a if ra else 0, c if rc else 0, j if rj else 0]
+    return f3
+
+
+def flatten_params(params) -> tuple[np.ndarray, tuple]:
+    """``(flat float64 array, layout)``; the layout fixes the unpacker's code."""
+    parts, layout = [], []
+    for v in params:
+        if isinstance(v, numbers.Real) or np.ndim(v) == 0:
+            parts.append(np.array([float(v)]))
+            layout.append(())
+        else:
+            a = np.ascontiguousarray(v, dtype=np.float64)
+            parts.append(a.ravel())
+            layout.append(a.shape)
+    flat = np.concatenate(parts) if parts else np.zeros(0)
+    return np.ascontiguousarray(flat), tuple(layout)
+
+
+def _unpacker(layout):
+    """A jitted ``flat -> params tuple`` for one layout (scalars and arrays)."""
+    items, off = [], 0
+    for shape in layout:
+        if shape == ():
+            items.append(f"flat[{off}]")
+            off += 1
+        else:
+            n = int(np.prod(shape))
+            items.append(f"flat[{off}:{off + n}].reshape({tuple(int(s) for s in shape)!r})")
+            off += n
+    body = "(" + "".join(i + ", " for i in items) + ")"
+    ns: dict = {}
+    exec(f"def unpack(flat):\n    return {body}\n", ns)  # noqa: S102 - generated from shapes only
+    return njit(ns["unpack"])
+
+
+def adapter(problem, name: str, form: str, dim: int, m: int, layout):
+    """Compile ``problem.<name>`` into an adapter of type ``form`` ("flat", "2d", "3d"); cached on the problem."""
+    key = ("numba", name, form, dim, m, layout)
+    if key in problem._compiled:
+        return problem._compiled[key]
+    fn = getattr(problem, name)
+    user = fn if isinstance(fn, numba.core.dispatcher.Dispatcher) else njit(fn)
+    unpack = _unpacker(layout)
+    try:
+        if form == "3d":
+            @njit(_F64_3(types.float64, _F64_2, _FLAT))
+            def ad(t, x, flat):
+                out = np.empty((x.shape[0], dim, m))
+                fill(out, user(t, x, unpack(flat)))
+                return out
+        elif form == "2d":
+            @njit(_F64_2(types.float64, _F64_2, _FLAT))
+            def ad(t, x, flat):
+                out = np.empty((x.shape[0], dim))
+                fill(out, user(t, x, unpack(flat)))
+                return out
+        else:
+            @njit(_F64_1(types.float64, _F64_1, _FLAT))
+            def ad(t, x, flat):
+                n = x.shape[0] // dim
+                out = np.empty(x.shape[0])
+                fill(out.reshape((n, dim)), user(t, x.reshape((n, dim)), unpack(flat)))
+                return out
+    except NumbaError as exc:
+        first = next((ln for ln in str(exc).strip().splitlines() if ln.strip()), "")
+        raise ValueError(
+            f"`{name}` could not be compiled by Numba ({first.strip()}). Write it with NumPy operations and "
+            "sdekit.ops functions, or pass backend='numpy', which runs any Python function."
+        ) from exc
+    problem._compiled[key] = ad
+    return ad
+
+
+# --------------------------------------------------------------------------- drivers
+def _ranges(n_paths, nb_max, n_threads):
+    """Path ranges: whole sub-batches, a few per thread for load balance."""
+    n_batches = math.ceil(n_paths / nb_max)
+    per = max(1, math.ceil(n_batches / (4 * n_threads)))
+    return [(lo, min(n_paths, lo + per * nb_max)) for lo in range(0, n_paths, per * nb_max)]
+
+
+def _run_parallel(fn, ranges):
+    n_threads = numba.get_num_threads()
+    if n_threads == 1 or len(ranges) == 1:
+        for r in ranges:
+            fn(*r)
+        return
+    with ThreadPoolExecutor(max_workers=n_threads) as pool:
+        for fut in [pool.submit(fn, lo, hi) for lo, hi in ranges]:
+            fut.result()
+
+
+def sub_batch(dim: int, m: int) -> int:
+    """Paths per sub-batch: a few thousand numbers of state per call."""
+    return int(max(1, min(2048, 16384 // max(dim, m, 1))))
+
+
+def _block_steps(nb: int, m: int, n_steps: int) -> int:
+    """Steps per block: the block's increments stay within about 1 MiB."""
+    return int(max(1, min(n_steps, (1 << 17) // max(1, nb * m))))
+
+
+def prepare(plan):
+    """Compile (or fetch) the adapters of ``plan.problem``; errors name the function."""
+    flat, layout = flatten_params(plan.problem.params)
+    pr, dim, m = plan.problem, plan.dim, plan.m
+    if plan.scheme.adaptive:
+        return adapter(pr, "rhs", "2d", dim, 0, layout), None, flat
+    if not pr.is_sde:
+        return adapter(pr, "rhs", "flat", dim, 0, layout), _zero_diffusion, flat
+    if pr.matrix_noise:
+        return adapter(pr, "drift", "2d", dim, m, layout), adapter(pr, "diffusion", "3d", dim, m, layout), flat
+    return adapter(pr, "drift", "flat", dim, m, layout), adapter(pr, "diffusion", "flat", dim, m, layout), flat
+
+
+def run_fixed(plan):
+    f, g, flat = prepare(plan)
+    kernel = _block_matrix if plan.problem.is_sde and plan.problem.matrix_noise else _block_diagonal
+    sid = SCHEME_ID[plan.step]
+    tab, m, n, dim = plan.tab, plan.m, plan.n_steps, plan.dim
+    bm = plan.brownian
+    if bm is not None:
+        key, m0, L, h0, levy = bm._key, bm.base_steps, bm.level(n), bm.cell_length, bm.levy_area
+    else:
+        key, m0, L, h0, levy = np.uint64(0), 1, 0, 0.0, False
+    nb_max = sub_batch(dim, m)
+    save_idx = np.ascontiguousarray(plan.save_idx, dtype=np.int64)
+
+    def work(lo, hi):
+        for b in range(lo, hi, nb_max):
+            nb = min(nb_max, hi - b)
+            kb = _block_steps(nb, m, n)
+            x = np.array(np.broadcast_to(plan.x0[b : b + nb] if plan.x0.shape[0] > 1 else plan.x0, (nb, dim)))
+            dw = np.zeros((kb, nb, m))
+            hh = np.zeros((kb, nb, m))
+            state = _bridge.new_state(nb, m, L)
+            if m:
+                _bridge.start_paths(state, key, b, nb)
+            failed = np.zeros(nb, dtype=np.bool_)
+            si = 0
+            if save_idx.size and save_idx[0] == 0:
+                plan.out[0, b : b + nb] = x
+                si = 1
+            for k0 in range(0, n, kb):
+                k1 = min(n, k0 + kb)
+                if m:
+                    _bridge.fill(state, k0, k1, m0, L, h0, plan.reverse, levy, dw, hh)
+                si = kernel(sid, f, g, flat, tab, x, k0, k1, plan.t0, plan.h, dw, hh, save_idx, si, plan.out, b,
+                            failed, plan.failure_time)
+
+    _run_parallel(work, _ranges(plan.n_paths, nb_max, numba.get_num_threads()))
+
+
+def run_adaptive(plan):
+    f, _, flat = prepare(plan)
+    tab = plan.scheme.tableau
+    e = np.ascontiguousarray(tab.b - tab.b_err)
+    ranges = _ranges(plan.n_paths, 16, numba.get_num_threads())
+    totals = np.zeros((len(ranges), 3), dtype=np.int64)
+    slot = {r: i for i, r in enumerate(ranges)}
+
+    def work(lo, hi):
+        _adaptive_range(f, flat, tab.A, tab.b, e, tab.c, tab.dense, plan.t0, plan.t1, plan.x0, lo, hi, plan.rtol,
+                        plan.atol, plan.max_steps, plan.save_t, plan.out, plan.failure_time, plan.codes,
+                        totals[slot[(lo, hi)]])
+
+    _run_parallel(work, ranges)
+    return tuple(int(v) for v in totals.sum(axis=0))

@@ -1,0 +1,201 @@
+"""Seeded, refinable Brownian paths that can be queried on any interval."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _bridge
+from ._rng import seed_to_key
+
+__all__ = ["BrownianPath", "dyadic_level"]
+
+
+def dyadic_level(n_steps: int, base_steps: int) -> int | None:
+    """``L`` with ``n_steps == base_steps * 2**L``, or None if there is none."""
+    if n_steps < base_steps or n_steps % base_steps:
+        return None
+    q = n_steps // base_steps
+    if q & (q - 1):
+        return None
+    return q.bit_length() - 1
+
+
+def _odd_part(n: int) -> int:
+    while n % 2 == 0:
+        n //= 2
+    return n
+
+
+@dataclass(frozen=True)
+class BrownianPath:
+    """A virtual Brownian path, fixed by its seed, that any solver can read.
+
+    Nothing is stored: every value is a pure function of ``seed`` and of the
+    path, component and dyadic node it belongs to. Hence
+
+    * the same seed gives the same path whatever the number of threads and
+      however the paths are split into batches;
+    * the path on ``base_steps * 2**L`` steps is an exact sub-sample of the
+      path on ``base_steps * 2**(L+1)`` steps (dyadic Brownian bridge), so
+      error-versus-step studies compare every step count on one path;
+    * ``W(t)`` can be evaluated at any time, and with ``levy_area=True`` each
+      step also carries the space-time Levy area ``H`` (Var ``h/12``, independent
+      of the increment), from which ``I_(1,0) = h (dW/2 + H)``.
+
+    Parameters
+    ----------
+    seed : int
+        Any non-negative integer.
+    t_span : (float, float)
+        ``(t0, t1)`` with ``t0 < t1``; ``W(t0) = 0``. A solve that runs
+        backwards from ``t1`` to ``t0`` reads the same path in reverse.
+    n_paths : int
+        Number of independent paths.
+    noise_dim : int
+        Number of independent Brownian components per path.
+    base_steps : int
+        Number of base cells. Grids of ``base_steps * 2**L`` steps are exact;
+        ``solve`` picks the odd part of its ``n_steps`` when it makes a path.
+    levy_area : bool
+        Also generate the space-time Levy area. A path with Levy area is a
+        different sample from one without, for the same seed.
+
+    Notes
+    -----
+    Normals come from a counter-based hash (SplitMix64 finaliser) and an exact
+    ziggurat; the splitting law of ``(dW, H)`` is derived in ``_bridge``.
+    ``W(t)`` at a time that is not a dyadic point of the base grid (to 48
+    levels) is interpolated linearly inside a node of length
+    ``(t1 - t0) / base_steps / 2**48``.
+    """
+
+    seed: int
+    t_span: tuple[float, float] = (0.0, 1.0)
+    n_paths: int = 1
+    noise_dim: int = 1
+    base_steps: int = 1
+    levy_area: bool = False
+    _key: np.uint64 = field(init=False, repr=False, compare=False)
+
+    MAX_DEPTH = 48
+
+    def __post_init__(self):
+        if not isinstance(self.seed, numbers.Integral) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"`seed` must be a non-negative integer, got {self.seed!r}.")
+        try:
+            t0, t1 = (float(v) for v in self.t_span)
+        except (TypeError, ValueError):
+            raise ValueError(f"`t_span` must be a pair of numbers (t0, t1), got {self.t_span!r}.") from None
+        if not (math.isfinite(t0) and math.isfinite(t1)) or not t0 < t1:
+            raise ValueError(
+                f"`t_span` must satisfy t0 < t1 with finite values, got {self.t_span!r}; "
+                "a reverse-time solve reads a path on (min, max) backwards."
+            )
+        for name in ("n_paths", "noise_dim", "base_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {v!r}.")
+        object.__setattr__(self, "t_span", (t0, t1))
+        object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "n_paths", int(self.n_paths))
+        object.__setattr__(self, "noise_dim", int(self.noise_dim))
+        object.__setattr__(self, "base_steps", int(self.base_steps))
+        object.__setattr__(self, "levy_area", bool(self.levy_area))
+        object.__setattr__(self, "_key", seed_to_key(self.seed))
+
+    @classmethod
+    def for_steps(cls, seed, t_span, n_steps, **kw) -> BrownianPath:
+        """A path whose base grid fits ``n_steps`` and every ``n_steps * 2**k``."""
+        return cls(seed, t_span=t_span, base_steps=_odd_part(int(n_steps)), **kw)
+
+    @property
+    def cell_length(self) -> float:
+        t0, t1 = self.t_span
+        return (t1 - t0) / self.base_steps
+
+    def level(self, n_steps: int) -> int:
+        """Dyadic level of a grid of ``n_steps`` steps; ValueError if it does not fit."""
+        if not isinstance(n_steps, numbers.Integral) or n_steps < 1:
+            raise ValueError(f"`n_steps` must be a positive integer, got {n_steps!r}.")
+        lvl = dyadic_level(int(n_steps), self.base_steps)
+        if lvl is None:
+            raise ValueError(
+                f"n_steps={n_steps} is not a dyadic refinement of this BrownianPath "
+                f"(base_steps={self.base_steps}); use n_steps = {self.base_steps} * 2**k, "
+                f"or make the path with BrownianPath.for_steps(seed, t_span, {n_steps})."
+            )
+        if lvl > 40:
+            raise ValueError(f"n_steps={n_steps} needs {lvl} dyadic levels; at most 40 are supported.")
+        return lvl
+
+    def grid(self, n_steps: int) -> np.ndarray:
+        """The ``n_steps + 1`` grid times, from ``t0`` to ``t1``."""
+        self.level(n_steps)
+        t0, t1 = self.t_span
+        return t0 + (t1 - t0) * (np.arange(n_steps + 1) / n_steps)
+
+    def _paths(self, paths) -> tuple[int, int]:
+        if paths is None:
+            return 0, self.n_paths
+        if isinstance(paths, range | slice):
+            lo, hi, st = paths.start or 0, self.n_paths if paths.stop is None else paths.stop, paths.step or 1
+            if st != 1 or not 0 <= lo < hi <= self.n_paths:
+                raise ValueError(
+                    f"`paths` must be a contiguous range inside 0..{self.n_paths}, got {paths!r}."
+                )
+            return int(lo), int(hi)
+        raise ValueError(f"`paths` must be None, a range or a slice, got {type(paths).__name__}.")
+
+    def increments(self, n_steps: int, *, paths=None, reverse: bool = False):
+        """Increments on the grid of ``n_steps`` steps.
+
+        Returns ``dW`` of shape ``(n_steps, n, noise_dim)`` and, if the path has
+        Levy area, ``(dW, H)``. With ``reverse=True`` the steps run from ``t1``
+        to ``t0`` and ``dW[k] = W(t_{k+1}) - W(t_k)`` along that direction.
+        """
+        lvl = self.level(n_steps)
+        lo, hi = self._paths(paths)
+        nb, m = hi - lo, self.noise_dim
+        dw = np.empty((n_steps, nb, m))
+        hh = np.empty((n_steps, nb, m))
+        _bridge.increments(
+            self._key, lo, nb, m, self.base_steps, lvl, self.cell_length, bool(reverse), self.levy_area, dw, hh
+        )
+        return (dw, hh) if self.levy_area else dw
+
+    def on_grid(self, n_steps: int, *, paths=None) -> np.ndarray:
+        """W on the grid of ``n_steps`` steps: shape ``(n_steps + 1, n, noise_dim)``."""
+        dw = self.increments(n_steps, paths=paths)
+        if self.levy_area:
+            dw = dw[0]
+        out = np.zeros((n_steps + 1,) + dw.shape[1:])
+        np.cumsum(dw, axis=0, out=out[1:])
+        return out
+
+    def W(self, t, *, paths=None) -> np.ndarray:
+        """W at the times ``t`` (scalar or 1-D): shape ``(len(t), n, noise_dim)``.
+
+        A scalar ``t`` gives shape ``(n, noise_dim)``. Values on the dyadic grid
+        agree with :meth:`on_grid` up to round-off of the summation.
+        """
+        ts = np.asarray(t, dtype=float)
+        scalar = ts.ndim == 0
+        ts = np.atleast_1d(ts)
+        if ts.ndim != 1:
+            raise ValueError(f"`t` must be a scalar or 1-D, got shape {ts.shape}.")
+        t0, t1 = self.t_span
+        tol = 1e-12 * (t1 - t0)
+        if np.any(~np.isfinite(ts)) or np.any(ts < t0 - tol) or np.any(ts > t1 + tol):
+            raise ValueError(f"`t` must lie in the path's t_span {self.t_span}.")
+        s = np.clip((ts - t0) / self.cell_length, 0.0, float(self.base_steps))
+        lo, hi = self._paths(paths)
+        out = np.empty((len(s), hi - lo, self.noise_dim))
+        _bridge.values(
+            self._key, lo, hi - lo, self.noise_dim, self.base_steps, self.cell_length,
+            self.levy_area, self.MAX_DEPTH, s, out,
+        )
+        return out[0] if scalar else out

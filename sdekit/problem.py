@@ -1,0 +1,165 @@
+"""Problems: stochastic and ordinary differential equations."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["SDE", "ODE", "NOISE_TYPES", "CALCULI"]
+
+NOISE_TYPES = ("scalar", "diagonal", "additive", "general")
+CALCULI = ("ito", "stratonovich")
+
+
+def _check_callable(fn, name):
+    if not callable(fn):
+        raise ValueError(f"`{name}` must be a function f(t, x, params), got {type(fn).__name__}.")
+
+
+def _normalise_params(params) -> tuple:
+    """Params become a tuple of floats and float64 arrays (Numba-friendly)."""
+    if params is None:
+        return ()
+    if not isinstance(params, tuple | list):
+        raise ValueError(
+            f"`params` must be a tuple of numbers or arrays, got {type(params).__name__}; "
+            "for a single parameter write params=(value,)."
+        )
+    out = []
+    for i, p in enumerate(params):
+        if isinstance(p, bool):
+            out.append(float(p))
+        elif isinstance(p, numbers.Real):
+            out.append(float(p))
+        elif isinstance(p, np.ndarray | list | tuple):
+            a = np.ascontiguousarray(p, dtype=np.float64)
+            out.append(a)
+        elif type(p).__module__.startswith("torch"):
+            out.append(p)  # torch tensors are kept for the torch backend
+        else:
+            raise ValueError(f"`params[{i}]` must be a number or an array, got {type(p).__name__}.")
+    return tuple(out)
+
+
+class SDE:
+    """A stochastic differential equation dX = mu(t, X) dt + sigma(t, X) dW.
+
+    Parameters
+    ----------
+    drift, diffusion : callable
+        ``f(t, x, params)``. ``t`` is a float, ``x`` a batch of states of shape
+        ``(n, dim)`` and ``params`` the tuple given here. ``drift`` returns an
+        array broadcastable to ``(n, dim)``. ``diffusion`` returns, by noise type:
+
+        * ``"diagonal"``: broadcastable to ``(n, dim)``, component ``i`` driven by
+          ``W_i``; ``sigma_i`` may depend on ``x_i`` only (that is what makes the
+          noise commutative and the higher orders hold);
+        * ``"scalar"``: broadcastable to ``(n, dim)``, all components driven by one ``W``;
+        * ``"additive"``: independent of ``x``; broadcastable to ``(n, dim)``
+          (one ``W_i`` per component), or with ``noise_dim=m`` a ``(dim, m)`` matrix;
+        * ``"general"``: ``(n, dim, noise_dim)`` or ``(dim, noise_dim)``.
+    noise : {"scalar", "diagonal", "additive", "general"}
+    calculus : {"ito", "stratonovich"}
+        How ``sigma dW`` is read. For additive noise the two coincide.
+    noise_dim : int, optional
+        Number of Brownian components ``m``: required for ``"general"``,
+        optional for ``"additive"``.
+    commutative : bool
+        Only for ``"general"``: declare that the noise commutes
+        (``L^j sigma_k = L^k sigma_j``), which lets Milstein reach order 1.
+    params : tuple
+        Numbers and arrays passed to both functions.
+
+    Examples
+    --------
+    >>> ou = SDE(lambda t, x, p: p[0] * (p[1] - x), lambda t, x, p: p[2],
+    ...          noise="additive", params=(1.0, 0.5, 0.3))
+    """
+
+    is_sde = True
+
+    def __init__(
+        self,
+        drift: Callable,
+        diffusion: Callable,
+        *,
+        noise: str,
+        calculus: str = "ito",
+        noise_dim: int | None = None,
+        commutative: bool = False,
+        params: tuple = (),
+    ):
+        _check_callable(drift, "drift")
+        _check_callable(diffusion, "diffusion")
+        if noise not in NOISE_TYPES:
+            raise ValueError(f"`noise` must be one of {NOISE_TYPES}, got {noise!r}.")
+        if calculus not in CALCULI:
+            raise ValueError(f"`calculus` must be 'ito' or 'stratonovich', got {calculus!r}.")
+        if noise_dim is not None and (
+            not isinstance(noise_dim, numbers.Integral) or isinstance(noise_dim, bool) or noise_dim < 1
+        ):
+            raise ValueError(f"`noise_dim` must be a positive integer, got {noise_dim!r}.")
+        if noise == "general" and noise_dim is None:
+            raise ValueError("noise='general' needs `noise_dim`, the number of Brownian components m.")
+        if noise in ("scalar", "diagonal") and noise_dim is not None:
+            raise ValueError(
+                f"noise={noise!r} fixes the number of Brownian components; drop `noise_dim` "
+                "(or use noise='general' for a (dim, m) diffusion matrix)."
+            )
+        if commutative and noise != "general":
+            raise ValueError("`commutative` applies to noise='general' only; the other noise types commute.")
+        self.drift = drift
+        self.diffusion = diffusion
+        self.noise = noise
+        self.calculus = calculus
+        self._noise_dim = None if noise_dim is None else int(noise_dim)
+        self.commutative = bool(commutative) or noise != "general"
+        self.params = _normalise_params(params)
+        self._compiled: dict[Any, Any] = {}
+
+    @property
+    def matrix_noise(self) -> bool:
+        """True when the diffusion is a (dim, m) matrix applied to dW."""
+        return self.noise == "general" or (self.noise == "additive" and self._noise_dim is not None)
+
+    def noise_dim(self, dim: int) -> int:
+        """Number of Brownian components for a state of dimension ``dim``."""
+        if self.noise == "scalar":
+            return 1
+        if self._noise_dim is not None:
+            return self._noise_dim
+        return dim
+
+    def calculi(self) -> tuple[str, ...]:
+        """Calculi under which the problem may be solved (additive: both)."""
+        return CALCULI if self.noise == "additive" else (self.calculus,)
+
+    def __repr__(self):
+        nd = "" if self._noise_dim is None else f", noise_dim={self._noise_dim}"
+        return f"SDE(noise={self.noise!r}, calculus={self.calculus!r}{nd}, params={self.params!r})"
+
+
+class ODE:
+    """An ordinary differential equation dx/dt = rhs(t, x, params).
+
+    ``rhs`` is called on a batch ``x`` of shape ``(n, dim)`` and returns an
+    array broadcastable to it; ``params`` is a tuple of numbers and arrays.
+    """
+
+    is_sde = False
+    noise = None
+
+    def __init__(self, rhs: Callable, *, params: tuple = ()):
+        _check_callable(rhs, "rhs")
+        self.rhs = rhs
+        self.params = _normalise_params(params)
+        self._compiled: dict[Any, Any] = {}
+
+    @property
+    def drift(self):
+        return self.rhs
+
+    def __repr__(self):
+        return f"ODE(params={self.params!r})"

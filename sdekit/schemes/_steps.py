@@ -1,0 +1,264 @@
+"""One step of every scheme, written once against a tiny array interface.
+
+Each step has the signature ``step(f, g, p, tab, t, x, h, dw, hh)``:
+
+* ``f``, ``g``: drift and diffusion, called ``f(t, x, p)`` on a batch ``x``
+  (n, dim). The backend wraps the user's functions so that ``f`` returns
+  (n, dim) and ``g`` returns (n, dim) for diagonal, scalar and diagonal
+  additive noise, or (n, dim, m) for matrix noise; :func:`apply_noise`
+  forms ``sigma v`` accordingly;
+* ``tab``: a 2-D array of coefficients packed by ``schemes.pack_tableau``;
+* ``h``: the signed step (negative when integrating backwards in time);
+* ``dw``: the increment ``W(t+h) - W(t)`` along the direction of integration,
+  shape (n, m); ``hh``: the space-time Levy area of the step (zeros if unused).
+
+Only ``+ - * /``, indexing, ``abs``/``sqrt`` of floats and
+:func:`empty_stages` are used, so the same function runs on NumPy arrays,
+inside Numba (``njit`` of this very function) and on torch tensors.
+
+Reverse time. Integrating from ``t0`` down to ``t1 < t0`` is the forward
+integration, in ``s = t0 - t``, of ``dX = -mu ds + sigma dW~`` with
+``W~(s) = W(t0 - s) - W(t0)``. In that form the drift enters as ``mu * h``
+with the signed ``h``, every noise scaling uses ``|h|``, ``dw`` is the
+increment along the direction of integration and ``H`` is unchanged
+(the bridge is the same function of time whichever way it is read).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+from numba.extending import overload
+
+
+def empty_stages(s, x):
+    """Uninitialised storage for ``s`` stage values shaped like ``x``."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return x.new_empty((s,) + tuple(x.shape))
+    return np.empty((s,) + x.shape, dtype=x.dtype)
+
+
+@overload(empty_stages, inline="always")
+def _ov_empty_stages(s, x):
+    return lambda s, x: np.empty((s, x.shape[0], x.shape[1]), dtype=x.dtype)
+
+
+def put(F, i, v):
+    """``F[i] = v`` with broadcasting (a plain loop inside Numba, which compiles fast)."""
+    F[i] = v
+
+
+@overload(put, inline="always")
+def _ov_put(F, i, v):
+    nd = getattr(v, "ndim", 0)
+    if nd == 0:
+        def put0(F, i, v):
+            for a in range(F.shape[1]):
+                for c in range(F.shape[2]):
+                    F[i, a, c] = v
+        return put0
+    if nd == 1:
+        def put1(F, i, v):
+            w = v.shape[0] > 1
+            for a in range(F.shape[1]):
+                for c in range(F.shape[2]):
+                    F[i, a, c] = v[c if w else 0]
+        return put1
+
+    def put2(F, i, v):
+        r = v.shape[0] > 1
+        w = v.shape[1] > 1
+        for a in range(F.shape[1]):
+            for c in range(F.shape[2]):
+                F[i, a, c] = v[a if r else 0, c if w else 0]
+    return put2
+
+
+def basis(v, j):
+    """Row vector of ``v``'s width with 1 at position ``j`` and 0 elsewhere."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(v, torch.Tensor):
+        e = torch.zeros(v.shape[-1], dtype=v.dtype, device=v.device)
+    else:
+        e = np.zeros(v.shape[-1], dtype=v.dtype)
+    e[j] = 1.0
+    return e
+
+
+@overload(basis, inline="always")
+def _ov_basis(v, j):
+    def impl(v, j):
+        e = np.zeros(v.shape[-1])
+        e[j] = 1.0
+        return e
+    return impl
+
+
+def matvec(g, v):
+    """Batched ``g @ v``: g (n, d, m), v (n, m) -> (n, d)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(g, torch.Tensor):
+        return torch.einsum("...ij,...j->...i", g, v)
+    return np.einsum("...ij,...j->...i", g, v)
+
+
+@overload(matvec)
+def _ov_matvec(g, v):
+    def impl(g, v):
+        n, d, m = g.shape
+        out = np.zeros((n, d))
+        for a in range(n):
+            for i in range(d):
+                acc = 0.0
+                for j in range(m):
+                    acc += g[a, i, j] * v[a, j]
+                out[a, i] = acc
+        return out
+
+    return impl
+
+
+def apply_noise(g, v):
+    """``sigma v``: elementwise for (n, dim) ``g`` (v may have one column), matrix product for (n, dim, m)."""
+    if g.ndim == 3:
+        return matvec(g, v)
+    return g * v
+
+
+@overload(apply_noise, inline="always")
+def _ov_apply_noise(g, v):
+    if getattr(g, "ndim", 0) == 3:
+        return lambda g, v: matvec(g, v)
+    return lambda g, v: g * v
+
+
+def euler(f, g, p, tab, t, x, h, dw, hh):
+    """Euler–Maruyama (Itô); with ``g`` unused, explicit Euler for ODEs."""
+    return x + f(t, x, p) * h + apply_noise(g(t, x, p), dw)
+
+
+def euler_heun(f, g, p, tab, t, x, h, dw, hh):
+    """Euler–Heun (Stratonovich): trapezoidal rule in the noise."""
+    fh = f(t, x, p) * h
+    n0 = apply_noise(g(t, x, p), dw)
+    xb = x + fh + n0
+    return x + fh + 0.5 * (n0 + apply_noise(g(t + h, xb, p), dw))
+
+
+def milstein(f, g, p, tab, t, x, h, dw, hh):
+    """Derivative-free Milstein for diagonal and scalar noise.
+
+    ``L^1 sigma`` is replaced by ``(sigma(Y) - sigma(X)) / sqrt(h)`` at the
+    support value ``Y = X + mu h + sigma sqrt(h)`` (Kloeden & Platen 1992,
+    eq. 11.1.5). ``tab[0, 0]`` is 1 for Itô (``dW^2 - h``) and 0 for
+    Stratonovich (``dW^2``).
+    """
+    ito = tab[0, 0]
+    ah = abs(h)
+    sq = math.sqrt(ah)
+    gx = g(t, x, p)
+    xe = x + f(t, x, p) * h
+    gs = g(t, xe + gx * sq, p)
+    return xe + gx * dw + (gs - gx) * ((dw * dw - ito * ah) / (2.0 * sq))
+
+
+def milstein_general(f, g, p, tab, t, x, h, dw, hh):
+    """Derivative-free Milstein for commutative matrix noise (Kloeden & Platen 1992, eq. 11.1.7).
+
+    One support value ``Y_j = X + mu h + sigma_j sqrt(h)`` per Brownian
+    component; commutativity lets ``I_(j,k) + I_(k,j) = dW_j dW_k`` replace
+    the Lévy areas.
+    """
+    ito = tab[0, 0]
+    ah = abs(h)
+    sq = math.sqrt(ah)
+    gx = g(t, x, p)
+    xe = x + f(t, x, p) * h
+    out = xe + apply_noise(gx, dw)
+    for j in range(dw.shape[1]):
+        gj = g(t, xe + gx[..., j] * sq, p)
+        v = dw * dw[:, j : j + 1] - (ito * ah) * basis(dw, j)
+        out = out + apply_noise(gj - gx, v) * (0.5 / sq)
+    return out
+
+
+def sra(f, g, p, tab, t, x, h, dw, hh):
+    """Rößler SRA step for additive noise (tableau in ``tab``)."""
+    s = tab.shape[1]
+    c0, c1, alpha, beta1, beta2 = tab[0], tab[1], tab[2], tab[3], tab[4]
+    A0, B0 = tab[5 : 5 + s], tab[5 + s : 5 + 2 * s]
+    i10 = 0.5 * dw + hh  # I_(1,0)/h
+    F = [x] * s
+    NZ = [x] * s
+    out = x
+    for i in range(s):
+        gi = g(t + c1[i] * h, x, p)
+        NZ[i] = apply_noise(gi, i10)
+        if beta1[i] != 0.0 or beta2[i] != 0.0:
+            out = out + apply_noise(gi, beta1[i] * dw + beta2[i] * i10)
+    for i in range(s):
+        xi = x
+        for j in range(i):
+            if A0[i, j] != 0.0:
+                xi = xi + (A0[i, j] * h) * F[j]
+            if B0[i, j] != 0.0:
+                xi = xi + B0[i, j] * NZ[j]
+        F[i] = f(t + c0[i] * h, xi, p)
+        out = out + (alpha[i] * h) * F[i]
+    return out
+
+
+def sri(f, g, p, tab, t, x, h, dw, hh):
+    """Rößler SRI step for diagonal or scalar Itô noise (tableau in ``tab``)."""
+    s = tab.shape[1]
+    c0, c1, alpha, beta1, beta2, beta3, beta4, need_f, need_g = (
+        tab[0], tab[1], tab[2], tab[3], tab[4], tab[5], tab[6], tab[7], tab[8])
+    A0, A1, B0, B1 = tab[9 : 9 + s], tab[9 + s : 9 + 2 * s], tab[9 + 2 * s : 9 + 3 * s], tab[9 + 3 * s :]
+    ah = abs(h)
+    sq = math.sqrt(ah)
+    chi1 = (dw * dw - ah) * (0.5 / sq)  # I_(1,1)/sqrt(h)
+    chi2 = 0.5 * dw + hh  # I_(1,0)/h
+    chi3 = dw * (dw * dw - 3.0 * ah) * (1.0 / (6.0 * ah))  # I_(1,1,1)/h
+    F = [x] * s
+    G = [x] * s
+    out = x
+    for i in range(s):
+        h0 = x
+        h1 = x
+        for j in range(i):
+            if A0[i, j] != 0.0:
+                h0 = h0 + (A0[i, j] * h) * F[j]
+            if B0[i, j] != 0.0:
+                h0 = h0 + B0[i, j] * G[j] * chi2
+            if A1[i, j] != 0.0:
+                h1 = h1 + (A1[i, j] * h) * F[j]
+            if B1[i, j] != 0.0:
+                h1 = h1 + (B1[i, j] * sq) * G[j]
+        if need_f[i] != 0.0:
+            F[i] = f(t + c0[i] * h, h0, p)
+            if alpha[i] != 0.0:
+                out = out + (alpha[i] * h) * F[i]
+        if need_g[i] != 0.0:
+            G[i] = g(t + c1[i] * h, h1, p)
+            out = out + G[i] * (beta1[i] * dw + beta2[i] * chi1 + beta3[i] * chi2 + beta4[i] * chi3)
+    return out
+
+
+def erk(f, g, p, tab, t, x, h, dw, hh):
+    """Explicit Runge–Kutta step for ODEs from a Butcher tableau ``(A, b, c)``."""
+    s = tab.shape[1]
+    A, b, c = tab[:s], tab[s], tab[s + 1]
+    K = [x] * s
+    out = x
+    for i in range(s):
+        xi = x
+        for j in range(i):
+            if A[i, j] != 0.0:
+                xi = xi + (A[i, j] * h) * K[j]
+        K[i] = f(t + c[i] * h, xi, p)
+        if b[i] != 0.0:
+            out = out + (b[i] * h) * K[i]
+    return out

@@ -1,0 +1,92 @@
+"""The result of a solve: a plain record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Solution", "Stats"]
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Work counts, totalled over all paths.
+
+    A batched call of a function on ``k`` paths counts ``k`` evaluations, so
+    ``n_drift_evals / n_paths`` is the work per path.
+    """
+
+    n_steps: int
+    n_accepted: int
+    n_rejected: int
+    n_drift_evals: int
+    n_diffusion_evals: int
+    n_paths: int
+
+    def per_path(self) -> dict:
+        """Mean counts per path."""
+        n = max(self.n_paths, 1)
+        return {
+            "steps": self.n_steps / n, "accepted": self.n_accepted / n, "rejected": self.n_rejected / n,
+            "drift_evals": self.n_drift_evals / n, "diffusion_evals": self.n_diffusion_evals / n,
+        }
+
+
+@dataclass(frozen=True)
+class Solution:
+    """States of every path at the saved times.
+
+    Attributes
+    ----------
+    t : ndarray (T,)
+        Saved times, in the order of integration.
+    x : ndarray (T, n_paths, dim)
+        States. A path that failed holds NaN from its failure on; what it
+        reached before is kept.
+    stats : Stats
+    status : {"success", "failure"}
+        ``"failure"`` when at least one path failed.
+    message : str
+    brownian : BrownianPath or None
+        The path that drove the solve (None for ODEs).
+    failed : ndarray of bool (n_paths,)
+    failure_time : ndarray (n_paths,)
+        Time of the first non-finite state (or of the step-size failure of an
+        adaptive solve); NaN for paths that succeeded.
+    method, backend : str
+    """
+
+    t: np.ndarray
+    x: np.ndarray
+    stats: Stats
+    status: str
+    message: str
+    brownian: object = None
+    failed: np.ndarray = field(default=None)
+    failure_time: np.ndarray = field(default=None)
+    method: str = ""
+    backend: str = ""
+
+    @property
+    def success(self) -> bool:
+        return self.status == "success"
+
+    @property
+    def n_paths(self) -> int:
+        return self.x.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.x.shape[2]
+
+    @property
+    def final(self) -> np.ndarray:
+        """States at the last saved time, shape (n_paths, dim)."""
+        return self.x[-1]
+
+    def __repr__(self):
+        return (
+            f"Solution(method={self.method!r}, backend={self.backend!r}, status={self.status!r}, "
+            f"t: {self.t.shape}, x: {self.x.shape}, failed={int(self.failed.sum())})"
+        )

@@ -1,0 +1,368 @@
+"""``solve``: validate once, pick the backend, run, return a Solution."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import numbers
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .backends import BACKENDS
+from .brownian import BrownianPath
+from .problem import ODE, SDE
+from .schemes import Scheme, _adaptive, get_scheme, step_plan
+from .solution import Solution, Stats
+
+__all__ = ["solve"]
+
+_FAILURE_TEXT = {
+    _adaptive.MAX_STEPS: "max_steps reached",
+    _adaptive.STEP_UNDERFLOW: "step size underflow",
+    _adaptive.NONFINITE: "non-finite state",
+}
+
+
+@dataclass
+class _Plan:
+    problem: Any
+    scheme: Scheme
+    step: Any
+    tab: np.ndarray
+    x0: np.ndarray
+    dim: int
+    m: int
+    n_paths: int
+    t0: float
+    t1: float
+    h: float
+    n_steps: int
+    reverse: bool
+    brownian: BrownianPath | None
+    save_idx: np.ndarray
+    save_t: np.ndarray
+    out: np.ndarray
+    failure_time: np.ndarray
+    codes: np.ndarray
+    rtol: float
+    atol: float
+    max_steps: int
+
+
+def _positive_int(v, name):
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {v!r}.")
+    return int(v)
+
+
+def _positive_float(v, name):
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a positive number, got {v!r}.") from None
+    if not (math.isfinite(f) and f > 0):
+        raise ValueError(f"`{name}` must be a positive finite number, got {v!r}.")
+    return f
+
+
+def _t_span(t_span):
+    try:
+        t0, t1 = (float(v) for v in t_span)
+    except (TypeError, ValueError):
+        raise ValueError(f"`t_span` must be a pair (t0, t1), got {t_span!r}.") from None
+    if not (math.isfinite(t0) and math.isfinite(t1)):
+        raise ValueError(f"`t_span` must be finite, got {t_span!r}.")
+    if t0 == t1:
+        raise ValueError(f"`t_span` must have t0 != t1 (t1 < t0 integrates backwards), got {t_span!r}.")
+    return t0, t1
+
+
+def _x0(x0, n_paths):
+    try:
+        a = np.array(x0, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"`x0` must be a number or an array of numbers, got {type(x0).__name__}.") from None
+    if a.ndim == 0:
+        a = a.reshape(1, 1)
+    elif a.ndim == 1:
+        a = a.reshape(1, -1)
+    elif a.ndim != 2:
+        raise ValueError(f"`x0` must be a scalar, (dim,) or (n_paths, dim); got shape {a.shape}.")
+    if a.shape[1] == 0:
+        raise ValueError("`x0` must have at least one component.")
+    if a.shape[0] > 1:
+        if n_paths is None:
+            n_paths = a.shape[0]
+        elif a.shape[0] != n_paths:
+            raise ValueError(
+                f"`x0` has {a.shape[0]} rows but n_paths={n_paths}; pass one row per path, "
+                "or a 1-D x0 shared by all paths."
+            )
+    if not np.all(np.isfinite(a)):
+        raise ValueError("`x0` contains NaN or infinite values.")
+    return np.ascontiguousarray(a), (1 if n_paths is None else n_paths)
+
+
+def _probe(fn, name, t, x, params, target, extra=""):
+    """Call ``fn`` once on a small batch and check the shape it returns."""
+    try:
+        r = np.asarray(fn(t, x, params), dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001 - re-raised with context
+        raise ValueError(
+            f"`{name}(t, x, params)` raised {type(exc).__name__}: {exc} when called with t={t} and x of shape "
+            f"{x.shape} (a batch of states). Functions receive a batch x of shape (n, dim); "
+            "index components as x[:, i]."
+        ) from exc
+    try:
+        ok = np.broadcast_shapes(r.shape, target) == target
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"`{name}` returned shape {r.shape} for x of shape {x.shape}; it must broadcast to {target}{extra}."
+        )
+    return r
+
+
+def _check_problem_shapes(problem, x0, t0, dim, m):
+    xp = np.array(np.broadcast_to(x0[:2] if x0.shape[0] > 1 else x0, (2, dim)))
+    if not problem.is_sde:
+        _probe(problem.rhs, "rhs", t0, xp, problem.params, (2, dim))
+        return
+    _probe(problem.drift, "drift", t0, xp, problem.params, (2, dim))
+    if problem.matrix_noise:
+        target, extra = (2, dim, m), f" (noise={problem.noise!r} with noise_dim={m}: a (dim, m) matrix per path)"
+    else:
+        target, extra = (2, dim), f" (noise={problem.noise!r})"
+    g0 = _probe(problem.diffusion, "diffusion", t0, xp, problem.params, target, extra)
+    if problem.noise == "additive":
+        g1 = _probe(problem.diffusion, "diffusion", t0, xp + 1.0, problem.params, target, extra)
+        if not np.allclose(np.broadcast_to(g0, target), np.broadcast_to(g1, target), rtol=1e-12, atol=0.0):
+            raise ValueError(
+                "noise='additive' but `diffusion` depends on x; declare noise='diagonal', 'scalar' or 'general'."
+            )
+
+
+def _memory_limit() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def _save_points(save_at, t0, t1, grid_h, n_steps):
+    """Saved times and (for fixed steps) their grid indices."""
+    direction = 1.0 if t1 > t0 else -1.0
+    if save_at is None:
+        if grid_h is None:
+            return np.array([t0, t1]), None
+        idx = np.arange(n_steps + 1)
+        return t0 + (t1 - t0) * (idx / n_steps), idx
+    try:
+        s = np.atleast_1d(np.array(save_at, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise ValueError("`save_at` must be a 1-D sequence of times.") from None
+    if s.ndim != 1 or s.size == 0:
+        raise ValueError(f"`save_at` must be a non-empty 1-D sequence of times, got shape {s.shape}.")
+    span = abs(t1 - t0)
+    tol = 1e-10 * span
+    lo, hi = min(t0, t1), max(t0, t1)
+    if not np.all(np.isfinite(s)) or np.any(s < lo - tol) or np.any(s > hi + tol):
+        raise ValueError(f"`save_at` times must lie in t_span ({t0}, {t1}).")
+    if np.any(np.diff(s) * direction <= 0):
+        order = "increasing" if direction > 0 else "decreasing (t_span runs backwards)"
+        raise ValueError(f"`save_at` must be strictly {order}.")
+    s = np.clip(s, lo, hi)
+    if grid_h is None:
+        return s, None
+    k = np.rint((s - t0) / grid_h).astype(np.int64)
+    off = np.abs(t0 + k * grid_h - s)
+    if np.any(off > tol):
+        bad = s[np.argmax(off)]
+        raise ValueError(
+            f"save_at time {bad} is not on the step grid (t0={t0}, dt={abs(grid_h)}); fixed-step methods "
+            "save only at grid times. Choose n_steps so that every save_at time is a multiple of dt."
+        )
+    return t0 + (t1 - t0) * (k / n_steps), k
+
+
+def solve(
+    problem,
+    x0,
+    t_span,
+    *,
+    method: str,
+    n_steps: int | None = None,
+    dt: float | None = None,
+    n_paths: int | None = None,
+    seed: int | None = None,
+    brownian: BrownianPath | None = None,
+    save_at=None,
+    backend: str = "numba",
+    rtol: float | None = None,
+    atol: float | None = None,
+    max_steps: int = 100_000,
+) -> Solution:
+    """Solve an SDE or ODE for many paths.
+
+    Parameters
+    ----------
+    problem : SDE or ODE
+    x0 : float, (dim,) or (n_paths, dim)
+        Initial state, shared by all paths or one row per path.
+    t_span : (t0, t1)
+        ``t1 < t0`` integrates backwards in time (reverse-time SDEs run from
+        ``T`` down to ``eps``); the Brownian increments then run along that
+        direction.
+    method : str
+        A scheme from :func:`sdekit.list_schemes`: SDE ``"euler"``,
+        ``"euler_heun"``, ``"milstein"``, ``"sra1"``, ``"sriw1"``; ODE ``"euler"``,
+        ``"heun"``, ``"midpoint"``, ``"rk4"``, ``"dopri5"`` (adaptive).
+    n_steps, dt : int, float
+        Fixed-step methods take exactly one; ``dt`` must divide the span.
+    n_paths : int, optional
+        Number of paths; defaults to the rows of ``x0``, the paths of
+        ``brownian``, or 1.
+    seed : int, optional
+        Seed of the Brownian path made for this solve (random if omitted;
+        the path used is returned in ``Solution.brownian``).
+    brownian : BrownianPath, optional
+        Drive the solve with this path (instead of ``seed``): its ``t_span``
+        must be the solve's span and ``n_steps`` a dyadic refinement of its base grid.
+    save_at : sequence of float, optional
+        Times to store. Fixed-step default: every step; adaptive default:
+        ``t0`` and ``t1``. Only these states are kept in memory.
+    backend : {"numba", "numpy"}
+    rtol, atol : float, optional
+        Tolerances of adaptive methods (defaults 1e-6 and 1e-9).
+    max_steps : int
+        Step budget per path of adaptive methods.
+
+    Returns
+    -------
+    Solution
+        ``x`` has shape ``(len(t), n_paths, dim)``. Paths whose state became
+        non-finite are reported in ``failed`` / ``failure_time`` and hold NaN
+        from then on; the other paths are unaffected.
+    """
+    if not isinstance(problem, SDE | ODE):
+        raise ValueError(f"`problem` must be an sdekit.SDE or sdekit.ODE, got {type(problem).__name__}.")
+    scheme = get_scheme(method, problem)
+    if backend not in BACKENDS:
+        hint = " (the torch backend is not available yet)" if backend == "torch" else ""
+        raise ValueError(f"unknown backend {backend!r}{hint}; choose one of {list(BACKENDS)}.")
+    t0, t1 = _t_span(t_span)
+    span = abs(t1 - t0)
+    if n_paths is not None:
+        n_paths = _positive_int(n_paths, "n_paths")
+    if brownian is not None and not isinstance(brownian, BrownianPath):
+        raise ValueError(f"`brownian` must be an sdekit.BrownianPath, got {type(brownian).__name__}.")
+    if brownian is not None and n_paths is None:
+        n_paths = brownian.n_paths
+    x0a, n_paths = _x0(x0, n_paths)
+    dim = x0a.shape[1]
+    m = problem.noise_dim(dim) if problem.is_sde else 0
+
+    if scheme.adaptive:
+        if n_steps is not None or dt is not None:
+            raise ValueError(f"{scheme.name} chooses its own steps; drop `n_steps`/`dt` and set `rtol`/`atol`.")
+        rtol = 1e-6 if rtol is None else _positive_float(rtol, "rtol")
+        atol = 1e-9 if atol is None else _positive_float(atol, "atol")
+        max_steps = _positive_int(max_steps, "max_steps")
+        h = None
+    else:
+        if rtol is not None or atol is not None:
+            raise ValueError(f"`rtol`/`atol` apply to adaptive methods ('dopri5'); {scheme.name} uses fixed steps.")
+        if (n_steps is None) == (dt is None):
+            raise ValueError(f"{scheme.name} uses fixed steps: give exactly one of `n_steps` or `dt`.")
+        if dt is not None:
+            dt = _positive_float(dt, "dt")
+            n_steps = int(round(span / dt))
+            if n_steps < 1 or abs(n_steps * dt - span) > 1e-9 * span:
+                raise ValueError(
+                    f"dt={dt} does not divide the span {span}; choose dt = span / n for an integer n, or pass n_steps."
+                )
+        n_steps = _positive_int(n_steps, "n_steps")
+        h = (t1 - t0) / n_steps
+
+    if problem.is_sde:
+        if brownian is not None:
+            if seed is not None:
+                raise ValueError("give either `seed` or `brownian`, not both (the path carries its own seed).")
+            lo, hi = min(t0, t1), max(t0, t1)
+            if not (math.isclose(brownian.t_span[0], lo, abs_tol=1e-12 * span)
+                    and math.isclose(brownian.t_span[1], hi, abs_tol=1e-12 * span)):
+                raise ValueError(
+                    f"`brownian` covers {brownian.t_span} but the solve spans ({lo}, {hi}); "
+                    "make the path on the solve's interval."
+                )
+            if brownian.n_paths != n_paths:
+                raise ValueError(f"`brownian` has {brownian.n_paths} paths but n_paths={n_paths}.")
+            if brownian.noise_dim != m:
+                raise ValueError(
+                    f"`brownian` has noise_dim={brownian.noise_dim} but this problem needs {m} Brownian components."
+                )
+            if scheme.levy_area and not brownian.levy_area:
+                raise ValueError(f"{scheme.name} needs the Lévy area: make the path with levy_area=True.")
+            brownian.level(n_steps)
+        else:
+            if seed is None:
+                seed = int(np.random.SeedSequence().entropy)
+            elif not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
+                raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}.")
+            brownian = BrownianPath.for_steps(
+                seed, (min(t0, t1), max(t0, t1)), n_steps, n_paths=n_paths, noise_dim=m, levy_area=scheme.levy_area
+            )
+    elif brownian is not None or seed is not None:
+        raise ValueError("an ODE draws no noise: drop `seed`/`brownian`.")
+
+    _check_problem_shapes(problem, x0a, t0, dim, m)
+    save_t, save_idx = _save_points(save_at, t0, t1, h, n_steps)
+    need = save_t.size * n_paths * dim * 8
+    if need > _memory_limit():
+        raise ValueError(
+            f"storing {save_t.size} time points for {n_paths} paths of dim {dim} needs {need / 2**30:.1f} GiB; "
+            "pass save_at with fewer times (e.g. save_at=[t1])."
+        )
+    step, tab, n_f, n_g = step_plan(scheme, problem, dim)
+    out = np.full((save_t.size, n_paths, dim), np.nan) if scheme.adaptive else np.empty((save_t.size, n_paths, dim))
+    plan = _Plan(
+        problem=problem, scheme=scheme, step=step, tab=tab, x0=x0a, dim=dim, m=m, n_paths=n_paths,
+        t0=t0, t1=t1, h=h, n_steps=n_steps, reverse=t1 < t0, brownian=brownian if problem.is_sde else None,
+        save_idx=save_idx, save_t=save_t, out=out, failure_time=np.full(n_paths, np.nan),
+        codes=np.zeros(n_paths, dtype=np.int64), rtol=rtol, atol=atol, max_steps=max_steps,
+    )
+    mod = importlib.import_module(f".backends.{backend}_backend", __package__)
+    if scheme.adaptive:
+        acc, rej, nfev = mod.run_adaptive(plan)
+        stats = Stats(acc + rej, acc, rej, nfev, 0, n_paths)
+    else:
+        mod.run_fixed(plan)
+        total = n_steps * n_paths
+        stats = Stats(total, total, 0, n_f * total, n_g * total if m else 0, n_paths)
+    return _solution(plan, stats, backend)
+
+
+def _solution(plan, stats, backend):
+    failed = ~np.isnan(plan.failure_time)
+    n_failed = int(failed.sum())
+    if n_failed:
+        first = plan.failure_time[failed]
+        when = first.min() if plan.t1 > plan.t0 else first.max()
+        codes = {int(c) for c in plan.codes[failed] if c}
+        why = ", ".join(_FAILURE_TEXT[c] for c in sorted(codes)) if codes else "non-finite state"
+        status = "failure"
+        message = (
+            f"{n_failed} of {plan.n_paths} paths failed ({why}; first at t={when:.6g}); see Solution.failed "
+            "and Solution.failure_time. The other paths are complete."
+        )
+    else:
+        status = "success"
+        message = f"{plan.n_paths} paths integrated with {plan.scheme.name} ({stats.n_accepted // plan.n_paths} steps per path on average)."
+    return Solution(
+        t=plan.save_t, x=plan.out, stats=stats, status=status, message=message, brownian=plan.brownian,
+        failed=failed, failure_time=plan.failure_time, method=plan.scheme.name, backend=backend,
+    )
