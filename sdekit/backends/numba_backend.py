@@ -204,23 +204,36 @@ def _ov_fill(out, r):
             for i in range(o.shape[0]):
                 o[i] = r
         return f0
-    if nd == 2:
-        def f2(out, r):
-            r2 = r.reshape((1, r.shape[0])) if r.ndim == 1 else r
-            ra, rc = r2.shape[0] > 1, r2.shape[1] > 1
+    if nd == 2 and rd == 1:
+        def f21(out, r):
+            w = r.shape[0] > 1
             for a in range(out.shape[0]):
                 for c in range(out.shape[1]):
-                    out[a, c] = r2[a if ra else 0, c if rc else 0]
-        return f2
+                    out[a, c] = r[c if w else 0]
+        return f21
+    if nd == 2:
+        def f22(out, r):
+            ra, rc = r.shape[0] > 1, r.shape[1] > 1
+            for a in range(out.shape[0]):
+                for c in range(out.shape[1]):
+                    out[a, c] = r[a if ra else 0, c if rc else 0]
+        return f22
+    if rd == 2:
+        def f32(out, r):
+            rc, rj = r.shape[0] > 1, r.shape[1] > 1
+            for a in range(out.shape[0]):
+                for c in range(out.shape[1]):
+                    for j in range(out.shape[2]):
+                        out[a, c, j] = r[c if rc else 0, j if rj else 0]
+        return f32
 
-    def f3(out, r):
-        r3 = r.reshape((1, r.shape[0], r.shape[1])) if r.ndim == 2 else r
-        ra, rc, rj = r3.shape[0] > 1, r3.shape[1] > 1, r3.shape[2] > 1
+    def f33(out, r):
+        ra, rc, rj = r.shape[0] > 1, r.shape[1] > 1, r.shape[2] > 1
         for a in range(out.shape[0]):
             for c in range(out.shape[1]):
                 for j in range(out.shape[2]):
-                    out[a, c, j] = r3[a if ra else 0, c if rc else 0, j if rj else 0]
-    return f3
+                    out[a, c, j] = r[a if ra else 0, c if rc else 0, j if rj else 0]
+    return f33
 
 
 def flatten_params(params) -> tuple[np.ndarray, tuple]:
@@ -284,9 +297,10 @@ def adapter(problem, name: str, form: str, dim: int, m: int, layout):
                 fill(out.reshape((n, dim)), user(t, x.reshape((n, dim)), unpack(flat)))
                 return out
     except NumbaError as exc:
-        first = next((ln for ln in str(exc).strip().splitlines() if ln.strip()), "")
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        first = next((ln for ln in lines if not ln.startswith(("Failed in", "During", "File"))), lines[0] if lines else "")
         raise ValueError(
-            f"`{name}` could not be compiled by Numba ({first.strip()}). Write it with NumPy operations and "
+            f"`{name}` could not be compiled by Numba: {first} Write it with NumPy operations and "
             "sdekit.ops functions, or pass backend='numpy', which runs any Python function."
         ) from exc
     problem._compiled[key] = ad
@@ -352,7 +366,7 @@ def run_fixed(plan):
         for b in range(lo, hi, nb_max):
             nb = min(nb_max, hi - b)
             kb = _block_steps(nb, m, n)
-            x = np.array(np.broadcast_to(plan.x0[b : b + nb] if plan.x0.shape[0] > 1 else plan.x0, (nb, dim)))
+            x = np.array(np.broadcast_to(plan.x0[b : b + nb] if plan.x0.shape[0] > 1 else plan.x0, (nb, dim)), order="C")
             dw = np.zeros((kb, nb, m))
             hh = np.zeros((kb, nb, m))
             state = _bridge.new_state(nb, m, L)

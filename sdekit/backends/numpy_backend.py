@@ -45,7 +45,7 @@ def run_fixed(plan):
     save = list(plan.save_idx)
     for lo, hi in _batches(plan.n_paths, n, m):
         nb = hi - lo
-        x = np.array(np.broadcast_to(x0[lo:hi] if x0.shape[0] > 1 else x0, (nb, dim)))
+        x = np.array(np.broadcast_to(x0[lo:hi] if x0.shape[0] > 1 else x0, (nb, dim)), order="C")
         if m:
             inc = plan.brownian.increments(n, paths=range(lo, hi), reverse=plan.reverse)
             dws, hhs = inc if plan.brownian.levy_area else (inc, np.zeros_like(inc))

@@ -152,23 +152,23 @@ def milstein(f, g, p, tab, t, x, h, dw, hh):
     """Derivative-free Milstein for diagonal and scalar noise.
 
     ``L^1 sigma`` is replaced by ``(sigma(Y) - sigma(X)) / sqrt(h)`` at the
-    support value ``Y = X + mu h + sigma sqrt(h)`` (Kloeden & Platen 1992,
-    eq. 11.1.5). ``tab[0, 0]`` is 1 for Itô (``dW^2 - h``) and 0 for
+    support value ``Y = X + sigma sqrt(h)`` (Kloeden & Platen 1992, eq. 11.1.5,
+    without the drift term in ``Y``: with it, the Stratonovich form would carry
+    a bias ``sigma' mu sqrt(h) dW^2 / 2`` of non-zero mean and drop to order 1/2). ``tab[0, 0]`` is 1 for Itô (``dW^2 - h``) and 0 for
     Stratonovich (``dW^2``).
     """
     ito = tab[0, 0]
     ah = abs(h)
     sq = math.sqrt(ah)
     gx = g(t, x, p)
-    xe = x + f(t, x, p) * h
-    gs = g(t, xe + gx * sq, p)
-    return xe + gx * dw + (gs - gx) * ((dw * dw - ito * ah) / (2.0 * sq))
+    gs = g(t, x + gx * sq, p)
+    return x + f(t, x, p) * h + gx * dw + (gs - gx) * ((dw * dw - ito * ah) / (2.0 * sq))
 
 
 def milstein_general(f, g, p, tab, t, x, h, dw, hh):
     """Derivative-free Milstein for commutative matrix noise (Kloeden & Platen 1992, eq. 11.1.7).
 
-    One support value ``Y_j = X + mu h + sigma_j sqrt(h)`` per Brownian
+    One support value ``Y_j = X + sigma_j sqrt(h)`` per Brownian
     component; commutativity lets ``I_(j,k) + I_(k,j) = dW_j dW_k`` replace
     the Lévy areas.
     """
@@ -179,7 +179,7 @@ def milstein_general(f, g, p, tab, t, x, h, dw, hh):
     xe = x + f(t, x, p) * h
     out = xe + apply_noise(gx, dw)
     for j in range(dw.shape[1]):
-        gj = g(t, xe + gx[..., j] * sq, p)
+        gj = g(t, x + gx[..., j] * sq, p)
         v = dw * dw[:, j : j + 1] - (ito * ah) * basis(dw, j)
         out = out + apply_noise(gj - gx, v) * (0.5 / sq)
     return out
