@@ -12,7 +12,7 @@ Public API::
     convergence          strong/weak error studies and fitted orders
 """
 
-from . import ops
+from . import convergence, ops, problems
 from .brownian import BrownianPath
 from .problem import ODE, SDE
 from .schemes import Scheme, get_scheme, list_schemes
@@ -21,5 +21,6 @@ from .solve import solve
 
 __all__ = [
     "SDE", "ODE", "BrownianPath", "solve", "Solution", "Stats", "Scheme", "get_scheme", "list_schemes", "ops",
+    "problems", "convergence",
 ]
 __version__ = "0.1.0"

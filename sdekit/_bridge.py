@@ -182,7 +182,9 @@ def values(seed_key, path_lo, nb, m, m0, h0, levy, max_depth, s, out):
             for i in range(n):
                 flat[ti, i] = starts[m0, i]
             continue
-        j = min(int(math.floor(sv)), m0 - 1)
+        # Times within a few ulps of a node are that node (grid times are computed in floating point).
+        tol = 8.0 * 2.220446049250313e-16 * max(1.0, sv)
+        j = min(int(math.floor(sv + tol)), m0 - 1)
         _draw_root(state, j, h0, levy)
         for i in range(n):
             acc = starts[j, i]
@@ -194,9 +196,9 @@ def values(seed_key, path_lo, nb, m, m0, h0, levy, max_depth, s, out):
             hcur = ch[0, i]
             ck = cell[i]
             while True:
-                if sv == lo:
+                if abs(sv - lo) <= tol:
                     break
-                if sv == lo + width:
+                if abs(sv - (lo + width)) <= tol:
                     acc += wcur
                     break
                 if lvl == max_depth:

@@ -78,7 +78,7 @@ ZIG_K, ZIG_W, ZIG_F, ZIG_R, ZIG_TAIL = _ziggurat_tables()
 @njit(inline="always", cache=True)
 def _uniform_open(bits):
     """A double in (0, 1) from the top 53 bits."""
-    return (float((bits >> _S11)) + 0.5) * _TWO53_INV
+    return (float(bits >> _S11) + 0.5) * _TWO53_INV
 
 
 @njit(cache=True)

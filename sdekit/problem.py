@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -117,7 +117,6 @@ class SDE:
         self._noise_dim = None if noise_dim is None else int(noise_dim)
         self.commutative = bool(commutative) or noise != "general"
         self.params = _normalise_params(params)
-        self._compiled: dict[Any, Any] = {}
 
     @property
     def matrix_noise(self) -> bool:
@@ -155,7 +154,6 @@ class ODE:
         _check_callable(rhs, "rhs")
         self.rhs = rhs
         self.params = _normalise_params(params)
-        self._compiled: dict[Any, Any] = {}
 
     @property
     def drift(self):

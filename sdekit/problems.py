@@ -7,8 +7,8 @@ the *same* path. Formulas: ../shared/REFERENCE.md §2 and Rößler (2010), §7.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from scipy.linalg import expm
@@ -54,11 +54,14 @@ def ornstein_uhlenbeck(theta=1.0, mu=0.5, sigma=0.3, x0=2.0, T=1.0, ref_level=16
     def exact(bm: BrownianPath, x0_, t_span):
         t0, t1 = t_span
         n = bm.base_steps * 2**ref_level
-        dw, hh = bm.increments(n)
         h = (t1 - t0) / n
-        t_left = t0 + h * np.arange(n)
-        w = np.exp(-theta * (t1 - t_left))[:, None, None]
-        integral = np.sum(w * (dw + theta * h * (0.5 * dw - hh)), axis=0)
+        w = np.exp(-theta * (t1 - (t0 + h * np.arange(n))))[:, None, None]
+        integral = np.empty((bm.n_paths, bm.noise_dim))
+        chunk = max(1, (1 << 22) // n)  # bounded memory: about 64 MB of increments at a time
+        for lo in range(0, bm.n_paths, chunk):
+            hi = min(bm.n_paths, lo + chunk)
+            dw, hh = bm.increments(n, paths=range(lo, hi))
+            integral[lo:hi] = np.sum(w * (dw + theta * h * (0.5 * dw - hh)), axis=0)
         return mu + (np.asarray(x0_) - mu) * np.exp(-theta * (t1 - t0)) + sigma * integral
 
     def mean(t, x0_):

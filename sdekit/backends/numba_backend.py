@@ -22,16 +22,21 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 from numba import njit, types
-from numba.core.errors import NumbaError
+from numba.core.errors import NumbaError, NumbaIRAssumptionWarning
 from numba.extending import overload
 
 from .. import _bridge
 from ..schemes import _adaptive, _steps
+
+# Numba's internal IR checks warn about our overloads' inlined code; the warnings are not actionable.
+warnings.filterwarnings("ignore", category=NumbaIRAssumptionWarning)
 
 _F64_1 = types.float64[::1]
 _F64_2 = types.float64[:, ::1]
@@ -268,12 +273,20 @@ def _unpacker(layout):
     return njit(ns["unpack"])
 
 
+_ADAPTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def adapter(problem, name: str, form: str, dim: int, m: int, layout):
-    """Compile ``problem.<name>`` into an adapter of type ``form`` ("flat", "2d", "3d"); cached on the problem."""
-    key = ("numba", name, form, dim, m, layout)
-    if key in problem._compiled:
-        return problem._compiled[key]
+    """Compile ``problem.<name>`` into an adapter of type ``form`` ("flat", "2d", "3d").
+
+    Cached per user function (a new problem built from the same functions
+    reuses it) and per shape/params layout; param values are read at run time.
+    """
     fn = getattr(problem, name)
+    key = (form, dim, m, layout)
+    cache = _ADAPTERS.setdefault(fn, {})
+    if key in cache:
+        return cache[key]
     user = fn if isinstance(fn, numba.core.dispatcher.Dispatcher) else njit(fn)
     unpack = _unpacker(layout)
     try:
@@ -303,7 +316,7 @@ def adapter(problem, name: str, form: str, dim: int, m: int, layout):
             f"`{name}` could not be compiled by Numba: {first} Write it with NumPy operations and "
             "sdekit.ops functions, or pass backend='numpy', which runs any Python function."
         ) from exc
-    problem._compiled[key] = ad
+    cache[key] = ad
     return ad
 
 

@@ -8,8 +8,8 @@ matrix noise and ``"commutative"`` for general noise declared commutative.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .. import tableaus as tb
 from . import _steps

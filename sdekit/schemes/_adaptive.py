@@ -75,6 +75,7 @@ def integrate_path(f, p, A, b, e, c, P, t0, t1, x0, rtol, atol, max_steps, save_
         h1 = (0.01 / max(d1, d2)) ** 0.2
     habs = min(100.0 * h0, h1, span)
     err_prev = 1e-4
+    nonfinite = False
     accepted = 0
     rejected = 0
     code = OK
@@ -89,7 +90,7 @@ def integrate_path(f, p, A, b, e, c, P, t0, t1, x0, rtol, atol, max_steps, save_
         if last:
             habs = remaining
         if habs <= 10.0 * np.finfo(np.float64).eps * max(abs(t), span):
-            code = STEP_UNDERFLOW
+            code = NONFINITE if nonfinite else STEP_UNDERFLOW
             break
         h = direction * habs
         for i in range(1, s):
@@ -111,7 +112,9 @@ def integrate_path(f, p, A, b, e, c, P, t0, t1, x0, rtol, atol, max_steps, save_
         if not math.isfinite(err):
             rejected += 1
             habs *= 0.2
+            nonfinite = True
             continue
+        nonfinite = False
         if err <= 1.0:
             t_new = t1 if last else t + h
             while si < n_save and direction * (save_t[si] - t_new) <= 0.0:

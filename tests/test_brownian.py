@@ -1,0 +1,149 @@
+"""Brownian paths: law of increments and Lévy area, bridge, refinement, determinism."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import sdekit as sk
+from sdekit.brownian import dyadic_level
+
+ALPHA = 1e-3  # KS tests reject at this level; seeds fixed
+
+
+def test_increments_are_iid_normal_with_variance_h():
+    bm = sk.BrownianPath(11, t_span=(0.0, 2.0), n_paths=20000)
+    n = 8
+    dw = bm.increments(n)[:, :, 0]
+    h = 2.0 / n
+    z = (dw / np.sqrt(h)).ravel()
+    assert stats.kstest(z, "norm").pvalue > ALPHA
+    # Independence of neighbouring increments: |corr| within 4 standard errors (1/sqrt(N)).
+    r = np.corrcoef(dw[:-1].ravel(), dw[1:].ravel())[0, 1]
+    assert abs(r) < 4 / np.sqrt(dw[:-1].size)
+    # Independence across paths.
+    r2 = np.corrcoef(dw[:, :-1].ravel(), dw[:, 1:].ravel())[0, 1]
+    assert abs(r2) < 4 / np.sqrt(dw[:, 1:].size)
+
+
+def test_levy_area_law_and_independence():
+    bm = sk.BrownianPath(12, n_paths=20000, levy_area=True)
+    dw, hh = bm.increments(4)
+    h = 0.25
+    assert stats.kstest((hh / np.sqrt(h / 12)).ravel(), "norm").pvalue > ALPHA
+    assert stats.kstest((dw / np.sqrt(h)).ravel(), "norm").pvalue > ALPHA
+    r = np.corrcoef(dw.ravel(), hh.ravel())[0, 1]
+    assert abs(r) < 4 / np.sqrt(dw.size)
+
+
+@pytest.mark.parametrize("levy", [False, True])
+@pytest.mark.parametrize("base", [1, 3])
+def test_refinement_is_an_exact_subsample(levy, base):
+    bm = sk.BrownianPath(5, n_paths=7, noise_dim=2, base_steps=base, levy_area=levy)
+    coarse, fine = bm.increments(4 * base), bm.increments(8 * base)
+    if levy:
+        (cw, ch), (fw, fh) = coarse, fine
+        np.testing.assert_allclose(cw, fw[0::2] + fw[1::2], atol=1e-14)
+        # Space-time Lévy area of a union: H = (H_l + H_r)/2 + (dW_l - dW_r)/4.
+        np.testing.assert_allclose(ch, 0.5 * (fh[0::2] + fh[1::2]) + 0.25 * (fw[0::2] - fw[1::2]), atol=1e-14)
+    else:
+        np.testing.assert_allclose(coarse, fine[0::2] + fine[1::2], atol=1e-14)
+
+
+def test_bridge_moments_at_a_non_dyadic_time():
+    bm = sk.BrownianPath(3, n_paths=40000)
+    w = bm.W([0.3, 1.0])
+    w3, w1 = w[0, :, 0], w[1, :, 0]
+    n = w3.size
+    resid = w3 - 0.3 * w1  # bridge: E[W_.3 | W_1] = .3 W_1, Var = .3 * .7
+    assert abs(resid.mean()) < 4 * np.sqrt(0.21 / n)
+    assert abs(resid.var() - 0.21) < 4 * 0.21 * np.sqrt(2 / n)
+    assert abs(np.corrcoef(resid, w1)[0, 1]) < 4 / np.sqrt(n)
+    assert abs(w3.var() - 0.3) < 4 * 0.3 * np.sqrt(2 / n)
+
+
+def test_values_agree_with_the_grid():
+    bm = sk.BrownianPath(8, t_span=(0.5, 2.5), n_paths=5, noise_dim=3, base_steps=5, levy_area=True)
+    grid = bm.grid(20)
+    np.testing.assert_allclose(bm.W(grid), bm.on_grid(20), atol=1e-13)
+    np.testing.assert_array_equal(bm.W(0.5), np.zeros((5, 3)))
+
+
+def test_reverse_reading_is_the_negated_forward_path():
+    bm = sk.BrownianPath(4, n_paths=6, base_steps=3, levy_area=True)
+    (fw, fh), (rw, rh) = bm.increments(12), bm.increments(12, reverse=True)
+    np.testing.assert_array_equal(rw, -fw[::-1])
+    np.testing.assert_array_equal(rh, fh[::-1])
+
+
+def test_batch_split_gives_the_same_numbers():
+    bm = sk.BrownianPath(9, n_paths=100, levy_area=True)
+    whole = bm.increments(16)
+    parts = [bm.increments(16, paths=range(a, b)) for a, b in [(0, 37), (37, 38), (38, 100)]]
+    np.testing.assert_array_equal(whole[0], np.concatenate([p[0] for p in parts], axis=1))
+    np.testing.assert_array_equal(whole[1], np.concatenate([p[1] for p in parts], axis=1))
+
+
+def test_path_does_not_depend_on_n_paths():
+    a = sk.BrownianPath(9, n_paths=10).increments(8)
+    b = sk.BrownianPath(9, n_paths=1000).increments(8)
+    np.testing.assert_array_equal(a, b[:, :10])
+
+
+def test_different_seeds_and_components_differ():
+    a = sk.BrownianPath(1, n_paths=3, noise_dim=2).increments(4)
+    b = sk.BrownianPath(2, n_paths=3, noise_dim=2).increments(4)
+    assert not np.any(a == b)
+    assert not np.any(a[..., 0] == a[..., 1])
+
+
+_SCRIPT = """
+import hashlib, sdekit as sk
+ou = sk.SDE(lambda t, x, p: p[0] * (p[1] - x), lambda t, x, p: p[2], noise="additive", params=(1.0, 0.5, 0.3))
+s = sk.solve(ou, 2.0, (0, 1), method="sra1", n_steps=64, n_paths=5000, seed=3, save_at=[0.5, 1.0])
+print(hashlib.sha256(s.x.tobytes()).hexdigest())
+"""
+
+
+def test_same_result_for_any_thread_count():
+    out = []
+    for threads in ("1", "2"):
+        env = dict(os.environ, NUMBA_NUM_THREADS=threads)
+        r = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, check=True)
+        out.append(r.stdout.strip().splitlines()[-1])
+    assert out[0] == out[1]
+
+
+def test_dyadic_level():
+    assert dyadic_level(1000, 125) == 3
+    assert dyadic_level(1000, 1) is None
+    assert dyadic_level(5, 5) == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(seed=-1), "seed"),
+        (dict(seed=1.5), "seed"),
+        (dict(seed=1, t_span=(1.0, 0.0)), "t0 < t1"),
+        (dict(seed=1, n_paths=0), "n_paths"),
+        (dict(seed=1, noise_dim=0), "noise_dim"),
+        (dict(seed=1, base_steps=2.0), "base_steps"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sk.BrownianPath(**kwargs)
+
+
+def test_bad_queries():
+    bm = sk.BrownianPath(1, n_paths=4, base_steps=3)
+    with pytest.raises(ValueError, match="dyadic refinement"):
+        bm.increments(8)
+    with pytest.raises(ValueError, match="t_span"):
+        bm.W(1.5)
+    with pytest.raises(ValueError, match="contiguous range"):
+        bm.increments(3, paths=range(0, 10))

@@ -1,0 +1,66 @@
+"""numpy (reference) and numba backends agree on the same Brownian path to round-off."""
+
+import numpy as np
+import pytest
+
+import sdekit as sk
+from sdekit import problems
+from sdekit.schemes import list_schemes
+
+PROBLEMS = {
+    "ou": problems.ornstein_uhlenbeck(),
+    "gbm": problems.gbm(),
+    "gbm_stratonovich": problems.gbm(calculus="stratonovich"),
+    "diagonal_gbm": problems.diagonal_gbm(),
+    "linear": problems.commuting_linear(),
+    "linear_stratonovich": problems.commuting_linear(calculus="stratonovich"),
+}
+ADDITIVE_MATRIX = sk.SDE(
+    lambda t, x, p: -x + p[0] * np.sin(t),
+    lambda t, x, p: p[1] * (1.0 + t),
+    noise="additive", noise_dim=2, params=(0.5, np.array([[0.3, 0.1], [0.0, 0.2], [0.05, -0.1]])),
+)
+
+
+def _cases():
+    for name, ex in PROBLEMS.items():
+        for s in list_schemes("sde"):
+            try:
+                sk.get_scheme(s.name, ex.problem)
+            except ValueError:
+                continue
+            yield pytest.param(ex.problem, ex.x0, s.name, id=f"{s.name}-{name}")
+    for meth in ("euler", "euler_heun", "sra1"):
+        yield pytest.param(ADDITIVE_MATRIX, np.array([1.0, -1.0, 0.5]), meth, id=f"{meth}-additive_matrix")
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+@pytest.mark.parametrize("problem, x0, method", list(_cases()))
+def test_sde_backends_agree(problem, x0, method, direction):
+    span = (0.0, 1.0) if direction == "forward" else (1.0, 0.2)
+    kw = dict(method=method, n_steps=24, n_paths=300, seed=21, save_at=None)
+    a = sk.solve(problem, x0, span, backend="numpy", **kw)
+    b = sk.solve(problem, x0, span, backend="numba", **kw)
+    assert a.success and b.success
+    np.testing.assert_allclose(b.x, a.x, rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(a.t, b.t)
+
+
+@pytest.mark.parametrize("method", [s.name for s in list_schemes("ode")])
+def test_ode_backends_agree(method):
+    ex = problems.gaussian_pf_ode()
+    kw = dict(method=method, n_paths=2, save_at=[0.0, 0.25, 0.5, 1.0])
+    if method != "dopri5":
+        kw["n_steps"] = 16
+    x0 = np.array([[1.0, -1.0], [0.3, 0.2]])
+    a = sk.solve(ex.problem, x0, (0.0, 1.0), backend="numpy", **kw)
+    b = sk.solve(ex.problem, x0, (0.0, 1.0), backend="numba", **kw)
+    np.testing.assert_allclose(b.x, a.x, rtol=1e-12, atol=1e-14)
+    assert a.stats == b.stats
+
+
+def test_results_do_not_depend_on_the_batch():
+    ou = PROBLEMS["ou"].problem
+    big = sk.solve(ou, 2.0, (0, 1), method="sra1", n_steps=32, n_paths=5000, seed=4, save_at=[1.0])
+    small = sk.solve(ou, 2.0, (0, 1), method="sra1", n_steps=32, n_paths=700, seed=4, save_at=[1.0])
+    np.testing.assert_array_equal(small.x, big.x[:, :700])
