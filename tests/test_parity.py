@@ -64,3 +64,26 @@ def test_results_do_not_depend_on_the_batch():
     big = sk.solve(ou, 2.0, (0, 1), method="sra1", n_steps=32, n_paths=5000, seed=4, save_at=[1.0])
     small = sk.solve(ou, 2.0, (0, 1), method="sra1", n_steps=32, n_paths=700, seed=4, save_at=[1.0])
     np.testing.assert_array_equal(small.x, big.x[:, :700])
+
+
+@pytest.mark.parametrize("name", ["gbm", "diagonal_gbm", "ou"])
+def test_written_out_sriw1_equals_the_tableau_interpreter(name):
+    """The fast SRIW1 step and the generic SRI stepper with the SRIW1 tableau agree to round-off."""
+    from sdekit import tableaus
+    from sdekit.backends.numpy_backend import wrap
+    from sdekit.schemes import _steps, sri_tab
+
+    ex = PROBLEMS[name]
+    p = ex.problem
+    dim = ex.x0.size
+    f = wrap(p.drift, lambda n: (n, dim))
+    g = wrap(p.diffusion, lambda n: (n, dim))
+    bm = sk.BrownianPath(3, n_paths=50, noise_dim=p.noise_dim(dim), levy_area=True)
+    dw, hh = bm.increments(4)
+    x = np.broadcast_to(ex.x0, (50, dim)).copy()
+    tab = sri_tab(tableaus.SRIW1)
+    for k, h in enumerate([0.25, 0.25, -0.25, 0.25]):
+        a = _steps.sriw1(f, g, p.params, tab, 0.1 * k, x, h, dw[k], hh[k])
+        b = _steps.sri(f, g, p.params, tab, 0.1 * k, x, h, dw[k], hh[k])
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+        x = a

@@ -48,10 +48,11 @@ FN1 = types.FunctionType(_F64_1(types.float64, _F64_1, _FLAT))
 FN2 = types.FunctionType(_F64_2(types.float64, _F64_2, _FLAT))
 FN3 = types.FunctionType(_F64_3(types.float64, _F64_2, _FLAT))
 
-EULER, EULER_HEUN, MILSTEIN, MILSTEIN_GENERAL, SRA, SRI, ERK = range(7)
+EULER, EULER_HEUN, MILSTEIN, MILSTEIN_GENERAL, SRA, SRI, ERK, SRIW1 = range(8)
 SCHEME_ID = {
     _steps.euler: EULER, _steps.euler_heun: EULER_HEUN, _steps.milstein: MILSTEIN,
     _steps.milstein_general: MILSTEIN_GENERAL, _steps.sra: SRA, _steps.sri: SRI, _steps.erk: ERK,
+    _steps.sriw1: SRIW1,
 }
 
 _euler = njit(_steps.euler)
@@ -60,6 +61,7 @@ _milstein = njit(_steps.milstein)
 _milstein_general = njit(_steps.milstein_general)
 _sra = njit(_steps.sra)
 _sri = njit(_steps.sri)
+_sriw1 = njit(_steps.sriw1)
 _erk = njit(_steps.erk)
 
 
@@ -131,6 +133,8 @@ def _block_diagonal(sid, f, g, p, tab, x, k0, k1, t0, h, dw, hh, save_idx, si, o
             xn = _milstein(f, g, p, tab, t, xf, h, d, e)
         elif sid == SRA:
             xn = _sra(f, g, p, tab, t, xf, h, d, e)
+        elif sid == SRIW1:
+            xn = _sriw1(f, g, p, tab, t, xf, h, d, e)
         elif sid == SRI:
             xn = _sri(f, g, p, tab, t, xf, h, d, e)
         else:
@@ -241,6 +245,31 @@ def _ov_fill(out, r):
     return f33
 
 
+def as_flat(r, n, dim):
+    """``r`` broadcast to (n, dim) and flattened; a view when ``r`` already has that shape."""
+    out = np.empty(n * dim)
+    fill(out.reshape((n, dim)), r)
+    return out
+
+
+@overload(as_flat, inline="always")
+def _ov_as_flat(r, n, dim):
+    if getattr(r, "ndim", 0) == 2 and getattr(r, "layout", "") == "C":
+        def view_or_copy(r, n, dim):
+            if r.shape[0] == n and r.shape[1] == dim:
+                return r.reshape(-1)
+            out = np.empty(n * dim)
+            fill(out.reshape((n, dim)), r)
+            return out
+        return view_or_copy
+
+    def copy(r, n, dim):
+        out = np.empty(n * dim)
+        fill(out.reshape((n, dim)), r)
+        return out
+    return copy
+
+
 def flatten_params(params) -> tuple[np.ndarray, tuple]:
     """``(flat float64 array, layout)``; the layout fixes the unpacker's code."""
     parts, layout = [], []
@@ -306,9 +335,7 @@ def adapter(problem, name: str, form: str, dim: int, m: int, layout):
             @njit(_F64_1(types.float64, _F64_1, _FLAT))
             def ad(t, x, flat):
                 n = x.shape[0] // dim
-                out = np.empty(x.shape[0])
-                fill(out.reshape((n, dim)), user(t, x.reshape((n, dim)), unpack(flat)))
-                return out
+                return as_flat(user(t, x.reshape((n, dim)), unpack(flat)), n, dim)
     except NumbaError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         first = next((ln for ln in lines if not ln.startswith(("Failed in", "During", "File"))), lines[0] if lines else "")

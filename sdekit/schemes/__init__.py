@@ -8,7 +8,6 @@ matrix noise and ``"commutative"`` for general noise declared commutative.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import tableaus as tb
@@ -185,6 +184,13 @@ def step_plan(scheme: Scheme, problem, dim: int):
     t = scheme.tableau
     if name == "sra1":
         return _steps.sra, pack_tableau(t.c0, t.c1, t.alpha, t.beta1, t.beta2, t.A0, t.B0), t.stages, t.stages
-    tab = pack_tableau(t.c0, t.c1, t.alpha, t.beta1, t.beta2, t.beta3, t.beta4, t.need_f, t.need_g,
-                       t.A0, t.A1, t.B0, t.B1)
-    return _steps.sri, tab, int(t.need_f.sum()), int(t.need_g.sum())
+    tab = sri_tab(t)
+    # SRIW1 runs its written-out form; `sri` interprets any SRI tableau (a test keeps them equal).
+    step = _steps.sriw1 if t is tb.SRIW1 else _steps.sri
+    return step, tab, int(t.need_f.sum()), int(t.need_g.sum())
+
+
+def sri_tab(t):
+    """Pack an SRI tableau for :func:`_steps.sri`."""
+    return pack_tableau(t.c0, t.c1, t.alpha, t.beta1, t.beta2, t.beta3, t.beta4, t.need_f, t.need_g,
+                        t.A0, t.A1, t.B0, t.B1)

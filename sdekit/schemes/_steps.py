@@ -247,6 +247,30 @@ def sri(f, g, p, tab, t, x, h, dw, hh):
     return out
 
 
+def sriw1(f, g, p, tab, t, x, h, dw, hh):
+    """SRIW1 written out (2 drift and 4 diffusion evaluations, one fused update).
+
+    The same scheme as :func:`sri` with the SRIW1 tableau, with zero
+    coefficients dropped; a test checks the two forms agree to round-off.
+    """
+    ah = abs(h)
+    sq = math.sqrt(ah)
+    chi1 = (dw * dw - ah) * (0.5 / sq)
+    chi2 = 0.5 * dw + hh
+    chi3 = dw * (dw * dw - 3.0 * ah) * (1.0 / (6.0 * ah))
+    fh1 = f(t, x, p) * h
+    g1 = g(t, x, p)
+    g2 = g(t + 0.25 * h, x + 0.25 * fh1 + (0.5 * sq) * g1, p)
+    g3 = g(t + h, x + fh1 - sq * g1, p)
+    g4 = g(t + 0.25 * h, x + 0.25 * fh1 + sq * (-5.0 * g1 + 3.0 * g2 + 0.5 * g3), p)
+    fh2 = f(t + 0.75 * h, x + 0.75 * fh1 + 1.5 * chi2 * g1, p) * h
+    return (x + (fh1 + 2.0 * fh2) * (1.0 / 3.0)
+            + dw * (-g1 + (4.0 / 3.0) * g2 + (2.0 / 3.0) * g3)
+            + chi1 * (-g1 + (4.0 / 3.0) * g2 - (1.0 / 3.0) * g3)
+            + chi2 * (2.0 * g1 - (4.0 / 3.0) * g2 - (2.0 / 3.0) * g3)
+            + chi3 * (-2.0 * g1 + (5.0 / 3.0) * g2 - (2.0 / 3.0) * g3 + g4))
+
+
 def erk(f, g, p, tab, t, x, h, dw, hh):
     """Explicit Runge–Kutta step for ODEs from a Butcher tableau ``(A, b, c)``."""
     s = tab.shape[1]
