@@ -16,6 +16,7 @@ def _demo(args) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.ticker
     import matplotlib.pyplot as plt
     import numba
 
@@ -44,6 +45,7 @@ def _demo(args) -> int:
             ref = st.mean_error(st.methods[0])[0] * (st.dts / st.dts[0]) ** p
             ax.plot(st.dts, ref, "k", ls=ls, lw=0.8, alpha=0.5, label=f"slope {p}")
         ax.set(xscale="log", yscale="log", xlabel="step size dt", ylabel="strong error", title=title)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(args.out, "convergence.png")
