@@ -16,8 +16,8 @@ def _demo(args) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.ticker
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numba
 
     from . import convergence, problems, solve
