@@ -8,7 +8,7 @@ matrix noise and ``"commutative"`` for general noise declared commutative.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .. import tableaus as tb
 from . import _steps
@@ -48,7 +48,6 @@ class Scheme:
     adaptive: bool = False
     tableau: object = None
     reference: str = ""
-    _steps: dict = field(default_factory=dict, repr=False)
 
     @property
     def noise_types(self) -> tuple:

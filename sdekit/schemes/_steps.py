@@ -13,7 +13,7 @@ Each step has the signature ``step(f, g, p, tab, t, x, h, dw, hh)``:
   shape (n, m); ``hh``: the space-time Levy area of the step (zeros if unused).
 
 Only ``+ - * /``, indexing, ``abs``/``sqrt`` of floats and
-:func:`empty_stages` are used, so the same function runs on NumPy arrays,
+Python lists of stage values are used, so the same function runs on NumPy arrays,
 inside Numba (``njit`` of this very function) and on torch tensors.
 
 Reverse time. Integrating from ``t0`` down to ``t1 < t0`` is the forward
