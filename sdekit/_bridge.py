@@ -151,6 +151,15 @@ def fill(state, k0, k1, m0, L, h0, reverse, levy, out_dw, out_h):
 
 
 @njit(cache=True, nogil=True)
+def fill_range(state, k0, k1, m0, L, h0, reverse, levy, out_dw, out_h, a, z):
+    """Like :func:`fill`, into the flat lanes ``a..z-1`` of wider blocks ``out_*`` (k1-k0, n, m)."""
+    for k in range(k0, k1):
+        dw = out_dw[k - k0].reshape(-1)[a:z]
+        hh = out_h[k - k0].reshape(-1)[a:z] if levy else out_h[0].reshape(-1)
+        next_increment(state, k, m0, L, h0, reverse, levy, dw, hh)
+
+
+@njit(cache=True, nogil=True)
 def increments(seed_key, path_lo, nb, m, m0, L, h0, reverse, levy, out_dw, out_h):
     """All increments of paths ``path_lo..path_lo+nb-1``: ``out_*`` is (n_steps, nb, m)."""
     state = new_state(nb, m, L)

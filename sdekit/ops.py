@@ -21,7 +21,7 @@ from numba.extending import overload
 
 __all__ = [
     "abs", "arctan", "cos", "cosh", "exp", "expm1", "log", "log1p", "sigmoid", "sin", "sinh", "sqrt",
-    "tan", "tanh", "where", "maximum", "minimum",
+    "tan", "tanh", "where", "maximum", "minimum", "transpose",
 ]
 
 
@@ -112,3 +112,15 @@ def where(cond, a, b):
 @overload(where, inline="always")
 def _ov_where(cond, a, b):
     return lambda cond, a, b: np.where(cond, a, b)
+
+
+def transpose(a, axes):
+    """Permute the axes of ``a`` (``np.transpose(a, axes)``; ``tensor.permute(axes)`` on torch)."""
+    if _torch_tensor(a):
+        return a.permute(tuple(axes))
+    return np.transpose(a, axes)
+
+
+@overload(transpose, inline="always")
+def _ov_transpose(a, axes):
+    return lambda a, axes: np.transpose(a, axes)

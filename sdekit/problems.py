@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import expm
 
+from . import ops
 from .brownian import BrownianPath
 from .problem import ODE, SDE
 
@@ -120,7 +121,7 @@ def commuting_linear(dim=3, m=2, T=1.0, calculus="ito") -> ExactProblem:
     B = np.stack([np.full((dim, dim), 0.01) + np.eye(dim) * (0.2 - 0.01) for _ in range(m)])
     sde = SDE(
         lambda t, x, p: x @ p[0].T,
-        lambda t, x, p: (x @ p[1].T).reshape((x.shape[0], m, dim)).transpose((0, 2, 1)),
+        lambda t, x, p: ops.transpose((x @ p[1].T).reshape((x.shape[0], m, dim)), (0, 2, 1)),
         noise="general", noise_dim=m, commutative=True, calculus=calculus, params=(A, B.reshape(m * dim, dim)),
     )
     corr = 0.5 * sum(Bk @ Bk for Bk in B) if calculus == "ito" else 0.0

@@ -50,6 +50,9 @@ class _Plan:
     rtol: float
     atol: float
     max_steps: int
+    device: Any = None
+    dtype: Any = None
+    params_t: tuple = ()
 
 
 def _positive_int(v, name):
@@ -80,11 +83,63 @@ def _t_span(t_span):
     return t0, t1
 
 
-def _x0(x0, n_paths):
+def _is_tensor(v) -> bool:
+    return type(v).__module__.startswith("torch") and hasattr(v, "detach")
+
+
+def _x0_array(x0):
+    """``x0`` as float64 NumPy (numba and numpy backends)."""
+    if _is_tensor(x0):
+        if x0.requires_grad:
+            raise ValueError("`x0` requires grad; gradients through solve need backend='torch'.")
+        if x0.device.type != "cpu":
+            raise ValueError(f"`x0` is on {x0.device}; use backend='torch' for device tensors, or pass x0.cpu().")
+        x0 = x0.detach().numpy()
     try:
-        a = np.array(x0, dtype=np.float64)
+        return np.array(x0, dtype=np.float64)
     except (TypeError, ValueError):
         raise ValueError(f"`x0` must be a number or an array of numbers, got {type(x0).__name__}.") from None
+
+
+def _torch_device_dtype(x0, device, dtype):
+    """Device and dtype of a torch solve: from ``x0`` if it is a tensor, else the arguments (cpu, float64)."""
+    import torch
+
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (TypeError, RuntimeError):
+            raise ValueError(f"`device` must be a torch device or a string like 'cpu' or 'cuda', got {device!r}.") from None
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError("device='cuda' but CUDA is not available on this machine; use device='cpu'.")
+            if device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"`dtype` must be torch.float32 or torch.float64, got {dtype!r}.")
+    if _is_tensor(x0):
+        if device is not None and x0.device != device:
+            raise ValueError(f"`x0` is on {x0.device} but device={device}; move x0 (x0.to(device)) or drop `device`.")
+        if x0.is_floating_point():
+            if dtype is not None and x0.dtype != dtype:
+                raise ValueError(f"`x0` has dtype {x0.dtype} but dtype={dtype}; convert x0 (x0.to(dtype)) or drop `dtype`.")
+            if x0.dtype not in (torch.float32, torch.float64):
+                raise ValueError(f"`x0` has dtype {x0.dtype}; the torch backend solves in float32 or float64.")
+            dtype = x0.dtype
+        device = x0.device
+    return torch.device("cpu") if device is None else device, torch.float64 if dtype is None else dtype
+
+
+def _x0_tensor(x0, device, dtype):
+    import torch
+
+    if _is_tensor(x0):
+        return x0.to(dtype)
+    return torch.as_tensor(_x0_array(x0), dtype=dtype, device=device)
+
+
+def _x0(x0, n_paths):
+    a = x0 if _is_tensor(x0) else _x0_array(x0)
     if a.ndim == 0:
         a = a.reshape(1, 1)
     elif a.ndim == 1:
@@ -101,9 +156,10 @@ def _x0(x0, n_paths):
                 f"`x0` has {a.shape[0]} rows but n_paths={n_paths}; pass one row per path, "
                 "or a 1-D x0 shared by all paths."
             )
-    if not np.all(np.isfinite(a)):
+    finite = bool(a.isfinite().all()) if _is_tensor(a) else np.all(np.isfinite(a))
+    if not finite:
         raise ValueError("`x0` contains NaN or infinite values.")
-    return np.ascontiguousarray(a), (1 if n_paths is None else n_paths)
+    return (a if _is_tensor(a) else np.ascontiguousarray(a)), (1 if n_paths is None else n_paths)
 
 
 def _probe(fn, name, t, x, params, target, extra=""):
@@ -205,6 +261,8 @@ def solve(
     rtol: float | None = None,
     atol: float | None = None,
     max_steps: int = 100_000,
+    device=None,
+    dtype=None,
 ) -> Solution:
     """Solve an SDE or ODE for many paths.
 
@@ -235,11 +293,18 @@ def solve(
     save_at : sequence of float, optional
         Times to store. Fixed-step default: every step; adaptive default:
         ``t0`` and ``t1``. Only these states are kept in memory.
-    backend : {"numba", "numpy"}
+    backend : {"numba", "numpy", "torch"}
+        ``"torch"`` runs on torch tensors (CPU or GPU) and is differentiable:
+        ``Solution.x`` is then a tensor, with gradients to ``x0`` and to
+        tensors in ``params``.
     rtol, atol : float, optional
         Tolerances of adaptive methods (defaults 1e-6 and 1e-9).
     max_steps : int
         Step budget per path of adaptive methods.
+    device, dtype : optional
+        Torch backend only: where and in which precision to solve
+        (``torch.float32`` or ``torch.float64``). Default: those of ``x0``
+        if it is a tensor, else ``"cpu"`` and ``float64``.
 
     Returns
     -------
@@ -252,8 +317,18 @@ def solve(
         raise ValueError(f"`problem` must be an sdekit.SDE or sdekit.ODE, got {type(problem).__name__}.")
     scheme = get_scheme(method, problem)
     if backend not in BACKENDS:
-        hint = " (the torch backend is not available yet)" if backend == "torch" else ""
-        raise ValueError(f"unknown backend {backend!r}{hint}; choose one of {list(BACKENDS)}.")
+        raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}.")
+    if backend == "torch":
+        device, dtype = _torch_device_dtype(x0, device, dtype)
+    else:
+        if device is not None or dtype is not None:
+            raise ValueError(f"`device` and `dtype` apply to backend='torch'; backend={backend!r} runs on the CPU in float64.")
+        for i, v in enumerate(problem.params):
+            if _is_tensor(v):
+                raise ValueError(
+                    f"`params[{i}]` is a torch tensor; solve with backend='torch', or pass a NumPy array "
+                    "(tensor.detach().cpu().numpy())."
+                )
     t0, t1 = _t_span(t_span)
     span = abs(t1 - t0)
     if n_paths is not None:
@@ -262,7 +337,7 @@ def solve(
         raise ValueError(f"`brownian` must be an sdekit.BrownianPath, got {type(brownian).__name__}.")
     if brownian is not None and n_paths is None:
         n_paths = brownian.n_paths
-    x0a, n_paths = _x0(x0, n_paths)
+    x0a, n_paths = _x0(_x0_tensor(x0, device, dtype) if backend == "torch" else x0, n_paths)
     dim = x0a.shape[1]
     m = problem.noise_dim(dim) if problem.is_sde else 0
 
@@ -319,21 +394,38 @@ def solve(
     elif brownian is not None or seed is not None:
         raise ValueError("an ODE draws no noise: drop `seed`/`brownian`.")
 
-    _check_problem_shapes(problem, x0a, t0, dim, m)
+    params_t = ()
+    if backend == "torch":
+        from .backends import torch_backend
+
+        params_t = torch_backend.params_on(problem.params, device, dtype)
+        torch_backend.check_problem(problem, x0a, params_t, t0, dim, m)
+    else:
+        _check_problem_shapes(problem, x0a, t0, dim, m)
     save_t, save_idx = _save_points(save_at, t0, t1, h, n_steps)
-    need = save_t.size * n_paths * dim * 8
-    if need > _memory_limit():
+    itemsize = 8 if dtype is None else dtype.itemsize
+    need = save_t.size * n_paths * dim * itemsize
+    limit, where = _memory_limit(), "memory"
+    if device is not None and device.type == "cuda":
+        import torch
+
+        limit, where = torch.cuda.mem_get_info(device)[0] // 2, f"free memory on {device}"
+    if need > limit:
         raise ValueError(
-            f"storing {save_t.size} time points for {n_paths} paths of dim {dim} needs {need / 2**30:.1f} GiB; "
-            "pass save_at with fewer times (e.g. save_at=[t1])."
+            f"storing {save_t.size} time points for {n_paths} paths of dim {dim} needs {need / 2**30:.1f} GiB "
+            f"(more than half the {where}); pass save_at with fewer times (e.g. save_at=[t1])."
         )
     step, tab, n_f, n_g = step_plan(scheme, problem, dim)
-    out = np.full((save_t.size, n_paths, dim), np.nan) if scheme.adaptive else np.empty((save_t.size, n_paths, dim))
+    if backend == "torch":
+        out = None  # the backend returns a tensor
+    else:
+        out = np.full((save_t.size, n_paths, dim), np.nan) if scheme.adaptive else np.empty((save_t.size, n_paths, dim))
     plan = _Plan(
         problem=problem, scheme=scheme, step=step, tab=tab, x0=x0a, dim=dim, m=m, n_paths=n_paths,
         t0=t0, t1=t1, h=h, n_steps=n_steps, reverse=t1 < t0, brownian=brownian if problem.is_sde else None,
         save_idx=save_idx, save_t=save_t, out=out, failure_time=np.full(n_paths, np.nan),
         codes=np.zeros(n_paths, dtype=np.int64), rtol=rtol, atol=atol, max_steps=max_steps,
+        device=device, dtype=dtype, params_t=params_t,
     )
     mod = importlib.import_module(f".backends.{backend}_backend", __package__)
     if scheme.adaptive:
