@@ -249,7 +249,11 @@ class NumbaBlocks:
         self.m = bm.noise_dim
         self.nb = hi - lo
         self.K = int(max(1, min(n_steps, max_elems // max(1, self.nb * self.m))))
-        self.subs = [(b, min(hi, b + sub_batch)) for b in range(lo, hi, sub_batch)]
+        # Equal sub-batches, a multiple of the thread count of them, at most ``sub_batch`` paths each.
+        threads = numba.get_num_threads()
+        n_sub = -(-max(threads, -(-self.nb // sub_batch)) // threads) * threads
+        size = max(1, -(-self.nb // n_sub))
+        self.subs = [(b, min(hi, b + size)) for b in range(lo, hi, size)]
         self.lo = lo
         self.dtype = dtype
         self.reuse = reuse

@@ -150,16 +150,33 @@ class BrownianPath:
             return int(lo), int(hi)
         raise ValueError(f"`paths` must be None, a range or a slice, got {type(paths).__name__}.")
 
-    def increments(self, n_steps: int, *, paths=None, reverse: bool = False):
+    def increments(self, n_steps: int, *, paths=None, reverse: bool = False, device=None, dtype=None,
+                   generator: str | None = None):
         """Increments on the grid of ``n_steps`` steps.
 
         Returns ``dW`` of shape ``(n_steps, n, noise_dim)`` and, if the path has
         Levy area, ``(dW, H)``. With ``reverse=True`` the steps run from ``t1``
         to ``t0`` and ``dW[k] = W(t_{k+1}) - W(t_k)`` along that direction.
+
+        With ``device`` (or ``dtype``) the result is a torch tensor made there:
+        on CPU by the compiled tree, elsewhere by the same tree in torch
+        kernels (``generator="numba"`` or ``"torch"`` forces one; both give the
+        same numbers up to round-off). Without them it is a NumPy array.
         """
         lvl = self.level(n_steps)
         lo, hi = self._paths(paths)
         nb, m = hi - lo, self.noise_dim
+        if device is not None or dtype is not None or generator is not None:
+            import torch
+
+            from . import _torch_bridge
+
+            dev = torch.device("cpu" if device is None else device)
+            dt = torch.float64 if dtype is None else dtype
+            parts = list(_torch_bridge.blocks(self, n_steps, lo, hi, reverse=reverse, device=dev, generator=generator,
+                                              dtype=dt))
+            dw = torch.cat([b[0] for b in parts]).to(dt)
+            return (dw, torch.cat([b[1] for b in parts]).to(dt)) if self.levy_area else dw
         dw = np.empty((n_steps, nb, m))
         hh = np.empty((n_steps, nb, m))
         _bridge.increments(

@@ -122,6 +122,12 @@ class StrongStudy:
         return "\n".join(rows)
 
 
+def _final(sol) -> np.ndarray:
+    """The last saved states as NumPy (torch results are moved to the host)."""
+    x = sol.x[-1]
+    return x if isinstance(x, np.ndarray) else x.detach().cpu().double().numpy()
+
+
 def strong_study(exact: ExactProblem, methods, steps, *, n_paths=1000, seed=0, backend="numba",
                  n_boot=1000) -> StrongStudy:
     """Strong error of each method at each step count, on one Brownian path per sample."""
@@ -142,7 +148,7 @@ def strong_study(exact: ExactProblem, methods, steps, *, n_paths=1000, seed=0, b
             kw = dict(brownian=bm) if bm is not None else dict(n_paths=n_paths)
             sol = solve(exact.problem, exact.x0, (t0, t1), method=meth, n_steps=int(n), save_at=[t1],
                         backend=backend, **kw)
-            e[i] = np.sqrt(np.sum((sol.x[-1] - ref) ** 2, axis=1))
+            e[i] = np.sqrt(np.sum((_final(sol) - ref) ** 2, axis=1))
         errors[meth] = e
         fits[meth] = fit_order((t1 - t0) / steps, e, n_boot=n_boot, seed=seed)
     return StrongStudy(exact.name, steps, (t1 - t0) / steps, tuple(methods), errors, fits)
@@ -163,7 +169,7 @@ def weak_errors(exact: ExactProblem, method, steps, phi, *, n_paths=20000, seed=
     for n in steps:
         sol = solve(exact.problem, exact.x0, (t0, t1), method=method, n_steps=int(n), brownian=bm, save_at=[t1],
                     backend=backend)
-        d = phi(sol.x[-1]) - ref
+        d = phi(_final(sol)) - ref
         d = d.reshape(d.shape[0], -1).sum(axis=1)
         errs.append(d.mean())
         ses.append(d.std(ddof=1) / np.sqrt(len(d)))

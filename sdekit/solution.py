@@ -41,9 +41,10 @@ class Solution:
     ----------
     t : ndarray (T,)
         Saved times, in the order of integration.
-    x : ndarray (T, n_paths, dim)
-        States. A path that failed holds NaN from its failure on; what it
-        reached before is kept.
+    x : ndarray or torch.Tensor (T, n_paths, dim)
+        States (a tensor on the solve's device for ``backend="torch"``, carrying
+        the autograd graph). A path that failed holds NaN from its failure on;
+        what it reached before is kept.
     stats : Stats
     status : {"success", "failure"}
         ``"failure"`` when at least one path failed.

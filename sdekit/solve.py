@@ -53,6 +53,7 @@ class _Plan:
     device: Any = None
     dtype: Any = None
     params_t: tuple = ()
+    compile: bool = False
 
 
 def _positive_int(v, name):
@@ -138,8 +139,8 @@ def _x0_tensor(x0, device, dtype):
     return torch.as_tensor(_x0_array(x0), dtype=dtype, device=device)
 
 
-def _x0(x0, n_paths):
-    a = x0 if _is_tensor(x0) else _x0_array(x0)
+def _x0(a, n_paths):
+    """Shape checks of ``x0`` (a float64 array, or the torch backend's tensor)."""
     if a.ndim == 0:
         a = a.reshape(1, 1)
     elif a.ndim == 1:
@@ -263,6 +264,7 @@ def solve(
     max_steps: int = 100_000,
     device=None,
     dtype=None,
+    compile: bool = False,  # noqa: A002 - torch's word for it
 ) -> Solution:
     """Solve an SDE or ODE for many paths.
 
@@ -321,8 +323,11 @@ def solve(
     if backend == "torch":
         device, dtype = _torch_device_dtype(x0, device, dtype)
     else:
-        if device is not None or dtype is not None:
-            raise ValueError(f"`device` and `dtype` apply to backend='torch'; backend={backend!r} runs on the CPU in float64.")
+        if device is not None or dtype is not None or compile:
+            raise ValueError(
+                f"`device`, `dtype` and `compile` apply to backend='torch'; backend={backend!r} runs compiled "
+                "Numba (or NumPy) on the CPU in float64."
+            )
         for i, v in enumerate(problem.params):
             if _is_tensor(v):
                 raise ValueError(
@@ -337,7 +342,7 @@ def solve(
         raise ValueError(f"`brownian` must be an sdekit.BrownianPath, got {type(brownian).__name__}.")
     if brownian is not None and n_paths is None:
         n_paths = brownian.n_paths
-    x0a, n_paths = _x0(_x0_tensor(x0, device, dtype) if backend == "torch" else x0, n_paths)
+    x0a, n_paths = _x0(_x0_tensor(x0, device, dtype) if backend == "torch" else _x0_array(x0), n_paths)
     dim = x0a.shape[1]
     m = problem.noise_dim(dim) if problem.is_sde else 0
 
@@ -348,6 +353,8 @@ def solve(
         atol = 1e-9 if atol is None else _positive_float(atol, "atol")
         max_steps = _positive_int(max_steps, "max_steps")
         h = None
+        if compile:
+            raise ValueError("`compile` applies to fixed-step methods; dopri5 decides its steps at run time.")
     else:
         if rtol is not None or atol is not None:
             raise ValueError(f"`rtol`/`atol` apply to adaptive methods ('dopri5'); {scheme.name} uses fixed steps.")
@@ -425,7 +432,7 @@ def solve(
         t0=t0, t1=t1, h=h, n_steps=n_steps, reverse=t1 < t0, brownian=brownian if problem.is_sde else None,
         save_idx=save_idx, save_t=save_t, out=out, failure_time=np.full(n_paths, np.nan),
         codes=np.zeros(n_paths, dtype=np.int64), rtol=rtol, atol=atol, max_steps=max_steps,
-        device=device, dtype=dtype, params_t=params_t,
+        device=device, dtype=dtype, params_t=params_t, compile=bool(compile),
     )
     mod = importlib.import_module(f".backends.{backend}_backend", __package__)
     if scheme.adaptive:

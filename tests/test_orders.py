@@ -43,33 +43,37 @@ STEPS = [256, 512, 1024, 2048, 4096]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["numba", "torch"])
 @pytest.mark.parametrize("method, noise, calculus", CASES)
-def test_strong_order(method, noise, calculus):
+def test_strong_order(method, noise, calculus, backend):
     exact = EXACT[(noise, calculus)]()
     declared = sk.get_scheme(method, exact.problem).order_for(exact.problem)
-    st = convergence.strong_study(exact, [method], STEPS, n_paths=1000, seed=7, n_boot=500)
+    st = convergence.strong_study(exact, [method], STEPS, n_paths=1000, seed=7, n_boot=500, backend=backend)
     fit = st.fits[method]
     assert fit.contains_or_exceeds(declared), f"{method} on {exact.name}: {fit} vs declared {declared}"
     assert fit.ci_high - fit.ci_low < 0.4, f"interval too wide: {fit}"
 
 
+@pytest.mark.parametrize("backend", ["numba", "torch"])
 @pytest.mark.parametrize("method", [s.name for s in list_schemes("ode") if not s.adaptive])
-def test_ode_order_on_the_gaussian_flow(method):
+def test_ode_order_on_the_gaussian_flow(method, backend):
     exact = problems.gaussian_pf_ode()
     declared = sk.get_scheme(method, exact.problem).order_for(exact.problem)
-    st = convergence.strong_study(exact, [method], [32, 64, 128, 256], n_paths=3, n_boot=10)
+    st = convergence.strong_study(exact, [method], [32, 64, 128, 256], n_paths=3, n_boot=10, backend=backend)
     fit = st.fits[method]
     # Deterministic: no sampling interval; the local slopes must all sit at the order.
     assert np.all(np.abs(fit.local_slopes - declared) < 0.1), fit.local_slopes
 
 
-def test_dopri5_error_follows_the_tolerance():
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_dopri5_error_follows_the_tolerance(backend):
     exact = problems.gaussian_pf_ode()
     ref = exact.exact(None, exact.x0, exact.t_span)
     errs = []
     for rtol in (1e-4, 1e-6, 1e-8):
-        sol = sk.solve(exact.problem, exact.x0, exact.t_span, method="dopri5", rtol=rtol, atol=rtol * 1e-2)
-        errs.append(np.abs(sol.x[-1, 0] - ref).max())
+        sol = sk.solve(exact.problem, exact.x0, exact.t_span, method="dopri5", rtol=rtol, atol=rtol * 1e-2,
+                       backend=backend)
+        errs.append(np.abs(np.asarray(sol.x[-1, 0]) - ref).max())
         assert errs[-1] < 10 * rtol
     assert errs[0] > errs[1] > errs[2]
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 
 import numpy as np
 import torch
@@ -214,9 +215,70 @@ def _first_bad_step(plan, f, g, p, x, k0, K, dw, hh, zero, newly):
     return first[newly]
 
 
+class _Tab:
+    """A packed tableau as nested Python floats with NumPy-style indexing (``tab[i, j]``, row slices).
+
+    torch.compile treats NumPy arrays as tensors, which would make the
+    tableau's zero tests data-dependent; plain floats are constants.
+    """
+
+    def __init__(self, rows):
+        self.rows = rows
+        self.shape = (len(rows), len(rows[0]))
+
+    def __getitem__(self, k):
+        if isinstance(k, tuple):
+            return self.rows[k[0]][k[1]]
+        if isinstance(k, slice):
+            return _Tab(self.rows[k])
+        return self.rows[k]
+
+
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def _stepper(plan, f, g):
+    """``step(t, x, dw, hh)`` for the solve: eager, or fused by torch.compile (cached per problem)."""
+    p, tab, h, step = plan.params_t, plan.tab, plan.h, plan.step
+    if not plan.compile:
+        return lambda t, x, dw, hh: step(f, g, p, tab, t, x, h, dw, hh)
+    key = (step, h, str(plan.device), plan.dtype, plan.dim, plan.m, plan.tab.tobytes())
+    cache = _COMPILED.setdefault(plan.problem, {})
+    if key not in cache:
+        rows = _Tab(plan.tab.tolist())
+        cache[key] = torch.compile(lambda t, x, dw, hh: step(f, g, p, rows, t, x, h, dw, hh), dynamic=False)
+    fused = cache[key]
+    checked = []
+
+    def run(t, x, dw, hh):
+        if checked:
+            return fused(t, x, dw, hh)
+        try:
+            r = fused(t, x, dw, hh)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the fix
+            raise ValueError(
+                f"compile=True: torch.compile could not fuse the {plan.scheme.name} step with your functions "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); pass compile=False."
+            ) from exc
+        checked.append(True)
+        return r
+
+    return run
+
+
+def _times(plan):
+    """Step start times: Python floats (eager) or 0-d float64 tensors (compiled: no recompile per t)."""
+    ts = [plan.t0 + k * plan.h for k in range(plan.n_steps)]
+    if not plan.compile:
+        return ts
+    return torch.tensor(ts, dtype=torch.float64, device=plan.device).unbind(0)
+
+
 def run_fixed(plan):
     f, g = _functions(plan)
-    p, tab, h, n = plan.params_t, plan.tab, plan.h, plan.n_steps
+    p, h, n = plan.params_t, plan.h, plan.n_steps
+    stepper = _stepper(plan, f, g)
+    times = _times(plan)
     save = [int(k) for k in plan.save_idx]
     nb_max = batch_size(plan)
     outs = []
@@ -237,8 +299,7 @@ def run_fixed(plan):
             x_start = x
             for j in range(K):
                 k = k0 + j
-                x = plan.step(f, g, p, tab, plan.t0 + k * h, x, h, zero if dw is None else dw[j],
-                              zero if hh is None else hh[j])
+                x = stepper(times[k], x, zero if dw is None else dw[j], zero if hh is None else hh[j])
                 if si < len(save) and save[si] == k + 1:
                     saved.append(x)
                     si += 1
@@ -255,7 +316,7 @@ def run_fixed(plan):
             out = torch.where(dead[:, :, None], torch.full_like(out, math.nan), out)
             fs = fail_step.cpu().numpy()
             rows = np.nonzero(fs != never)[0]
-            plan.failure_time[lo + rows] = plan.t0 + fs[rows] * h
+            plan.failure_time[lo + rows] = (plan.t0 + (fs[rows] - 1) * h) + h  # t_k + h, as the other backends
         outs.append(out)
     plan.out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
@@ -322,7 +383,8 @@ def _integrate_batch(f, p, A, b, e, c, P, plan, x):
     h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** 0.2
     habs = min(100.0 * h0, h1, span)
     err_prev = 1e-4
-    h_good = habs
+    h_acc = habs
+    errs = None
     nonfinite = False
     accepted = rejected = 0
     K = [k0] + [None] * (s - 1)
@@ -344,15 +406,17 @@ def _integrate_batch(f, p, A, b, e, c, P, plan, x):
         if last:
             habs = remaining
         if habs <= 10.0 * np.finfo(np.float64).eps * max(abs(t), span):
-            if nonfinite:
-                # The paths whose error stays non-finite however small the step fail; the others go on.
-                fail(~torch.isfinite(errs), _adaptive.NONFINITE)
-                habs, nonfinite = h_good, False
-                K[0] = f(t, x, p)
-                nfev += 1
-                continue
-            fail(live, _adaptive.STEP_UNDERFLOW)
-            break
+            # The paths that force the step down (error above tolerance or non-finite, else the one that
+            # sets the step size) fail here, as they would on their own; the others go on from the last
+            # accepted step size.
+            culprits = (~torch.isfinite(errs) | (errs > 1.0)) & live
+            if not bool(culprits.any()):  # the last step was accepted: the path that controls the step size
+                culprits = (errs >= errs.max()) & live
+            fail(culprits, _adaptive.NONFINITE if nonfinite else _adaptive.STEP_UNDERFLOW)
+            habs, nonfinite = h_acc, False
+            K[0] = f(t, x, p)
+            nfev += 1
+            continue
         h = direction * habs
         for i in range(1, s):
             xi = x
@@ -371,8 +435,6 @@ def _integrate_batch(f, p, A, b, e, c, P, plan, x):
         errs = norm(err_v, atol + rtol * torch.maximum(x.detach().abs(), x_new.detach().abs()))
         err = float(errs.max())
         if not math.isfinite(err):
-            if not nonfinite:
-                h_good = habs
             rejected += 1
             habs *= 0.2
             nonfinite = True
@@ -398,6 +460,7 @@ def _integrate_batch(f, p, A, b, e, c, P, plan, x):
                 si += 1
             t, x = t_new, x_new
             accepted += 1
+            h_acc = habs
             K[0] = K[s - 1] if fsal else f(t, x, p)
             nfev += 0 if fsal else 1
             fac = 10.0 if err == 0.0 else 0.9 * err**-0.14 * err_prev**0.08
