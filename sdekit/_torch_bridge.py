@@ -21,7 +21,6 @@ So paths agree to round-off, not always bit for bit.
 from __future__ import annotations
 
 import math
-
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
