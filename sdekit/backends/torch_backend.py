@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import types
 import weakref
 
 import numpy as np
@@ -246,7 +247,15 @@ def _stepper(plan, f, g):
     cache = _COMPILED.setdefault(plan.problem, {})
     if key not in cache:
         rows = _Tab(plan.tab.tolist())
-        cache[key] = torch.compile(lambda t, x, dw, hh: step(f, g, p, rows, t, x, h, dw, hh), dynamic=False)
+
+        def fused_step(t, x, dw, hh):
+            return step(f, g, p, rows, t, x, h, dw, hh)
+
+        # torch.compile caches per code object, with a limit on recompilations; a fresh code object per
+        # (problem, scheme, step size, ...) keeps one solve's compilations from evicting another's.
+        code = fused_step.__code__.replace(co_name=f"sdekit_step_{len(cache)}_{id(plan.problem):x}")
+        fresh = types.FunctionType(code, fused_step.__globals__, code.co_name, None, fused_step.__closure__)
+        cache[key] = torch.compile(fresh)
     fused = cache[key]
     checked = []
 
