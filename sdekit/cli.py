@@ -1,4 +1,4 @@
-"""``sdekit`` command line: ``sdekit demo`` (the README's main job)."""
+"""``sdekit`` command line: ``sdekit demo`` (the README's main job) and ``sdekit converge``."""
 
 from __future__ import annotations
 
@@ -13,11 +13,6 @@ __all__ = ["main"]
 
 
 def _demo(args) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
     import numba
 
     from . import convergence, problems, solve
@@ -25,44 +20,63 @@ def _demo(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     n_paths = 500 if args.quick else 2000
     steps = [16, 32, 64, 128] if args.quick else [16, 32, 64, 128, 256, 512]
-    ou = problems.ornstein_uhlenbeck()
-    gbm = problems.gbm()
-    print("sdekit demo: strong errors E|X_T - X_T^exact| on one Brownian path per sample", flush=True)
-    studies = [
-        ("Ornstein-Uhlenbeck (additive noise)", convergence.strong_study(
-            ou, ["euler", "milstein", "sra1", "sriw1"], steps, n_paths=n_paths, seed=1)),
-        ("geometric Brownian motion (scalar noise, Itô)", convergence.strong_study(
-            gbm, ["euler", "milstein", "sriw1"], steps, n_paths=n_paths, seed=2)),
+    print("sdekit demo: strong errors E|X_T - X_T^exact| on one Brownian path per sample, weak errors of E X_T "
+          "with common random numbers", flush=True)
+    runs = [
+        ("ou", ["euler", "milstein", "sra1", "sriw1"], 1),
+        ("gbm", ["euler", "milstein", "sriw1"], 2),
     ]
-    fig, axes = plt.subplots(1, len(studies), figsize=(11, 4.2))
-    for ax, (title, st) in zip(axes, studies, strict=True):
-        print(f"\n{title}: error ± standard error, fitted order [95% bootstrap interval]")
+    for name, methods, seed in runs:
+        st = convergence.study(problems.get_problem(name), methods, steps, n_paths=n_paths, seed=seed,
+                               progress=not args.quick)
+        print()
         print(st.table())
-        for meth in st.methods:
-            ax.errorbar(st.dts, st.mean_error(meth), yerr=2 * st.std_error(meth), marker="o",
-                        label=f"{meth} (order {st.fits[meth].order:.2f})")
-        for p, ls in [(0.5, ":"), (1.0, "--"), (1.5, "-."), (2.0, "-")]:
-            ref = st.mean_error(st.methods[0])[0] * (st.dts / st.dts[0]) ** p
-            ax.plot(st.dts, ref, "k", ls=ls, lw=0.8, alpha=0.5, label=f"slope {p}")
-        ax.set(xscale="log", yscale="log", xlabel="step size dt", ylabel="strong error", title=title)
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = os.path.join(args.out, "convergence.png")
-    fig.savefig(path, dpi=120)
-    print(f"\nwrote {path}")
+        for kind, stem in (("errors", "convergence"), ("work", "work_precision")):
+            path = os.path.join(args.out, f"{stem}_{name}.png")
+            st.plot(path, kind=kind)
+            print(f"wrote {path}")
 
     n_tp = 10_000 if args.quick else 100_000
     p = problems.ornstein_uhlenbeck().problem
     print(f"\nthroughput: Euler-Maruyama on scalar OU, {n_tp} paths x 1000 steps, "
           f"{numba.get_num_threads()} threads (numba backend)")
-    solve(p, 2.0, (0.0, 1.0), method="euler", n_steps=1000, n_paths=1000, seed=0, save_at=[1.0])
     for meth in ("euler", "milstein", "sra1", "sriw1"):
         solve(p, 2.0, (0.0, 1.0), method=meth, n_steps=1000, n_paths=1000, seed=0, save_at=[1.0])
         t = time.perf_counter()
         solve(p, 2.0, (0.0, 1.0), method=meth, n_steps=1000, n_paths=n_tp, seed=0, save_at=[1.0])
         el = time.perf_counter() - t
         print(f"  {meth:>9}: {el / (n_tp * 1000) * 1e9:6.2f} ns per path-step")
+    return 0
+
+
+def _converge(args) -> int:
+    from . import convergence, problems
+
+    if args.list_problems:
+        for name in sorted(problems.PROBLEMS):
+            ex = problems.get_problem(name)
+            kind = f"SDE, {ex.problem.noise} noise, {ex.problem.calculus}" if ex.problem.is_sde else "ODE"
+            print(f"{name:<22} {kind}")
+        return 0
+    if args.problem is None:
+        raise SystemExit("sdekit converge: --problem is required (see --list-problems).")
+    try:
+        ex = problems.get_problem(args.problem)
+        methods = [m for m in args.methods.split(",") if m]
+        st = convergence.study(ex, methods, args.steps, n_paths=args.paths, seed=args.seed, reference=args.reference,
+                               reference_steps=args.reference_steps, backend=args.backend, fit_from=args.fit_from,
+                               progress=not args.no_progress)
+    except ValueError as exc:
+        raise SystemExit(f"sdekit converge: {exc}") from None
+    print(st.table(args.format))
+    for path, kind in ((args.plot, "errors"), (args.work_plot, "work")):
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            st.plot(path, kind=kind)
+            print(f"wrote {path}")
+    if args.csv:
+        st.save_csv(args.csv)
+        print(f"wrote {args.csv}")
     return 0
 
 
@@ -73,6 +87,29 @@ def main(argv=None) -> int:
     demo.add_argument("--out", default="out", help="folder for the plots (default: out)")
     demo.add_argument("--quick", action="store_true", help="fewer paths and steps (about 20 s)")
     demo.set_defaults(func=_demo)
+    conv = sub.add_parser(
+        "converge", help="strong and weak errors against step count, fitted orders, work-precision, plots",
+        description="Errors of several methods at several step counts on one Brownian path per sample. "
+                    "Example: sdekit converge --problem gbm --methods euler,milstein,sriw1 --steps 8..1024 "
+                    "--paths 2000 --plot out.png",
+    )
+    conv.add_argument("--problem", help="an exact problem (see --list-problems)")
+    conv.add_argument("--methods", default="euler,milstein", help="comma-separated methods (default: euler,milstein)")
+    conv.add_argument("--steps", default="8..256", help="'8..1024' (doubling) or '8,16,32' (default: 8..256)")
+    conv.add_argument("--paths", type=int, default=1000, help="sample paths (default: 1000)")
+    conv.add_argument("--seed", type=int, default=0)
+    conv.add_argument("--reference", default=None,
+                      help="'exact' (default) or a method for an analytic-free reference on the same path")
+    conv.add_argument("--reference-steps", type=int, default=None, help="steps of that reference (default 16 x max)")
+    conv.add_argument("--fit-from", type=int, default=None, help="fit orders on step counts >= this only")
+    conv.add_argument("--backend", default="numba", choices=["numba", "numpy", "torch"])
+    conv.add_argument("--format", default="text", choices=["text", "markdown", "csv"], help="table format")
+    conv.add_argument("--plot", help="error-vs-step plot (.png or .svg)")
+    conv.add_argument("--work-plot", help="work-precision plot (.png or .svg)")
+    conv.add_argument("--csv", help="write the table as CSV")
+    conv.add_argument("--no-progress", action="store_true", help="no progress bar")
+    conv.add_argument("--list-problems", action="store_true", help="list the exact problems and exit")
+    conv.set_defaults(func=_converge)
     args = parser.parse_args(argv)
     np.seterr(all="ignore")
     return args.func(args)

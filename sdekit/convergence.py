@@ -1,38 +1,77 @@
-"""Strong and weak error studies on one refinable Brownian path, with fitted orders.
+"""Accuracy against step count: strong and weak errors, fitted orders, work-precision.
 
-Every step count of a study reads the same :class:`~sdekit.BrownianPath`
-(its grids are exact sub-samples of each other), so the errors differ only
-by the discretisation. Orders are least-squares slopes of log error against
-log step size, with a bootstrap confidence interval over paths.
+One call, :func:`study`, solves a problem with several methods at several
+step counts and measures every error against a reference on the **same**
+Brownian path per sample (the grids of a :class:`~sdekit.BrownianPath` are
+exact sub-samples of each other), so errors differ only by the discretisation:
+
+* the reference is the exact solution of an :class:`~sdekit.problems.ExactProblem`
+  (``reference="exact"``), or, analytic-free, a fine solve with a chosen
+  high-order method on the same path (``reference="sriw1"``, say);
+* strong error ``E|X_T - X_T^ref|`` (Euclidean norm per path) and weak error
+  ``E phi(X_T) - E phi(X_T^ref)``, both averaged over the same paths (common
+  random numbers: the Monte Carlo noise of ``phi(X_T^ref)`` cancels), each
+  with its Monte Carlo standard error;
+* fitted orders with confidence intervals (strong: bootstrap over paths;
+  weak: weighted fit with a next-order correction), the local slopes between
+  consecutive step counts with their standard errors, and a check that the
+  fit lies in the asymptotic range;
+* work: wall time of each solve and function evaluations per path.
+
+Results are a plain :class:`Study` record, with tables (text, markdown,
+CSV) and plots (error vs step; work-precision) saved to PNG or SVG.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .brownian import BrownianPath
-from .problems import ExactProblem
+from .brownian import BrownianPath, dyadic_level
+from .problem import ODE, SDE
+from .problems import ExactProblem, get_problem
 from .schemes import get_scheme
 from .solve import solve
 
-__all__ = ["OrderFit", "StrongStudy", "fit_order", "fit_weak_order", "strong_study", "weak_errors"]
+__all__ = [
+    "OrderFit", "Study", "StrongStudy", "study", "fit_order", "fit_weak_order", "strong_study", "weak_errors",
+    "parse_steps",
+]
 
 
+# --------------------------------------------------------------------------- fits
 @dataclass(frozen=True)
 class OrderFit:
-    """A fitted convergence order: slope of log(error) vs log(dt), bootstrap CI, local slopes."""
+    """A fitted convergence order: slope of log(error) vs log(dt) with its interval.
+
+    ``local_slopes[i]`` is the slope between step sizes ``i`` and ``i+1`` and
+    ``local_se`` its standard error. ``asymptotic`` says whether every local
+    slope in the fitted range agrees with the fitted order (within
+    ``max(0.05, 2 se)``): if not, the errors are still pre-asymptotic and the
+    fit should use finer steps (or ``fit_from`` in :func:`study`).
+    """
 
     order: float
     ci_low: float
     ci_high: float
     local_slopes: np.ndarray
     confidence: float = 0.95
+    local_se: np.ndarray | None = None
 
     def contains_or_exceeds(self, declared: float) -> bool:
         """True if the interval contains ``declared`` or lies above it."""
         return self.ci_low <= declared <= self.ci_high or self.ci_low > declared
+
+    @property
+    def asymptotic(self) -> bool:
+        se = np.zeros_like(self.local_slopes) if self.local_se is None else self.local_se
+        tol = np.maximum(0.05, 2.0 * se)
+        return bool(np.all(np.abs(self.local_slopes - self.order) <= tol))
 
     def __str__(self):
         return f"{self.order:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}]"
@@ -48,7 +87,8 @@ def fit_order(dts, per_path_errors, *, n_boot=1000, confidence=0.95, seed=0) -> 
 
     ``per_path_errors`` is (n_levels, n_paths): the absolute error of each
     path at each step size. The interval comes from resampling paths (the
-    same resample at every level, preserving the correlation between levels).
+    same resample at every level, preserving the correlation between levels);
+    the local slopes' standard errors come from the same resamples.
     """
     dts = np.asarray(dts, float)
     e = np.asarray(per_path_errors, float)
@@ -58,13 +98,15 @@ def fit_order(dts, per_path_errors, *, n_boot=1000, confidence=0.95, seed=0) -> 
     rng = np.random.default_rng(seed)
     n = e.shape[1]
     boots = np.empty(n_boot)
+    local_boots = np.empty((n_boot, len(dts) - 1))
     for b in range(n_boot):
-        idx = rng.integers(0, n, n)
-        boots[b] = _slope(log_dt, np.log(e[:, idx].mean(axis=1)))
+        lm = np.log(e[:, rng.integers(0, n, n)].mean(axis=1))
+        boots[b] = _slope(log_dt, lm)
+        local_boots[b] = np.diff(lm) / np.diff(log_dt)
     a = (1 - confidence) / 2
     lo, hi = np.quantile(boots, [a, 1 - a])
     local = np.diff(np.log(mean)) / np.diff(log_dt)
-    return OrderFit(float(order), float(lo), float(hi), local, confidence)
+    return OrderFit(float(order), float(lo), float(hi), local, confidence, local_boots.std(axis=0, ddof=1))
 
 
 def fit_weak_order(dts, errors, std_errors, *, z=1.96) -> OrderFit:
@@ -90,36 +132,212 @@ def fit_weak_order(dts, errors, std_errors, *, z=1.96) -> OrderFit:
     popt, pcov = curve_fit(model, h, e, p0=[p0[1], p0[0], 0.0], sigma=s, absolute_sigma=True, maxfev=10000)
     order, se = popt[1], float(np.sqrt(pcov[1, 1]))
     local = np.diff(np.log(e)) / np.diff(x)
-    return OrderFit(float(order), float(order - z * se), float(order + z * se), local)
+    rel = s / e
+    local_se = np.sqrt(rel[1:] ** 2 + rel[:-1] ** 2) / np.abs(np.diff(x))
+    confidence = float(math.erf(z / math.sqrt(2.0)))
+    return OrderFit(float(order), float(order - z * se), float(order + z * se), local, confidence, local_se)
 
 
+# --------------------------------------------------------------------------- the record
 @dataclass(frozen=True)
-class StrongStudy:
-    """Strong errors ``E|X_T - X_T^exact|`` of several methods on one path."""
+class Study:
+    """Errors, standard errors, fits and work of several methods at several step counts.
+
+    ``strong[m]`` is (n_levels, n_paths) of per-path errors ``|X_T - X_T^ref|``;
+    ``weak[m]`` is (n_levels, n_paths) of per-path differences
+    ``phi(X_T) - phi(X_T^ref)`` (their mean is the weak error, their standard
+    deviation / sqrt(n) its standard error). ``seconds[m]`` and ``evals[m]``
+    are the wall time of each solve and the function evaluations (drift plus
+    diffusion) per path.
+    """
 
     problem: str
+    reference: str
     steps: np.ndarray
     dts: np.ndarray
     methods: tuple
-    errors: dict  # method -> (n_levels, n_paths) absolute errors
-    fits: dict = field(default_factory=dict)
+    n_paths: int
+    strong: dict
+    weak: dict
+    seconds: dict
+    evals: dict
+    strong_fits: dict = field(default_factory=dict)
+    weak_fits: dict = field(default_factory=dict)
+    phi: str = "x"
+    reference_error: float | None = None
+    backend: str = "numba"
 
-    def mean_error(self, method):
-        return self.errors[method].mean(axis=1)
+    # -- numbers ----------------------------------------------------------------------------
+    def strong_error(self, method) -> np.ndarray:
+        return self.strong[method].mean(axis=1)
 
-    def std_error(self, method):
-        e = self.errors[method]
-        return e.std(axis=1, ddof=1) / np.sqrt(e.shape[1])
+    def strong_se(self, method) -> np.ndarray:
+        e = self.strong[method]
+        return e.std(axis=1, ddof=1) / np.sqrt(e.shape[1]) if e.shape[1] > 1 else np.zeros(e.shape[0])
 
-    def table(self) -> str:
-        """A plain-text table: error ± standard error per step count, and the fitted order."""
-        head = f"{'steps':>7} " + " ".join(f"{m:>22}" for m in self.methods)
-        rows = [head]
-        for i, n in enumerate(self.steps):
-            rows.append(f"{n:>7} " + " ".join(
-                f"{self.mean_error(m)[i]:>11.3e} ± {self.std_error(m)[i]:<8.1e}" for m in self.methods))
-        rows.append(f"{'order':>7} " + " ".join(f"{str(self.fits[m]):>22}" for m in self.methods))
-        return "\n".join(rows)
+    def weak_error(self, method) -> np.ndarray:
+        return self.weak[method].mean(axis=1)
+
+    def weak_se(self, method) -> np.ndarray:
+        d = self.weak[method]
+        return d.std(axis=1, ddof=1) / np.sqrt(d.shape[1]) if d.shape[1] > 1 else np.zeros(d.shape[0])
+
+    # Names of the first version of this module.
+    @property
+    def fits(self) -> dict:
+        return self.strong_fits
+
+    @property
+    def errors(self) -> dict:
+        return self.strong
+
+    mean_error = strong_error
+    std_error = strong_se
+
+    # -- tables -----------------------------------------------------------------------------
+    def records(self) -> list[dict]:
+        """One plain dict per (method, step count)."""
+        out = []
+        for m in self.methods:
+            se_s, e_s, e_w, se_w = self.strong_se(m), self.strong_error(m), self.weak_error(m), self.weak_se(m)
+            for i, n in enumerate(self.steps):
+                out.append({
+                    "method": m, "steps": int(n), "dt": float(self.dts[i]),
+                    "strong_error": float(e_s[i]), "strong_se": float(se_s[i]),
+                    "weak_error": float(e_w[i]), "weak_se": float(se_w[i]),
+                    "seconds": float(self.seconds[m][i]), "evals_per_path": float(self.evals[m][i]),
+                    "ns_per_path_step": float(self.seconds[m][i] / (self.n_paths * n) * 1e9),
+                })
+        return out
+
+    def _fit_lines(self, fits, label):
+        lines = []
+        for m in self.methods:
+            f = fits.get(m)
+            if f is None:
+                lines.append(f"{label} order {m}: not fitted (errors within their Monte Carlo noise)")
+                continue
+            local = " ".join(f"{v:.2f}" for v in f.local_slopes)
+            status = "asymptotic" if f.asymptotic else "NOT asymptotic: local slopes still drift, use finer steps"
+            lines.append(f"{label} order {m}: {f} ({f.confidence:.0%} interval); local slopes {local} ({status})")
+        return lines
+
+    def table(self, fmt: str = "text") -> str:
+        """The errors as a table: ``fmt`` is ``"text"``, ``"markdown"`` or ``"csv"``."""
+        recs = self.records()
+        if fmt == "csv":
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=list(recs[0]))
+            w.writeheader()
+            w.writerows(recs)
+            return buf.getvalue()
+        if fmt not in ("text", "markdown"):
+            raise ValueError(f"`fmt` must be 'text', 'markdown' or 'csv', got {fmt!r}.")
+        head = ["method", "steps", "dt", "strong error ± se", "weak error ± se", "evals/path", "ns/path-step"]
+        rows = [[r["method"], str(r["steps"]), f"{r['dt']:.3g}", f"{r['strong_error']:.3e} ± {r['strong_se']:.1e}",
+                 f"{r['weak_error']:+.3e} ± {r['weak_se']:.1e}", f"{r['evals_per_path']:.0f}",
+                 f"{r['ns_per_path_step']:.1f}"] for r in recs]
+        title = (f"{self.problem}: {self.n_paths} paths, reference {self.reference}, weak functional phi = "
+                 f"{self.phi}, backend {self.backend}")
+        fits = self._fit_lines(self.strong_fits, "strong") + self._fit_lines(self.weak_fits, "weak")
+        if self.reference_error is not None:
+            fits.append(f"reference error (vs. the same method on half the steps): {self.reference_error:.2e}")
+        if fmt == "markdown":
+            lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            lines += ["| " + " | ".join(r) + " |" for r in rows]
+            return "\n".join(lines + [""] + [f"- {f}" for f in fits])
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+        fmt_row = "  ".join(f"{{:>{w}}}" for w in widths).format
+        return "\n".join([title, fmt_row(*head)] + [fmt_row(*r) for r in rows] + fits)
+
+    def save_csv(self, path) -> None:
+        with open(path, "w", newline="") as fh:
+            fh.write(self.table("csv"))
+
+    # -- plots ------------------------------------------------------------------------------
+    def plot(self, path, kind: str = "errors"):
+        """Save a figure (PNG or SVG by extension) and return it.
+
+        ``kind="errors"``: log-log strong and weak error against the step
+        size, error bars of 2 standard errors, reference slopes;
+        ``kind="work"``: work-precision, strong error against wall time and
+        against function evaluations per path.
+        """
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        if kind not in ("errors", "work"):
+            raise ValueError(f"`kind` must be 'errors' or 'work', got {kind!r}.")
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        if kind == "errors":
+            self._plot_errors(axes[0], "strong")
+            self._plot_errors(axes[1], "weak")
+        else:
+            for ax, what in zip(axes, ("seconds", "evals"), strict=True):
+                for m in self.methods:
+                    x = self.seconds[m] if what == "seconds" else self.evals[m]
+                    ax.errorbar(x, self.strong_error(m), yerr=2 * self.strong_se(m), marker="o", label=m)
+                ax.set(xscale="log", yscale="log", ylabel="strong error",
+                       xlabel="wall time of the solve [s]" if what == "seconds" else "function evaluations per path",
+                       title=f"{self.problem}: work-precision")
+                ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return fig
+
+    def _plot_errors(self, ax, which):
+        import matplotlib.ticker
+
+        fits = self.strong_fits if which == "strong" else self.weak_fits
+        for m in self.methods:
+            err = self.strong_error(m) if which == "strong" else np.abs(self.weak_error(m))
+            se = self.strong_se(m) if which == "strong" else self.weak_se(m)
+            f = fits.get(m)
+            label = f"{m} (order {f.order:.2f})" if f is not None else m
+            ax.errorbar(self.dts, err, yerr=2 * se, marker="o", capsize=2, label=label)
+        first = self.strong_error(self.methods[0]) if which == "strong" else np.abs(self.weak_error(self.methods[0]))
+        if first[0] > 0:
+            for p, ls in [(0.5, ":"), (1.0, "--"), (1.5, "-."), (2.0, "-")]:
+                ax.plot(self.dts, first[0] * (self.dts / self.dts[0]) ** p, "k", ls=ls, lw=0.8, alpha=0.5,
+                        label=f"slope {p}")
+        ylabel = "strong error E|X - X_ref|" if which == "strong" else f"weak error |E phi(X) - E phi(X_ref)|, phi={self.phi}"
+        ax.set(xscale="log", yscale="log", xlabel="step size dt", ylabel=ylabel, title=f"{self.problem}: {which}")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.legend(fontsize=7)
+
+
+StrongStudy = Study  # the first version's name
+
+
+# --------------------------------------------------------------------------- running a study
+def parse_steps(spec) -> list[int]:
+    """Step counts from ``"8..1024"`` (doubling), ``"8,16,64"`` or a list of ints."""
+    if isinstance(spec, str):
+        s = spec.replace(" ", "")
+        try:
+            if ".." in s:
+                lo, hi = (int(v) for v in s.split(".."))
+                if lo < 1 or hi < lo:
+                    raise ValueError
+                out = [lo]
+                while out[-1] * 2 <= hi:
+                    out.append(out[-1] * 2)
+                if out[-1] != hi:
+                    raise ValueError(f"`steps` {spec!r}: {hi} is not {lo} times a power of two.")
+            else:
+                out = [int(v) for v in s.split(",") if v]
+        except ValueError as exc:
+            msg = str(exc) if str(exc).startswith("`steps`") else (
+                f"`steps` must look like '8..1024' (doubling) or '8,16,32', got {spec!r}.")
+            raise ValueError(msg) from None
+    else:
+        out = [int(v) for v in spec]
+    if len(out) < 2 or any(v < 1 for v in out):
+        raise ValueError(f"`steps` needs at least two positive step counts, got {out}.")
+    return sorted(set(out))
 
 
 def _final(sol) -> np.ndarray:
@@ -128,49 +346,175 @@ def _final(sol) -> np.ndarray:
     return x if isinstance(x, np.ndarray) else x.detach().cpu().double().numpy()
 
 
-def strong_study(exact: ExactProblem, methods, steps, *, n_paths=1000, seed=0, backend="numba",
-                 n_boot=1000) -> StrongStudy:
-    """Strong error of each method at each step count, on one Brownian path per sample."""
-    steps = np.asarray(sorted(steps), dtype=np.int64)
-    t0, t1 = exact.t_span
-    if exact.problem.is_sde:
-        m = exact.problem.noise_dim(exact.x0.size)
-        bm = BrownianPath.for_steps(seed, (t0, t1), int(steps[0]), n_paths=n_paths, noise_dim=m, levy_area=True)
-        ref = exact.exact(bm, exact.x0, (t0, t1))
+def _phi_values(phi, x):
+    v = np.asarray(phi(x), dtype=float)
+    return v.reshape(v.shape[0], -1).sum(axis=1) if v.ndim > 1 else v
+
+
+def _resolve(problem, x0, t_span):
+    """(name, problem, x0, t_span, exact-or-None) from an ExactProblem, a name or an SDE/ODE."""
+    if isinstance(problem, str):
+        problem = get_problem(problem)
+    if isinstance(problem, ExactProblem):
+        x0 = problem.x0 if x0 is None else np.asarray(x0, float)
+        t_span = problem.t_span if t_span is None else t_span
+        return problem.name, problem.problem, x0, tuple(float(v) for v in t_span), problem.exact
+    if isinstance(problem, SDE | ODE):
+        if x0 is None or t_span is None:
+            raise ValueError("a plain SDE/ODE needs `x0` and `t_span` (an ExactProblem carries its own).")
+        return type(problem).__name__, problem, np.asarray(x0, float), tuple(float(v) for v in t_span), None
+    raise ValueError(
+        f"`problem` must be an ExactProblem, a problem name, or an SDE/ODE, got {type(problem).__name__}."
+    )
+
+
+def study(problem, methods, steps, *, x0=None, t_span=None, n_paths: int = 1000, seed: int = 0,
+          reference: str | None = None, reference_steps: int | None = None, phi=None, phi_name: str | None = None,
+          backend: str = "numba", n_boot: int = 1000, confidence: float = 0.95, fit_from: int | None = None,
+          progress: bool = False) -> Study:
+    """Strong and weak errors of ``methods`` at each of ``steps``, on one Brownian path per sample.
+
+    Parameters
+    ----------
+    problem : ExactProblem, str or SDE/ODE
+        A problem of :mod:`sdekit.problems` (or its name), or any problem
+        with ``x0``, ``t_span`` and an analytic-free ``reference``.
+    methods : list of str
+    steps : list of int or str
+        Step counts (``"8..1024"`` doubles from 8 to 1024). They must be
+        dyadic refinements of each other, so that one path serves them all.
+    n_paths, seed : int
+        Samples and the seed of their Brownian path.
+    reference : str, optional
+        ``"exact"`` (the default for an ExactProblem) or a method name: the
+        reference is then that method on ``reference_steps`` steps (default
+        ``16 * max(steps)``) on the same path; its own error, estimated from
+        the same method on half the steps, is reported as ``reference_error``.
+    phi : callable, optional
+        Weak functional ``phi(x)`` on the (n_paths, dim) final states; one
+        number per path (an array result is summed over its components).
+        Default: ``x``, summed over components.
+    backend : str
+        Passed to :func:`sdekit.solve` (``"numba"``, ``"numpy"``, ``"torch"``).
+    n_boot, confidence : int, float
+        Bootstrap resamples and level of the strong-order interval (the weak
+        interval is normal-theory at the same level).
+    fit_from : int, optional
+        Fit orders on step counts ``>= fit_from`` only (the asymptotic range);
+        default: all. Errors at every step count are reported either way.
+    progress : bool
+        Show a progress bar (tqdm) over the solves.
+    """
+    name, prob, x0, (t0, t1), exact = _resolve(problem, x0, t_span)
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    if not methods:
+        raise ValueError("`methods` is empty; give at least one method name.")
+    for m in methods:
+        get_scheme(m, prob)
+    steps = np.asarray(parse_steps(steps), dtype=np.int64)
+    reference = ("exact" if exact is not None else None) if reference is None else reference
+    if reference is None:
+        raise ValueError("this problem has no exact solution: pass reference='<method>' (e.g. 'sriw1' or 'rk4').")
+    if reference == "exact" and exact is None:
+        raise ValueError("reference='exact' needs an ExactProblem; pass reference='<method>' instead.")
+    if reference != "exact":
+        get_scheme(reference, prob)
+        reference_steps = int(16 * steps[-1] if reference_steps is None else reference_steps)
+    phi_name = phi_name or ("x" if phi is None else getattr(phi, "__name__", "phi"))
+    phi = (lambda x: x) if phi is None else phi
+
+    if prob.is_sde:
+        m = prob.noise_dim(x0.size)
+        bm = BrownianPath.for_steps(seed, (min(t0, t1), max(t0, t1)), int(steps[0]), n_paths=n_paths, noise_dim=m,
+                                    levy_area=True)
+        for n in list(steps) + ([reference_steps] if reference != "exact" else []):
+            if dyadic_level(int(n), bm.base_steps) is None:
+                raise ValueError(
+                    f"step count {n} is not {steps[0]} times a power of two; every step count of a study must "
+                    f"refine the coarsest one ({steps[0]}), so that one Brownian path serves them all."
+                )
+        kw = {"brownian": bm}
     else:
-        bm = None
-        ref = np.broadcast_to(exact.exact(None, exact.x0, (t0, t1)), (n_paths, exact.x0.size))
-    errors, fits = {}, {}
+        bm, kw = None, {"n_paths": n_paths}
+
+    def run(method, n):
+        t = time.perf_counter()
+        sol = solve(prob, x0, (t0, t1), method=method, n_steps=int(n), save_at=[t1], backend=backend, **kw)
+        el = time.perf_counter() - t
+        if not sol.success:
+            raise RuntimeError(f"{method} with {n} steps: {sol.message}")
+        return _final(sol), el, (sol.stats.n_drift_evals + sol.stats.n_diffusion_evals) / sol.stats.n_paths
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(methods) * len(steps) + (reference != "exact"), disable=not progress, desc=name,
+               unit="solve", leave=False)
+    reference_error = None
+    if reference == "exact":
+        ref = exact(bm, x0, (t0, t1)) if prob.is_sde else np.broadcast_to(exact(None, x0, (t0, t1)), (n_paths, x0.size))
+        ref_label = "exact"
+    else:
+        ref, _, _ = run(reference, reference_steps)
+        half, _, _ = run(reference, reference_steps // 2)
+        reference_error = float(np.sqrt(((ref - half) ** 2).sum(axis=1)).mean())
+        ref_label = f"{reference} on {reference_steps} steps"
+        bar.update()
+    phi_ref = _phi_values(phi, ref)
+
+    strong, weak, seconds, evals = {}, {}, {}, {}
     for meth in methods:
-        get_scheme(meth, exact.problem)
+        if backend != "numpy":
+            run(meth, steps[0])  # compile / warm up outside the timings
         e = np.empty((len(steps), n_paths))
+        d = np.empty((len(steps), n_paths))
+        sec = np.empty(len(steps))
+        ev = np.empty(len(steps))
         for i, n in enumerate(steps):
-            kw = dict(brownian=bm) if bm is not None else dict(n_paths=n_paths)
-            sol = solve(exact.problem, exact.x0, (t0, t1), method=meth, n_steps=int(n), save_at=[t1],
-                        backend=backend, **kw)
-            e[i] = np.sqrt(np.sum((_final(sol) - ref) ** 2, axis=1))
-        errors[meth] = e
-        fits[meth] = fit_order((t1 - t0) / steps, e, n_boot=n_boot, seed=seed)
-    return StrongStudy(exact.name, steps, (t1 - t0) / steps, tuple(methods), errors, fits)
+            x, sec[i], ev[i] = run(meth, n)
+            e[i] = np.sqrt(((x - ref) ** 2).sum(axis=1))
+            d[i] = _phi_values(phi, x) - phi_ref
+            bar.update()
+        strong[meth], weak[meth], seconds[meth], evals[meth] = e, d, sec, ev
+    bar.close()
+
+    dts = abs(t1 - t0) / steps
+    st = Study(name, ref_label, steps, dts, tuple(methods), n_paths, strong, weak, seconds, evals,
+               phi=phi_name, reference_error=reference_error, backend=backend)
+    rng = steps >= (fit_from or 0)
+    if rng.sum() < 2:
+        raise ValueError(f"fit_from={fit_from} leaves fewer than two step counts to fit; lower it.")
+    for meth in methods:
+        if np.all(st.strong_error(meth)[rng] > 0):
+            st.strong_fits[meth] = fit_order(dts[rng], strong[meth][rng], n_boot=n_boot, confidence=confidence,
+                                             seed=seed)
+        we, ws = st.weak_error(meth), st.weak_se(meth)
+        keep = np.nonzero((np.abs(we) > 2.0 * ws) & rng)[0]  # levels whose bias stands above the noise
+        if len(keep) >= 3:
+            try:
+                st.weak_fits[meth] = fit_weak_order(dts[keep], we[keep], np.maximum(ws[keep], 1e-300),
+                                                    z=_z(confidence))
+            except (RuntimeError, ValueError):  # curve_fit did not converge: leave unfitted
+                pass
+    return st
+
+
+def _z(confidence):
+    from scipy.stats import norm
+
+    return float(norm.ppf(0.5 + confidence / 2))
+
+
+# --------------------------------------------------------------------------- first-version helpers
+def strong_study(exact: ExactProblem, methods, steps, *, n_paths=1000, seed=0, backend="numba",
+                 n_boot=1000) -> Study:
+    """Strong errors of each method at each step count against the exact solution (see :func:`study`)."""
+    return study(exact, methods, steps, n_paths=n_paths, seed=seed, backend=backend, n_boot=n_boot)
 
 
 def weak_errors(exact: ExactProblem, method, steps, phi, *, n_paths=20000, seed=0, backend="numba"):
     """Weak errors ``E phi(X_T) - E phi(X_T^exact)`` with common random numbers.
 
-    Both terms are averaged over the same paths, so the Monte Carlo noise of
-    ``phi(X_T^exact)`` cancels; returns ``(steps, errors, standard_errors)``.
+    Returns ``(steps, errors, standard_errors)``; see :func:`study`.
     """
-    steps = np.asarray(sorted(steps), dtype=np.int64)
-    t0, t1 = exact.t_span
-    m = exact.problem.noise_dim(exact.x0.size)
-    bm = BrownianPath.for_steps(seed, (t0, t1), int(steps[0]), n_paths=n_paths, noise_dim=m, levy_area=True)
-    ref = phi(exact.exact(bm, exact.x0, (t0, t1)))
-    errs, ses = [], []
-    for n in steps:
-        sol = solve(exact.problem, exact.x0, (t0, t1), method=method, n_steps=int(n), brownian=bm, save_at=[t1],
-                    backend=backend)
-        d = phi(_final(sol)) - ref
-        d = d.reshape(d.shape[0], -1).sum(axis=1)
-        errs.append(d.mean())
-        ses.append(d.std(ddof=1) / np.sqrt(len(d)))
-    return steps, np.array(errs), np.array(ses)
+    st = study(exact, [method], steps, n_paths=n_paths, seed=seed, phi=phi, backend=backend, n_boot=10)
+    return st.steps, st.weak_error(method), st.weak_se(method)

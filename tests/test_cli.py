@@ -10,13 +10,14 @@ def test_demo_quick_writes_the_convergence_plot(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "order" in r.stdout and "ns per path-step" in r.stdout
-    png = tmp_path / "convergence.png"
-    assert png.exists() and png.stat().st_size > 10_000
-    with open(png, "rb") as fh:
-        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    for name in ("convergence_ou", "convergence_gbm", "work_precision_ou", "work_precision_gbm"):
+        png = tmp_path / f"{name}.png"
+        assert png.exists() and png.stat().st_size > 10_000
+        with open(png, "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_help_lists_the_verbs():
     r = subprocess.run([sys.executable, "-m", "sdekit", "--help"], capture_output=True, text=True, check=True,
                        env=dict(os.environ))
-    assert "demo" in r.stdout
+    assert "demo" in r.stdout and "converge" in r.stdout

@@ -1,0 +1,156 @@
+"""The convergence harness: its statistics against closed forms, its modes, tables and command line."""
+
+import csv
+import io
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from sdekit import convergence, problems
+
+
+def test_weak_error_and_its_standard_error_match_the_closed_form_for_em_on_gbm():
+    """EM on GBM: E X^h_T = x0 (1 + a h)^n; Var(X^h_T - X_T) from the moments of both (same path)."""
+    a, b, x0, T, n_paths = 1.0, 0.5, 1.0, 1.0, 20000
+    st = convergence.study(problems.gbm(a=a, b=b, x0=x0, T=T), ["euler"], [4, 8, 16, 32], n_paths=n_paths, seed=11,
+                           n_boot=50)
+    for i, n in enumerate(st.steps):
+        h = T / n
+        mean_d = x0 * (1 + a * h) ** n - x0 * math.exp(a * T)
+        e_hh = x0**2 * ((1 + a * h) ** 2 + b * b * h) ** n
+        e_xx = x0**2 * math.exp((2 * a + b * b) * T)
+        e_hx = x0**2 * (math.exp(a * h) * (1 + a * h + b * b * h)) ** n
+        sd = math.sqrt(e_hh - 2 * e_hx + e_xx - mean_d**2)
+        err, se = st.weak_error("euler")[i], st.weak_se("euler")[i]
+        assert abs(se - sd / math.sqrt(n_paths)) < 0.1 * sd / math.sqrt(n_paths), (n, se, sd)
+        assert abs(err - mean_d) < 4 * se, (n, err, mean_d, se)
+
+
+def test_strong_error_and_its_standard_error_match_the_closed_form_for_em_on_ou():
+    """EM on OU is a linear Gaussian recursion: X^h_T - X_T is Gaussian with known mean and variance."""
+    theta, mu, sigma, x0, T, n_paths = 1.0, 0.5, 0.3, 2.0, 1.0, 20000
+    ex = problems.ornstein_uhlenbeck(theta, mu, sigma, x0, T, ref_level=12)  # reference error ~1e-7
+    st = convergence.study(ex, ["euler"], [4, 8, 16, 32], n_paths=n_paths, seed=12, n_boot=50)
+    for i, n in enumerate(st.steps):
+        h = T / n
+        r = 1 - theta * h
+        m = (r**n - math.exp(-theta * T)) * (x0 - mu)
+        var = 0.0
+        for k in range(n):
+            c, lo, hi = r ** (n - 1 - k), k * h, (k + 1) * h
+            i1 = (math.exp(-theta * (T - hi)) - math.exp(-theta * (T - lo))) / theta
+            i2 = (math.exp(-2 * theta * (T - hi)) - math.exp(-2 * theta * (T - lo))) / (2 * theta)
+            var += sigma**2 * (c * c * h - 2 * c * i1 + i2)
+        s = math.sqrt(var)
+        mean_abs = s * math.sqrt(2 / math.pi) * math.exp(-m * m / (2 * var)) + m * (1 - 2 * norm.cdf(-m / s))
+        sd_abs = math.sqrt(var + m * m - mean_abs**2)
+        err, se = st.strong_error("euler")[i], st.strong_se("euler")[i]
+        assert abs(se - sd_abs / math.sqrt(n_paths)) < 0.1 * sd_abs / math.sqrt(n_paths), (n, se, sd_abs)
+        assert abs(err - mean_abs) < 4 * se, (n, err, mean_abs, se)
+        # The weak error of E X_T is exactly the mean of the difference.
+        assert abs(st.weak_error("euler")[i] - m) < 4 * st.weak_se("euler")[i]
+
+
+@pytest.mark.parametrize(
+    "name, method, order",
+    [("gbm", "euler", 0.5), ("ou", "euler", 1.0), ("gbm", "milstein", 1.0), ("ou", "sra1", 1.5),
+     ("gbm", "sriw1", 1.5), ("gaussian_pf_ode", "rk4", 4.0)],
+)
+def test_the_harness_recovers_known_orders(name, method, order):
+    ode = name == "gaussian_pf_ode"
+    st = convergence.study(name, [method], [16, 32, 64, 128] if ode else [256, 512, 1024, 2048],
+                           n_paths=2 if ode else 800, seed=3, n_boot=300)
+    fit = st.strong_fits[method]
+    if ode:  # deterministic: no sampling interval, the slopes themselves sit at the order
+        assert np.all(np.abs(fit.local_slopes - order) < 0.1), fit.local_slopes
+    else:
+        assert fit.contains_or_exceeds(order), f"{method} on {name}: {fit}"
+
+
+def test_analytic_free_reference_agrees_with_the_exact_one():
+    kw = dict(n_paths=1000, seed=5, n_boot=200)
+    exact = convergence.study("gbm", ["euler", "milstein"], "16..256", **kw)
+    fine = convergence.study("gbm", ["euler", "milstein"], "16..256", reference="sriw1", reference_steps=8192, **kw)
+    assert fine.reference == "sriw1 on 8192 steps"
+    assert fine.reference_error < 1e-3
+    for m in ("euler", "milstein"):
+        # The reference's own error is far below the schemes': the per-path errors hardly move.
+        np.testing.assert_allclose(fine.strong_error(m), exact.strong_error(m), rtol=0.02)
+        np.testing.assert_allclose(fine.weak_error(m), exact.weak_error(m), atol=2 * fine.reference_error)
+        a, b = exact.strong_fits[m], fine.strong_fits[m]
+        assert a.ci_low <= b.ci_high and b.ci_low <= a.ci_high, (a, b)
+
+
+def test_plain_problem_with_a_fine_reference_and_matrix_additive_noise():
+    ex = problems.ou_matrix()
+    st = convergence.study(ex.problem, ["euler", "sra1"], "8..64", x0=ex.x0, t_span=ex.t_span, n_paths=300,
+                           reference="sra1", reference_steps=1024, n_boot=100)
+    assert st.problem == "SDE" and st.strong_fits["sra1"].order > 1.4
+    truth = convergence.study(ex, ["euler", "sra1"], "8..64", n_paths=300, n_boot=100)
+    np.testing.assert_allclose(st.strong_error("euler"), truth.strong_error("euler"), rtol=0.02)
+
+
+def test_records_tables_and_work_counts():
+    st = convergence.study("gbm", ["euler", "milstein"], [8, 16, 32, 64], n_paths=200, n_boot=50)
+    recs = st.records()
+    assert len(recs) == 8 and {r["method"] for r in recs} == {"euler", "milstein"}
+    rows = list(csv.DictReader(io.StringIO(st.table("csv"))))
+    assert len(rows) == 8 and float(rows[0]["strong_error"]) == pytest.approx(recs[0]["strong_error"])
+    # Function evaluations per path: euler 1 drift + 1 diffusion per step, milstein 1 + 2.
+    np.testing.assert_array_equal(st.evals["euler"], 2 * st.steps)
+    np.testing.assert_array_equal(st.evals["milstein"], 3 * st.steps)
+    assert np.all(st.seconds["euler"] > 0)
+    md = st.table("markdown")
+    assert md.count("\n| euler |") == 4 and "strong order euler" in md
+    assert "local slopes" in st.table()
+    with pytest.raises(ValueError, match="fmt"):
+        st.table("latex")
+
+
+def test_plots_are_written(tmp_path):
+    st = convergence.study("ou", ["euler", "sra1"], [8, 16, 32], n_paths=100, n_boot=20)
+    for name, kind in (("e.png", "errors"), ("w.svg", "work")):
+        st.plot(tmp_path / name, kind=kind)
+        assert (tmp_path / name).stat().st_size > 5000
+    assert (tmp_path / "w.svg").read_text().lstrip().startswith("<?xml")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(problem="gbm", steps="8,12"), "12 is not 8 times a power of two"),
+        (dict(problem="gbm", steps="8..100"), "100 is not 8 times a power of two"),
+        (dict(problem="gbm", steps="8"), "at least two"),
+        (dict(problem="gbm", steps="x..y"), "'8..1024'"),
+        (dict(problem="nope"), "unknown problem"),
+        (dict(problem=problems.gbm().problem), "needs `x0` and `t_span`"),
+        (dict(problem=problems.gbm().problem, x0=[1.0], t_span=(0, 1)), "reference='<method>'"),
+        (dict(problem="gbm", methods=["rk4"]), "unknown method"),
+        (dict(problem="gbm", fit_from=64), "fewer than two"),
+    ],
+)
+def test_bad_study_arguments(kwargs, match):
+    kw = dict(methods=["euler"], steps="8..32", n_paths=20, n_boot=10) | kwargs
+    with pytest.raises(ValueError, match=match):
+        convergence.study(kw.pop("problem"), kw.pop("methods"), kw.pop("steps"), **kw)
+
+
+def test_converge_command_end_to_end(tmp_path):
+    out, work, table = tmp_path / "out.png", tmp_path / "work.svg", tmp_path / "t.csv"
+    r = subprocess.run(
+        [sys.executable, "-m", "sdekit", "converge", "--problem", "gbm", "--methods", "euler,milstein,sriw1",
+         "--steps", "8..64", "--paths", "200", "--plot", str(out), "--work-plot", str(work), "--csv", str(table),
+         "--no-progress"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "strong order sriw1" in r.stdout and "weak order" in r.stdout
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and work.stat().st_size > 5000
+    assert len(table.read_text().strip().splitlines()) == 1 + 3 * 4
+    bad = subprocess.run([sys.executable, "-m", "sdekit", "converge", "--problem", "nope"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode != 0 and "unknown problem" in bad.stderr
