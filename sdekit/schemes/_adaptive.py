@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba.extending import register_jitable
+from numba.extending import overload, register_jitable
 
 from ._steps import empty_stages, put
 
@@ -36,6 +36,59 @@ def _row(out, i, x):
 @register_jitable
 def _rms(v):
     return math.sqrt(float(np.mean(v * v)))
+
+
+# In-place helpers: NumPy in Python, allocation-free loops in Numba (same arithmetic, element by element).
+def _axpy(y, a, x):
+    """``y += a * x``."""
+    y += a * x
+
+
+@overload(_axpy, inline="always")
+def _ov_axpy(y, a, x):
+    def impl(y, a, x):
+        for r in range(y.shape[0]):
+            for k in range(y.shape[1]):
+                y[r, k] = y[r, k] + a * x[r, k]
+    return impl
+
+
+def _assign(y, x):
+    """``y[...] = x`` (``x`` an array of ``y``'s shape, or a number)."""
+    y[...] = x
+
+
+@overload(_assign, inline="always")
+def _ov_assign(y, x):
+    if getattr(x, "ndim", 0) == 0:
+        def impl0(y, x):
+            for r in range(y.shape[0]):
+                for k in range(y.shape[1]):
+                    y[r, k] = x
+        return impl0
+
+    def impl(y, x):
+        for r in range(y.shape[0]):
+            for k in range(y.shape[1]):
+                y[r, k] = x[r, k]
+    return impl
+
+
+def _error_norm(err, x, x_new, atol, rtol):
+    """RMS of ``err / (atol + rtol max(|x|, |x_new|))``."""
+    return _rms(err / (atol + rtol * np.maximum(np.abs(x), np.abs(x_new))))
+
+
+@overload(_error_norm, inline="always")
+def _ov_error_norm(err, x, x_new, atol, rtol):
+    def impl(err, x, x_new, atol, rtol):
+        acc = 0.0
+        for r in range(err.shape[0]):
+            for k in range(err.shape[1]):
+                v = err[r, k] / (atol + rtol * max(abs(x[r, k]), abs(x_new[r, k])))
+                acc += v * v
+        return math.sqrt(acc / err.size)
+    return impl
 
 
 def integrate_path(f, p, A, b, e, c, P, t0, t1, x0, rtol, atol, max_steps, save_t, out, counts):
@@ -75,6 +128,9 @@ def integrate_path(f, p, A, b, e, c, P, t0, t1, x0, rtol, atol, max_steps, save_
         h1 = (0.01 / max(d1, d2)) ** 0.2
     habs = min(100.0 * h0, h1, span)
     err_prev = 1e-4
+    xi = np.empty_like(x)  # stage input, new state and error estimate: reused every step
+    x_new = np.empty_like(x)
+    err_v = np.empty_like(x)
     nonfinite = False
     accepted = 0
     rejected = 0
@@ -94,21 +150,20 @@ def integrate_path(f, p, A, b, e, c, P, t0, t1, x0, rtol, atol, max_steps, save_
             break
         h = direction * habs
         for i in range(1, s):
-            xi = x
+            _assign(xi, x)
             for j in range(i):
                 if A[i, j] != 0.0:
-                    xi = xi + (A[i, j] * h) * K[j]
+                    _axpy(xi, A[i, j] * h, K[j])
             put(K, i, f(t + c[i] * h, xi, p))
         nfev += s - 1
-        x_new = x
-        err_v = x * 0.0
+        _assign(x_new, x)
+        _assign(err_v, 0.0)
         for i in range(s):
             if b[i] != 0.0:
-                x_new = x_new + (b[i] * h) * K[i]
+                _axpy(x_new, b[i] * h, K[i])
             if e[i] != 0.0:
-                err_v = err_v + (e[i] * h) * K[i]
-        sc = atol + rtol * np.maximum(np.abs(x), np.abs(x_new))
-        err = _rms(err_v / sc)
+                _axpy(err_v, e[i] * h, K[i])
+        err = _error_norm(err_v, x, x_new, atol, rtol)
         if not math.isfinite(err):
             rejected += 1
             habs *= 0.2
@@ -134,7 +189,7 @@ def integrate_path(f, p, A, b, e, c, P, t0, t1, x0, rtol, atol, max_steps, save_
                     _row(out, si, xs)
                 si += 1
             t = t_new
-            x = x_new
+            x, x_new = x_new, x  # swap the buffers
             accepted += 1
             if c[s - 1] == 1.0 and np.all(A[s - 1] == b):
                 put(K, 0, K[s - 1])  # first same as last
