@@ -259,7 +259,8 @@ class Study:
         """Save a figure (PNG or SVG by extension) and return it.
 
         ``kind="errors"``: log-log strong and weak error against the step
-        size, error bars of 2 standard errors, reference slopes;
+        size, error bars of 2 standard errors, reference slopes (weak errors
+        within 2 standard errors of zero are drawn hollow: they are not fitted);
         ``kind="work"``: work-precision, strong error against wall time and
         against function evaluations per path.
         """
@@ -297,7 +298,10 @@ class Study:
             se = self.strong_se(m) if which == "strong" else self.weak_se(m)
             f = fits.get(m)
             label = f"{m} (order {f.order:.2f})" if f is not None else m
-            ax.errorbar(self.dts, err, yerr=2 * se, marker="o", capsize=2, label=label)
+            line = ax.errorbar(self.dts, err, yerr=2 * se, marker="o", capsize=2, label=label)
+            noise = err <= 2 * se  # within the Monte Carlo noise: drawn hollow, not fitted
+            if which == "weak" and noise.any():
+                ax.plot(self.dts[noise], err[noise], "o", color=line[0].get_color(), mfc="white", zorder=3)
         first = self.strong_error(self.methods[0]) if which == "strong" else np.abs(self.weak_error(self.methods[0]))
         if first[0] > 0:
             for p, ls in [(0.5, ":"), (1.0, "--"), (1.5, "-."), (2.0, "-")]:
