@@ -384,13 +384,11 @@ def _integrate_batch(f, p, A, b, e, c, P, plan, x):
     nfev = 1
     sc = atol + rtol * x.detach().abs()
     d0, d1 = float(norm(x, sc).max()), float(norm(k0, sc).max())
-    h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
-    h0 = min(h0, span)
+    h0 = _adaptive.first_trial_step(d0, d1, span)
     f1 = f(t + direction * h0, x + (direction * h0) * k0, p)
     nfev += 1
     d2 = float(norm(f1 - k0, sc).max()) / h0
-    h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** 0.2
-    habs = min(100.0 * h0, h1, span)
+    habs = _adaptive.initial_step(h0, d1, d2, span)
     err_prev = 1e-4
     h_acc = habs
     errs = None
@@ -458,11 +456,7 @@ def _integrate_batch(f, p, A, b, e, c, P, plan, x):
                     th = (save_t[si] - t) / h
                     xs = x
                     for i in range(s):
-                        w = 0.0
-                        thp = th
-                        for j in range(P.shape[1]):
-                            w += P[i, j] * thp
-                            thp *= th
+                        w = _adaptive.dense_weight(P, i, th)
                         if w != 0.0:
                             xs = xs + (w * h) * K[i]
                     saved[si] = xs
@@ -472,12 +466,11 @@ def _integrate_batch(f, p, A, b, e, c, P, plan, x):
             h_acc = habs
             K[0] = K[s - 1] if fsal else f(t, x, p)
             nfev += 0 if fsal else 1
-            fac = 10.0 if err == 0.0 else 0.9 * err**-0.14 * err_prev**0.08
-            habs *= min(10.0, max(0.2, fac))
+            habs *= _adaptive.accept_factor(err, err_prev)
             err_prev = max(err, 1e-4)
         else:
             rejected += 1
-            habs *= max(0.2, 0.9 * err**-0.2)
+            habs *= _adaptive.reject_factor(err)
     nan = torch.full_like(x, math.nan)
     out = torch.stack([nan if v is None else v for v in saved])
     dead = ~live

@@ -38,6 +38,47 @@ def _rms(v):
     return math.sqrt(float(np.mean(v * v)))
 
 
+# The controller's formulas, shared with the torch backend's batch integrator.
+@register_jitable
+def first_trial_step(d0, d1, span):
+    """Hairer's first guess ``h0`` from the scaled norms of ``x`` (d0) and ``f(x)`` (d1)."""
+    h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+    return min(h0, span)
+
+
+@register_jitable
+def initial_step(h0, d1, d2, span):
+    """Hairer's initial step from ``h0`` and the scaled norms of ``f`` (d1) and its change (d2)."""
+    if max(d1, d2) <= 1e-15:
+        h1 = max(1e-6, h0 * 1e-3)
+    else:
+        h1 = (0.01 / max(d1, d2)) ** 0.2
+    return min(100.0 * h0, h1, span)
+
+
+@register_jitable
+def accept_factor(err, err_prev):
+    """PI step-size factor after an accepted step, clamped to [0.2, 10]."""
+    fac = 10.0 if err == 0.0 else 0.9 * err**-0.14 * err_prev**0.08
+    return min(10.0, max(0.2, fac))
+
+
+@register_jitable
+def reject_factor(err):
+    return max(0.2, 0.9 * err**-0.2)
+
+
+@register_jitable
+def dense_weight(P, i, th):
+    """Weight of stage ``i`` in the dense output at ``theta = th``: sum_j P[i, j] th^(j+1)."""
+    w = 0.0
+    thp = th
+    for j in range(P.shape[1]):
+        w += P[i, j] * thp
+        thp *= th
+    return w
+
+
 # In-place helpers: NumPy in Python, allocation-free loops in Numba (same arithmetic, element by element).
 def _axpy(y, a, x):
     """``y += a * x``."""
@@ -116,17 +157,12 @@ def integrate_path(f, p, A, b, e, c, P, t0, t1, x0, rtol, atol, max_steps, save_
     sc = atol + rtol * np.abs(x)
     d0 = _rms(x / sc)
     d1 = _rms(K[0] / sc)
-    h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
-    h0 = min(h0, span)
+    h0 = first_trial_step(d0, d1, span)
     f1 = empty_stages(1, x)
     put(f1, 0, f(t + direction * h0, x + (direction * h0) * K[0], p))
     nfev += 1
     d2 = _rms((f1[0] - K[0]) / sc) / h0
-    if max(d1, d2) <= 1e-15:
-        h1 = max(1e-6, h0 * 1e-3)
-    else:
-        h1 = (0.01 / max(d1, d2)) ** 0.2
-    habs = min(100.0 * h0, h1, span)
+    habs = initial_step(h0, d1, d2, span)
     err_prev = 1e-4
     xi = np.empty_like(x)  # stage input, new state and error estimate: reused every step
     x_new = np.empty_like(x)
@@ -179,11 +215,7 @@ def integrate_path(f, p, A, b, e, c, P, t0, t1, x0, rtol, atol, max_steps, save_
                     th = (save_t[si] - t) / h
                     xs = x
                     for i in range(s):
-                        w = 0.0
-                        thp = th
-                        for j in range(P.shape[1]):
-                            w += P[i, j] * thp
-                            thp *= th
+                        w = dense_weight(P, i, th)
                         if w != 0.0:
                             xs = xs + (w * h) * K[i]
                     _row(out, si, xs)
@@ -196,12 +228,11 @@ def integrate_path(f, p, A, b, e, c, P, t0, t1, x0, rtol, atol, max_steps, save_
             else:
                 put(K, 0, f(t, x, p))
                 nfev += 1
-            fac = 10.0 if err == 0.0 else 0.9 * err**-0.14 * err_prev**0.08
-            habs *= min(10.0, max(0.2, fac))
+            habs *= accept_factor(err, err_prev)
             err_prev = max(err, 1e-4)
         else:
             rejected += 1
-            habs *= max(0.2, 0.9 * err**-0.2)
+            habs *= reject_factor(err)
     counts[0] = accepted
     counts[1] = rejected
     counts[2] = nfev
