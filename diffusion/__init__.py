@@ -1,5 +1,22 @@
-"""diffusion: score-based generative models on sdekit (VP / sub-VP / VE SDEs, samplers).
+"""diffusion: score-based generative models sampled with sdekit's integrators.
 
-The samplers arrive in a later release; this package uses sdekit only through
-its public API.
+Public API::
+
+    VPSDE, SubVPSDE, VESDE        forward processes (marginals, prior, log-SNR conversions)
+    Score                         a score function in any parameterisation (score / eps / x0 / v)
+    classifier_guidance, classifier_free_guidance
 """
+
+from .grids import GRIDS, TimeGrid, time_grid
+from .likelihood import Likelihood, bits_per_dim, dequantize, log_likelihood
+from .reverse import probability_flow, probability_flow_semilinear, reverse_sde
+from .sampling import METHODS, Samples, list_methods, sample
+from .score import PARAMETERISATIONS, Score, classifier_free_guidance, classifier_guidance, convert
+from .sdes import VESDE, DiffusionSDE, SubVPSDE, VPSDE
+
+__all__ = [
+    "VPSDE", "SubVPSDE", "VESDE", "DiffusionSDE", "Score", "PARAMETERISATIONS", "convert", "classifier_guidance",
+    "classifier_free_guidance", "GRIDS", "TimeGrid", "time_grid", "reverse_sde", "probability_flow",
+    "probability_flow_semilinear", "sample", "Samples", "METHODS", "list_methods",
+    "log_likelihood", "Likelihood", "bits_per_dim", "dequantize",
+]

@@ -3,6 +3,8 @@
 Public API::
 
     SDE, ODE             problems
+    SemilinearODE        x' = A'(t) x + exp(A + lambda) lambda' D(t, x), for the exponential integrators
+    time_change          a problem in a new time variable (non-uniform grids, reverse time)
     BrownianPath         seeded, refinable Brownian paths
     solve                integrate a problem, returns a Solution
     Solution, Stats      results
@@ -13,14 +15,17 @@ Public API::
 """
 
 from . import convergence, ops, problems
+from .backends import BACKENDS
 from .brownian import BrownianPath
 from .problem import ODE, SDE
 from .schemes import Scheme, get_scheme, list_schemes
 from .solution import Solution, Stats
+from .semilinear import SemilinearODE
 from .solve import solve
+from .transform import time_change
 
 __all__ = [
     "SDE", "ODE", "BrownianPath", "solve", "Solution", "Stats", "Scheme", "get_scheme", "list_schemes", "ops",
-    "problems", "convergence",
+    "problems", "convergence", "SemilinearODE", "time_change", "BACKENDS",
 ]
 __version__ = "0.1.0"

@@ -14,14 +14,16 @@ but not on torch tensors that carry gradients or live on a GPU.
 
 from __future__ import annotations
 
+import inspect
 import sys
 
+import numba
 import numpy as np
 from numba.extending import overload
 
 __all__ = [
-    "abs", "arctan", "cos", "cosh", "exp", "expm1", "log", "log1p", "sigmoid", "sin", "sinh", "sqrt",
-    "tan", "tanh", "where", "maximum", "minimum", "transpose",
+    "abs", "arccos", "arctan", "cos", "cosh", "exp", "expm1", "log", "log1p", "sigmoid", "sin", "sinh", "sqrt",
+    "tan", "tanh", "where", "maximum", "minimum", "transpose", "concatenate", "jittable",
 ]
 
 
@@ -52,6 +54,7 @@ def _np_sigmoid(x):
 
 
 abs = _unary("abs", np.abs, "abs")  # noqa: A001
+arccos = _unary("arccos", np.arccos, "arccos")
 arctan = _unary("arctan", np.arctan, "arctan")
 cos = _unary("cos", np.cos, "cos")
 cosh = _unary("cosh", np.cosh, "cosh")
@@ -124,3 +127,53 @@ def transpose(a, axes):
 @overload(transpose, inline="always")
 def _ov_transpose(a, axes):
     return lambda a, axes: np.transpose(a, axes)
+
+
+def concatenate(arrays, axis):
+    """Join a tuple of arrays along ``axis`` (``np.concatenate``; ``torch.cat`` on tensors)."""
+    if any(_torch_tensor(a) for a in arrays):
+        return sys.modules["torch"].cat(tuple(arrays), dim=axis)
+    return np.concatenate(arrays, axis)
+
+
+@overload(concatenate, inline="always")
+def _ov_concatenate(arrays, axis):
+    return lambda arrays, axis: np.concatenate(arrays, axis)
+
+
+def jittable(fn):
+    """Let a helper function be called from problem functions on every backend.
+
+    Problem functions run as Python on the numpy and torch backends and are
+    compiled by Numba on the numba backend, where every function they call
+    must be compilable. ``jittable(fn)`` registers ``fn`` with Numba (it is
+    compiled, for the argument types of each call, when a compiled function
+    calls it) and returns ``fn`` unchanged, so the same Python function keeps
+    working on NumPy arrays and torch tensors::
+
+        @ops.jittable
+        def alpha(t, p):
+            return ops.exp(-0.5 * p[0] * t)
+
+        drift = lambda t, x, p: -alpha(t, p) * x   # numba, numpy and torch
+
+    ``fn`` must be written with ``ops`` functions and array operators (no
+    keyword-only or variadic arguments). Registering twice is harmless;
+    Numba-compiled functions are returned as they are.
+    """
+    if isinstance(fn, numba.core.dispatcher.Dispatcher) or getattr(fn, "_sdekit_jittable", False):
+        return fn
+    if not callable(fn):
+        raise ValueError(f"`jittable` takes a function, got {type(fn).__name__}.")
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params):
+        raise ValueError(f"`jittable`: {fn.__name__} must take positional arguments only (no *args, **kw or keyword-only).")
+    names = ", ".join(p.name for p in params)
+    ns = {"fn": fn}
+    exec(f"def typer({names}):\n    return fn\n", ns)  # noqa: S102 - the typing function mirrors fn's signature
+    overload(fn)(ns["typer"])
+    try:
+        fn._sdekit_jittable = True
+    except AttributeError:  # builtins and other objects without a __dict__
+        pass
+    return fn

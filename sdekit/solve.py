@@ -14,7 +14,9 @@ import numpy as np
 from .backends import BACKENDS
 from .brownian import BrownianPath
 from .problem import ODE, SDE
-from .schemes import Scheme, _adaptive, get_scheme, step_plan
+from . import semilinear
+from .schemes import SCHEMES, Scheme, _adaptive, get_scheme, step_plan
+from .semilinear import SemilinearODE
 from .solution import Solution, Stats
 
 __all__ = ["solve"]
@@ -265,6 +267,7 @@ def solve(
     device=None,
     dtype=None,
     compile: bool = False,  # noqa: A002 - torch's word for it
+    t_grid=None,
 ) -> Solution:
     """Solve an SDE or ODE for many paths.
 
@@ -315,8 +318,20 @@ def solve(
         non-finite are reported in ``failed`` / ``failure_time`` and hold NaN
         from then on; the other paths are unaffected.
     """
+    if isinstance(problem, SemilinearODE):
+        if method in semilinear.ORDERS:
+            return _solve_semilinear(problem, x0, t_span, method, n_steps, t_grid, n_paths, save_at, backend, device,
+                                     dtype, seed, brownian, compile)
+        problem = problem.as_ode()
     if not isinstance(problem, SDE | ODE):
-        raise ValueError(f"`problem` must be an sdekit.SDE or sdekit.ODE, got {type(problem).__name__}.")
+        raise ValueError(
+            f"`problem` must be an sdekit.SDE, ODE or SemilinearODE, got {type(problem).__name__}."
+        )
+    if t_grid is not None:
+        raise ValueError(
+            f"`t_grid` applies to the exponential integrators of a SemilinearODE; {method!r} steps uniformly. "
+            "For a non-uniform grid t = phi(u) solve sdekit.time_change(problem, phi, dphi) with uniform steps in u."
+        )
     scheme = get_scheme(method, problem)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}.")
@@ -465,3 +480,66 @@ def _solution(plan, stats, backend):
         t=plan.save_t, x=plan.out, stats=stats, status=status, message=message, brownian=plan.brownian,
         failed=failed, failure_time=plan.failure_time, method=plan.scheme.name, backend=backend,
     )
+
+
+def _solve_semilinear(problem, x0, t_span, method, n_steps, t_grid, n_paths, save_at, backend, device, dtype, seed,
+                      brownian, compile_):
+    """``solve`` for the exponential integrators (one evaluation of D per step on the whole batch)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}.")
+    if seed is not None or brownian is not None:
+        raise ValueError("an ODE draws no noise: drop `seed`/`brownian`.")
+    if compile_:
+        raise ValueError("`compile` applies to the Runge–Kutta schemes; the exponential integrators run eagerly.")
+    if backend == "torch":
+        device, dtype = _torch_device_dtype(x0, device, dtype)
+    elif device is not None or dtype is not None:
+        raise ValueError(f"`device` and `dtype` apply to backend='torch', not {backend!r}.")
+    t0, t1 = _t_span(t_span)
+    if n_paths is not None:
+        n_paths = _positive_int(n_paths, "n_paths")
+    if t_grid is None:
+        if n_steps is None:
+            raise ValueError(f"{method} needs `n_steps` (uniform steps) or `t_grid` (the step times).")
+        n_steps = _positive_int(n_steps, "n_steps")
+    elif n_steps is not None:
+        raise ValueError("give `n_steps` or `t_grid`, not both.")
+    grid = semilinear._grid(t0, t1, n_steps, t_grid)
+    n = grid.size - 1
+    xa, n_paths = _x0(_x0_tensor(x0, device, dtype) if backend == "torch" else _x0_array(x0), n_paths)
+    dim = xa.shape[1]
+    if backend == "torch":
+        from .backends import torch_backend
+
+        params = torch_backend.params_on(problem.params, device, dtype)
+        x = xa.expand(n_paths, dim) if xa.shape[0] == 1 else xa
+    else:
+        for i, v in enumerate(problem.params):
+            if _is_tensor(v):
+                raise ValueError(f"`params[{i}]` is a torch tensor; solve with backend='torch'.")
+        params = problem.params
+        _probe(problem.nonlinear, "nonlinear", t0, np.array(xa[:2]), params, (min(2, xa.shape[0]), dim))
+        x = np.array(np.broadcast_to(xa, (n_paths, dim)))
+    if save_at is None:
+        save_idx = np.arange(n + 1)
+    else:
+        s = np.atleast_1d(np.asarray(save_at, dtype=np.float64))
+        save_idx = np.array([int(np.argmin(np.abs(grid - v))) for v in s])
+        off = np.abs(grid[save_idx] - s)
+        if s.ndim != 1 or np.any(off > 1e-10 * abs(t1 - t0)) or np.any(np.diff(save_idx) <= 0):
+            raise ValueError("`save_at` times must be distinct points of the step grid, in the order of integration.")
+    saved, fail_t = semilinear.run(problem, x, grid, method, save_idx, backend, params,
+                                   "torch" if backend == "torch" else "numpy")
+    if backend == "torch":
+        import torch
+
+        out = torch.stack(saved)
+    else:
+        out = np.stack(saved)
+    total = n * n_paths
+    stats = Stats(total, total, 0, semilinear.evaluations(method, n) * n_paths, 0, n_paths)
+    plan = _Plan(problem=problem, scheme=SCHEMES[("semilinear", method)], step=None, tab=None, x0=xa, dim=dim, m=0,
+                 n_paths=n_paths, t0=t0, t1=t1, h=None, n_steps=n, reverse=t1 < t0, brownian=None, save_idx=save_idx,
+                 save_t=grid[save_idx], out=out, failure_time=fail_t, codes=np.zeros(n_paths, dtype=np.int64),
+                 rtol=None, atol=None, max_steps=n)
+    return _solution(plan, stats, backend)

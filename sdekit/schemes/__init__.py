@@ -109,11 +109,25 @@ ODE_SCHEMES = {
     ]
 }
 
-SCHEMES = {("sde", k): v for k, v in SDE_SCHEMES.items()} | {("ode", k): v for k, v in ODE_SCHEMES.items()}
+SEMILINEAR_SCHEMES = {
+    name: Scheme(name, "semilinear", {"ode": float(q)}, {"ode": float(q)}, reference=ref)
+    for name, q, ref in [
+        ("exp_euler", 1, "Exponential Euler; Hochbruck & Ostermann (2010), Acta Numerica 19, §2.1 (DDIM for diffusion)."),
+        ("exp_ab2", 2, "Exponential Adams–Bashforth; Hochbruck & Ostermann (2010), §2.5; Lu et al. (2022), DPM-Solver++(2M)."),
+        ("exp_ab3", 3, "Exponential Adams–Bashforth; Hochbruck & Ostermann (2010), §2.5."),
+    ]
+}
+
+SCHEMES = ({("sde", k): v for k, v in SDE_SCHEMES.items()} | {("ode", k): v for k, v in ODE_SCHEMES.items()}
+           | {("semilinear", k): v for k, v in SEMILINEAR_SCHEMES.items()})
 
 
 def list_schemes(kind: str | None = None) -> list[Scheme]:
-    """All registered schemes, optionally of one kind (``"sde"`` or ``"ode"``)."""
+    """All registered schemes, optionally of one kind (``"sde"``, ``"ode"`` or ``"semilinear"``).
+
+    ``"semilinear"`` schemes solve :class:`sdekit.SemilinearODE` problems
+    (which the ``"ode"`` schemes solve too).
+    """
     return [s for (k, _), s in SCHEMES.items() if kind in (None, k)]
 
 
@@ -129,6 +143,8 @@ def get_scheme(method, problem) -> Scheme:
         if not isinstance(method, str) or (kind, method) not in SCHEMES:
             other = "ode" if kind == "sde" else "sde"
             hint = f" ({method!r} is an {other.upper()} method)" if (other, method) in SCHEMES else ""
+            if ("semilinear", method) in SCHEMES:
+                hint = f" ({method!r} solves sdekit.SemilinearODE problems: write the equation as one)"
             raise ValueError(f"unknown method {method!r} for an {kind.upper()}{hint}; choose one of {names}.")
         scheme = SCHEMES[(kind, method)]
     if kind == "ode":

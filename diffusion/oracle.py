@@ -1,0 +1,544 @@
+"""Exact oracle for Gaussian-mixture data under any diffusion SDE.
+
+Data ``p_0 = sum_k pi_k N(mu_k, Sigma_k)`` diffused by a :class:`DiffusionSDE`
+with marginal coefficients ``(alpha_t, sigma_t)`` has the mixture marginal
+
+    p_t = sum_k pi_k N(alpha_t mu_k, C_k),   C_k = alpha_t^2 Sigma_k + sigma_t^2 I,
+
+so the score, the Laplacian of ``log p_t`` (the exact divergence of the
+probability-flow drift), Tweedie's denoised mean and the class-conditional
+quantities are all available in closed form (REFERENCE §5).
+
+Every covariance is factored once, ``Sigma_k = U_k diag(d_k) U_k^T``; then
+``C_k = U_k diag(alpha^2 d_k + sigma^2) U_k^T`` for every ``t`` and each
+evaluation costs one projection ``(x - alpha mu_k) @ U_k`` per component.
+
+Kernels
+-------
+The computations are plain functions written with :mod:`sdekit.ops` and array
+operators, registered with :func:`sdekit.ops.jittable`, so the same code runs
+on NumPy arrays, compiled by Numba and on torch tensors (with gradients, on
+any device). Components are visited one at a time with a running-max
+(online) log-sum-exp, so no ``(n, K)`` array is formed.
+
+``kernel(t, x, p)`` (sdekit's problem-function convention) reads
+
+* ``p[:n_sde]``: the SDE's own ``params`` (``alpha_t``, ``sigma_t`` come from
+  ``sde.kernels.alpha(t, q)`` / ``sde.kernels.sigma(t, q)``);
+* the mixture arrays ``MIX = (log_weights (K,), means (K, D), U (K, D, D),
+  Ut (K, D, D), d (K, D))`` (``Ut[k] = U[k].T``, contiguous);
+* for one component ``k`` the arrays ``COMP = (means[k:k+1], U[k:k+1],
+  Ut[k:k+1], d[k:k+1])`` (shapes kept, so the same helpers apply).
+
+========================= ===================================
+kernel                    params
+========================= ===================================
+score, log_prob,          ``sde.params + MIX``
+laplacian, tweedie,
+divergence
+class_score               ``sde.params + COMP``
+classifier_grad           ``sde.params + MIX + COMP``
+========================= ===================================
+
+:meth:`GaussianMixture.kernel` returns ``(kernel, params)`` for each name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+
+import numba
+import numpy as np
+from numba.extending import overload
+
+from sdekit import ops
+
+from .score import Score, params_like
+from .sdes import DiffusionSDE, standard_normals
+
+__all__ = ["GaussianMixture"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+# --------------------------------------------------------------------------- kernel helpers (jittable)
+# a = alpha_t, s = sigma_t (floats); x (n, D); the mixture arrays as documented above.
+def _proj(a, s, x, means, U, d, k):
+    """Coordinates ``z = (x - a mu_k) U_k`` in the eigenbasis of C_k and its eigenvalues ``c``."""
+    z = (x - a * means[k]) @ U[k]
+    c = a * a * d[k] + s * s
+    return z, c
+
+
+def _log_normal(z, c):
+    """``log N(x; a mu_k, C_k)`` from the projected coordinates (shape (n,))."""
+    # Row sums as matrix-vector products: Numba compiles ``@`` (BLAS gemv) several
+    # times faster than ``.sum(axis=1)``, and the kernels are compile-time bound.
+    return -0.5 * ((z * z) @ (1.0 / c)) - 0.5 * ops.log(c).sum() - (0.5 * _LOG_2PI) * z.shape[1]
+
+
+def _comp_score(z, c, Ut, k):
+    """``s_k = -C_k^{-1} (x - a mu_k)`` (shape (n, D))."""
+    return -(z / c) @ Ut[k]
+
+
+for _f in (_proj, _log_normal, _comp_score):
+    ops.jittable(_f)
+
+
+def _log_prob_core(a, s, x, lw, means, U, Ut, d):
+    z, c = _proj(a, s, x, means, U, d, 0)
+    m = lw[0] + _log_normal(z, c)
+    S = 1.0 + 0.0 * m
+    for k in range(1, means.shape[0]):
+        z, c = _proj(a, s, x, means, U, d, k)
+        lk = lw[k] + _log_normal(z, c)
+        mn = ops.maximum(m, lk)
+        S = S * ops.exp(m - mn) + ops.exp(lk - mn)
+        m = mn
+    return m + ops.log(S)
+
+
+def _score_core(a, s, x, lw, means, U, Ut, d):
+    z, c = _proj(a, s, x, means, U, d, 0)
+    m = lw[0] + _log_normal(z, c)
+    S = 1.0 + 0.0 * m
+    V = _comp_score(z, c, Ut, 0)
+    for k in range(1, means.shape[0]):
+        z, c = _proj(a, s, x, means, U, d, k)
+        lk = lw[k] + _log_normal(z, c)
+        mn = ops.maximum(m, lk)
+        e0 = ops.exp(m - mn)
+        e1 = ops.exp(lk - mn)
+        S = S * e0 + e1
+        V = V * e0[:, None] + e1[:, None] * _comp_score(z, c, Ut, k)
+        m = mn
+    return V / S[:, None]
+
+
+def _laplacian_core(a, s, x, lw, means, U, Ut, d):
+    # sum_k w_k (|s_k|^2 - tr C_k^{-1}) - |s|^2
+    z, c = _proj(a, s, x, means, U, d, 0)
+    m = lw[0] + _log_normal(z, c)
+    S = 1.0 + 0.0 * m
+    V = _comp_score(z, c, Ut, 0)
+    Q = (z * z) @ (1.0 / (c * c)) - (1.0 / c).sum()  # |s_k|^2 = sum_j z_j^2 / c_j^2 (U_k orthogonal)
+    for k in range(1, means.shape[0]):
+        z, c = _proj(a, s, x, means, U, d, k)
+        lk = lw[k] + _log_normal(z, c)
+        sk = _comp_score(z, c, Ut, k)
+        mn = ops.maximum(m, lk)
+        e0 = ops.exp(m - mn)
+        e1 = ops.exp(lk - mn)
+        S = S * e0 + e1
+        V = V * e0[:, None] + e1[:, None] * sk
+        Q = Q * e0 + e1 * ((z * z) @ (1.0 / (c * c)) - (1.0 / c).sum())
+        m = mn
+    V = V / S[:, None]
+    return Q / S - (V * V) @ (1.0 + 0.0 * c)
+
+
+def _tweedie_core(a, s, x, lw, means, U, Ut, d):
+    # sum_k w_k [mu_k + a Sigma_k C_k^{-1} (x - a mu_k)], Sigma_k C_k^{-1} = U_k diag(d_k / c_k) U_k^T
+    z, c = _proj(a, s, x, means, U, d, 0)
+    m = lw[0] + _log_normal(z, c)
+    S = 1.0 + 0.0 * m
+    V = means[0] + a * ((z * (d[0] / c)) @ Ut[0])
+    for k in range(1, means.shape[0]):
+        z, c = _proj(a, s, x, means, U, d, k)
+        lk = lw[k] + _log_normal(z, c)
+        mn = ops.maximum(m, lk)
+        e0 = ops.exp(m - mn)
+        e1 = ops.exp(lk - mn)
+        S = S * e0 + e1
+        V = V * e0[:, None] + e1[:, None] * (means[k] + a * ((z * (d[k] / c)) @ Ut[k]))
+        m = mn
+    return V / S[:, None]
+
+
+def _class_score_core(a, s, x, cmeans, cU, cUt, cd):
+    z, c = _proj(a, s, x, cmeans, cU, cd, 0)
+    return _comp_score(z, c, cUt, 0)
+
+
+def _classifier_grad_core(a, s, x, lw, means, U, Ut, d, cmeans, cU, cUt, cd):
+    return _class_score_core(a, s, x, cmeans, cU, cUt, cd) - _score_core(a, s, x, lw, means, U, Ut, d)
+
+
+def _log_joint(a, s, x, lw, means, U, Ut, d, k):
+    """``log pi_k + log N_k(x)`` for one component (responsibilities, mode weights)."""
+    z, c = _proj(a, s, x, means, U, d, k)
+    return lw[k] + _log_normal(z, c)
+
+
+def _jittable_cached(fn):
+    """Like :func:`sdekit.ops.jittable`, but compiled code calls a disk-cached Numba version of ``fn``.
+
+    The cores are large (a loop of projections, reductions and an online
+    log-sum-exp with broadcasting): compiling a kernel takes 2-7 s, nearly all
+    of it LLVM time. With the cores cached on disk, later processes compile a
+    kernel in about half that (Numba still links the core into each caller and
+    generates its machine code again). ``fn`` itself stays a plain Python
+    function for NumPy arrays and torch tensors. (The cache is keyed on this
+    file; edits to ``sdekit.ops`` do not invalidate it.)
+    """
+    compiled = numba.njit(cache=True)(fn)
+    names = ", ".join(inspect.signature(fn).parameters)
+    ns = {"compiled": compiled}
+    exec(f"def typer({names}):\n    return lambda {names}: compiled({names})\n", ns)  # noqa: S102
+    overload(fn)(ns["typer"])
+    fn._sdekit_jittable = True
+    return fn
+
+
+_CORES = {
+    "log_prob": _log_prob_core, "score": _score_core, "laplacian": _laplacian_core, "tweedie": _tweedie_core,
+    "class_score": _class_score_core, "classifier_grad": _classifier_grad_core,
+}
+for _f in (*_CORES.values(), _log_joint):
+    _jittable_cached(_f)
+
+KERNEL_NAMES = ("score", "log_prob", "laplacian", "tweedie", "class_score", "classifier_grad", "divergence")
+
+
+# --------------------------------------------------------------------------- kernel factories (one per SDE family)
+_KERNEL_CACHE: dict = {}
+
+
+def _make_kernel(name: str, sde: DiffusionSDE):
+    """``kernel(t, x, p)`` for one SDE family; cached so that Numba compiles each once per process."""
+    key = (name, sde.kernels, len(sde.params))
+    if key in _KERNEL_CACHE:
+        return _KERNEL_CACHE[key]
+    n = len(sde.params)
+    alpha, sigma, f, g2 = sde.kernels.alpha, sde.kernels.sigma, sde.kernels.f, sde.kernels.g2
+    # Tuple indices and slices are closure constants, so Numba resolves them statically.
+    i0, i1, i2, i3, i4, i5, i6, i7, i8 = range(n, n + 9)
+    if name in ("score", "log_prob", "laplacian", "tweedie"):
+        core = _CORES[name]
+
+        def kernel(t, x, p):
+            q = p[:n]
+            return core(alpha(t, q), sigma(t, q), x, p[i0], p[i1], p[i2], p[i3], p[i4])
+    elif name == "class_score":
+        def kernel(t, x, p):
+            q = p[:n]
+            return _class_score_core(alpha(t, q), sigma(t, q), x, p[i0], p[i1], p[i2], p[i3])
+    elif name == "classifier_grad":
+        def kernel(t, x, p):
+            q = p[:n]
+            return _classifier_grad_core(alpha(t, q), sigma(t, q), x, p[i0], p[i1], p[i2], p[i3], p[i4],
+                                         p[i5], p[i6], p[i7], p[i8])
+    elif name == "divergence":
+        def kernel(t, x, p):
+            # div_x [f(t) x - g^2/2 grad log p_t(x)] = D f(t) - g^2/2 Laplacian(log p_t)(x)
+            q = p[:n]
+            lap = _laplacian_core(alpha(t, q), sigma(t, q), x, p[i0], p[i1], p[i2], p[i3], p[i4])
+            return x.shape[1] * f(t, q) - 0.5 * g2(t, q) * lap
+    else:
+        raise ValueError(f"unknown kernel {name!r}; choose one of {KERNEL_NAMES}.")
+    kernel.__name__ = kernel.__qualname__ = f"gaussian_mixture_{name}"
+    ops.jittable(kernel)
+    _KERNEL_CACHE[key] = kernel
+    return kernel
+
+
+# --------------------------------------------------------------------------- helpers
+def _is_tensor(v) -> bool:
+    return type(v).__module__.startswith("torch") and hasattr(v, "detach")
+
+
+def _finite_array(v, name):
+    try:
+        a = np.array(v, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be an array of numbers, got {type(v).__name__}.") from None
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"`{name}` must be finite.")
+    return a
+
+
+class GaussianMixture:
+    """Gaussian-mixture data ``sum_k pi_k N(mu_k, Sigma_k)`` and its exact diffused quantities.
+
+    Parameters
+    ----------
+    weights : array_like, shape (K,)
+        Positive mixture weights (normalised to sum to one).
+    means : array_like, shape (K, D)
+        Component means.
+    covs : array_like
+        Component covariances: ``(K, D, D)`` symmetric positive definite,
+        ``(K, D)`` diagonal variances, or ``(K,)`` isotropic variances.
+
+    Attributes
+    ----------
+    weights, means, covs : numpy.ndarray (float64)
+        Normalised weights ``(K,)``, means ``(K, D)``, full covariances ``(K, D, D)``.
+    dim, n_components : int
+        ``D`` and ``K``.
+    eigvals, eigvecs : numpy.ndarray
+        ``d (K, D)`` and ``U (K, D, D)`` with ``Sigma_k = U_k diag(d_k) U_k^T``.
+
+    Notes
+    -----
+    Methods take ``x`` of shape ``(n, D)`` (a NumPy array, computed in
+    float64, or a torch tensor, computed in its dtype on its device and
+    returned as a tensor) and ``t``: a time in ``(0, T]`` of ``sde``, or
+    ``None`` for the data distribution itself (``alpha = 1``, ``sigma = 0``,
+    ``C_k = Sigma_k`` exactly).
+    """
+
+    def __init__(self, weights, means, covs):
+        w = _finite_array(weights, "weights")
+        if w.ndim != 1 or w.shape[0] < 1:
+            raise ValueError(f"`weights` must be a 1-D array of K >= 1 positive numbers, got shape {w.shape}.")
+        if np.any(w <= 0):
+            raise ValueError(f"`weights` must all be positive, got {w.tolist()}.")
+        K = w.shape[0]
+        mu = _finite_array(means, "means")
+        if mu.ndim != 2 or mu.shape[0] != K or mu.shape[1] < 1:
+            raise ValueError(f"`means` must have shape (K, D) = ({K}, D) (K from `weights`), got shape {mu.shape}.")
+        D = mu.shape[1]
+        S = _finite_array(covs, "covs")
+        if S.shape == (K,):
+            if np.any(S <= 0):
+                raise ValueError(f"`covs` (isotropic variances) must be positive, got {S.tolist()}.")
+            S = S[:, None, None] * np.eye(D)
+        elif S.shape == (K, D):
+            if np.any(S <= 0):
+                k = int(np.argwhere(S <= 0)[0, 0])
+                raise ValueError(f"`covs` (diagonal variances) of component {k} must be positive, got {S[k].tolist()}.")
+            S = S[:, :, None] * np.eye(D)
+        elif S.shape != (K, D, D):
+            raise ValueError(
+                f"`covs` must have shape ({K}, {D}, {D}) (full), ({K}, {D}) (diagonal variances) or ({K},) "
+                f"(isotropic variances) for {K} components in dimension {D}; got shape {S.shape}."
+            )
+        d = np.empty((K, D))
+        U = np.empty((K, D, D))
+        for k in range(K):
+            Sk = S[k]
+            scale = np.abs(Sk).max()
+            if np.abs(Sk - Sk.T).max() > 1e-10 * scale:
+                raise ValueError(f"`covs` of component {k} is not symmetric (max |S - S^T| = "
+                                 f"{np.abs(Sk - Sk.T).max():.3g}).")
+            Sk = 0.5 * (Sk + Sk.T)
+            dk, Uk = np.linalg.eigh(Sk)
+            # Numerically positive definite: smallest eigenvalue clearly above eigh's rounding error.
+            if not dk[0] > D * np.finfo(float).eps * max(dk[-1], 0.0):
+                raise ValueError(f"`covs` of component {k} is not positive definite (smallest eigenvalue "
+                                 f"{dk[0]:.3g}).")
+            S[k], d[k], U[k] = Sk, dk, Uk
+        self.weights = w / w.sum()
+        self.means = mu
+        self.covs = S
+        self.dim, self.n_components = D, K
+        self.eigvals, self.eigvecs = d, U
+        self._mix = (np.log(self.weights), mu, U, np.ascontiguousarray(U.transpose(0, 2, 1)), d)
+
+    # --------------------------------------------------------------- kernels
+    def _comp_params(self, k):
+        lw, mu, U, Ut, d = self._mix
+        return (mu[k:k + 1].copy(), U[k:k + 1].copy(), Ut[k:k + 1].copy(), d[k:k + 1].copy())
+
+    def kernel(self, name: str, sde: DiffusionSDE, k: int | None = None):
+        """``(kernel, params)``: the jittable ``kernel(t, x, p)`` named ``name`` and the ``p`` it reads.
+
+        ``name`` is one of ``"score"``, ``"log_prob"``, ``"laplacian"``,
+        ``"tweedie"``, ``"divergence"``, ``"class_score"``,
+        ``"classifier_grad"`` (the last two need the component ``k``). Array
+        parameters are float64 NumPy; on torch pass ``diffusion.score.params_like(params, x)``.
+        """
+        self._check_sde(sde)
+        if name not in KERNEL_NAMES:
+            raise ValueError(f"`name` must be one of {KERNEL_NAMES}, got {name!r}.")
+        kern = _make_kernel(name, sde)
+        if name == "class_score":
+            params = tuple(sde.params) + self._comp_params(self._check_k(k))
+        elif name == "classifier_grad":
+            params = tuple(sde.params) + self._mix + self._comp_params(self._check_k(k))
+        else:
+            params = tuple(sde.params) + self._mix
+        return kern, params
+
+    def score_fn(self, sde: DiffusionSDE) -> Score:
+        """The exact score ``grad log p_t`` as a :class:`diffusion.Score` (every backend)."""
+        kern, params = self.kernel("score", sde)
+        return Score.from_kernel(kern, sde, params, dim=self.dim)
+
+    def class_score_fn(self, sde: DiffusionSDE, k: int) -> Score:
+        """The class-conditional score ``grad log p_t(x | y = k)`` as a :class:`diffusion.Score`."""
+        kern, params = self.kernel("class_score", sde, k)
+        return Score.from_kernel(kern, sde, params, dim=self.dim)
+
+    def classifier_grad_fn(self, sde: DiffusionSDE, k: int) -> Score:
+        """The exact classifier gradient ``grad log p_t(y = k | x)`` as a :class:`diffusion.Score`."""
+        kern, params = self.kernel("classifier_grad", sde, k)
+        return Score.from_kernel(kern, sde, params, dim=self.dim)
+
+    def divergence_fn(self, sde: DiffusionSDE):
+        """``(kernel, params)``: ``div(t, x, p)`` (shape (n,)) of the probability-flow drift
+        ``f(t) x - g(t)^2/2 grad log p_t(x)``, i.e. ``D f(t) - g(t)^2/2 Laplacian(log p_t)(x)``."""
+        return self.kernel("divergence", sde)
+
+    # --------------------------------------------------------------- checks
+    @staticmethod
+    def _check_sde(sde):
+        if not isinstance(sde, DiffusionSDE):
+            raise ValueError(f"`sde` must be a diffusion SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}.")
+
+    def _check_k(self, k):
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+            raise ValueError(f"the component index `k` must be an integer in [0, {self.n_components}), got {k!r}.")
+        if not 0 <= int(k) < self.n_components:
+            raise ValueError(f"the component index `k` must lie in [0, {self.n_components}), got {k}.")
+        return int(k)
+
+    def _coeffs(self, t, sde):
+        """``(alpha_t, sigma_t)`` as floats; ``(1, 0)`` for ``t=None`` (the data distribution)."""
+        if t is None:
+            return 1.0, 0.0
+        if sde is None:
+            raise ValueError("`sde` is required when `t` is given (t=None means the data distribution).")
+        self._check_sde(sde)
+        if _is_tensor(t):
+            if t.numel() != 1:
+                raise ValueError(f"`t` must be a single number, got a tensor of shape {tuple(t.shape)}.")
+            t = float(t)
+        if not isinstance(t, numbers.Real):
+            raise ValueError(f"`t` must be a number or None, got {type(t).__name__}.")
+        t = sde.check_time(t)
+        return float(sde.alpha(t)), float(sde.sigma(t))
+
+    def _check_x(self, x):
+        if _is_tensor(x):
+            if x.ndim != 2 or x.shape[1] != self.dim:
+                raise ValueError(f"`x` must have shape (n, {self.dim}) (dim = {self.dim}), got {tuple(x.shape)}.")
+            if not x.is_floating_point():
+                raise ValueError(f"`x` must be a floating-point tensor, got {x.dtype}.")
+            return x
+        try:
+            a = np.asarray(x, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"`x` must be an array of shape (n, {self.dim}), got {type(x).__name__}.") from None
+        if a.ndim != 2 or a.shape[1] != self.dim:
+            raise ValueError(f"`x` must have shape (n, {self.dim}) (dim = {self.dim}), got shape {a.shape}.")
+        return np.ascontiguousarray(a)
+
+    def _eval(self, name, x, t, sde, k=None):
+        x = self._check_x(x)
+        a, s = self._coeffs(t, sde)
+        core = _CORES[name]
+        if name == "class_score":
+            return core(a, s, x, *params_like(self._comp_params(self._check_k(k)), x))
+        mix = params_like(self._mix, x)
+        if name == "classifier_grad":
+            return core(a, s, x, *mix, *params_like(self._comp_params(self._check_k(k)), x))
+        return core(a, s, x, *mix)
+
+    # --------------------------------------------------------------- exact quantities
+    def log_prob(self, x, t=None, sde=None):
+        """``log p_t(x)`` for the rows of ``x`` (shape (n,))."""
+        return self._eval("log_prob", x, t, sde)
+
+    def score(self, x, t=None, sde=None):
+        """``grad log p_t(x)`` (shape (n, D))."""
+        return self._eval("score", x, t, sde)
+
+    def laplacian(self, x, t=None, sde=None):
+        """``Laplacian(log p_t)(x) = sum_k w_k (|s_k|^2 - tr C_k^{-1}) - |s|^2`` (shape (n,))."""
+        return self._eval("laplacian", x, t, sde)
+
+    def tweedie(self, x, t=None, sde=None):
+        """Tweedie's posterior mean ``E[x_0 | x_t = x] = (x + sigma_t^2 s) / alpha_t`` (shape (n, D))."""
+        return self._eval("tweedie", x, t, sde)
+
+    def class_score(self, x, t=None, sde=None, k=None):
+        """Class-conditional score ``grad log p_t(x | y = k) = -C_k^{-1}(x - alpha_t mu_k)``."""
+        return self._eval("class_score", x, t, sde, k)
+
+    def classifier_grad(self, x, t=None, sde=None, k=None):
+        """Classifier gradient ``grad log p_t(y = k | x) = s_k - s``."""
+        return self._eval("classifier_grad", x, t, sde, k)
+
+    def _log_joints(self, x, t, sde):
+        x = self._check_x(x)
+        a, s = self._coeffs(t, sde)
+        mix = params_like(self._mix, x)
+        return x, [_log_joint(a, s, x, *mix, k) for k in range(self.n_components)]
+
+    def responsibilities(self, x, t=None, sde=None):
+        """Posterior component probabilities ``p_t(y = k | x)`` (shape (n, K))."""
+        x, lj = self._log_joints(x, t, sde)
+        if _is_tensor(x):
+            import torch
+
+            return torch.softmax(torch.stack(lj, dim=1), dim=1)
+        L = np.stack(lj, axis=1)
+        L = np.exp(L - L.max(axis=1, keepdims=True))
+        return L / L.sum(axis=1, keepdims=True)
+
+    def mode_weights(self, x, t=None, sde=None):
+        """Fraction of rows whose most responsible component is ``k`` (NumPy, shape (K,))."""
+        x, lj = self._log_joints(x, t, sde)
+        L = np.stack([v.detach().cpu().numpy() if _is_tensor(v) else v for v in lj], axis=1)
+        if L.shape[0] == 0:
+            raise ValueError("`x` has no rows.")
+        return np.bincount(L.argmax(axis=1), minlength=self.n_components) / L.shape[0]
+
+    def projected_cdf(self, z, direction, t=None, sde=None):
+        """CDF of ``u^T X`` at ``z``, ``u = direction / |direction|`` and ``X ~ p_t`` (NumPy, ``z``'s shape).
+
+        ``sum_k pi_k Phi((z - alpha_t u^T mu_k) / sqrt(u^T C_k u))``.
+        """
+        from scipy.special import ndtr
+
+        u = _finite_array(direction, "direction")
+        if u.shape != (self.dim,):
+            raise ValueError(f"`direction` must have shape ({self.dim},), got {u.shape}.")
+        norm = np.linalg.norm(u)
+        if norm == 0:
+            raise ValueError("`direction` must be non-zero.")
+        u = u / norm
+        a, s = self._coeffs(t, sde)
+        z = np.asarray(z, dtype=np.float64)
+        loc = a * (self.means @ u)
+        w = np.einsum("kij,i->kj", self.eigvecs, u)  # U_k^T u
+        scale = np.sqrt((w * w * (a * a * self.eigvals + s * s)).sum(axis=1))
+        out = np.zeros(z.shape)
+        for k in range(self.n_components):
+            out = out + self.weights[k] * ndtr((z - loc[k]) / scale[k])
+        return out
+
+    # --------------------------------------------------------------- sampling and transforms
+    def sample(self, n: int, *, seed: int, return_labels: bool = False):
+        """``n`` exact draws ``(n, D)`` of the data (and their component labels ``(n,)`` if asked).
+
+        Labels come from ``np.random.default_rng(seed)``, the Gaussian parts from
+        ``diffusion.sdes.standard_normals(seed, 1, n, D)``.
+        """
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"`n` must be a positive integer, got {n!r}.")
+        n = int(n)
+        z = standard_normals(seed, 1, n, self.dim)
+        labels = np.random.default_rng(seed).choice(self.n_components, size=n, p=self.weights)
+        x = np.empty((n, self.dim))
+        for k in range(self.n_components):
+            idx = labels == k
+            A = self.eigvecs[k] * np.sqrt(self.eigvals[k])  # Sigma_k = A A^T
+            x[idx] = self.means[k] + z[idx] @ A.T
+        return (x, labels) if return_labels else x
+
+    def diffused(self, sde: DiffusionSDE, t) -> GaussianMixture:
+        """The marginal ``p_t`` as a mixture: means ``alpha_t mu_k``, covariances ``alpha_t^2 Sigma_k + sigma_t^2 I``."""
+        if t is None:
+            raise ValueError("`t` must be a time in (0, T] of `sde`.")
+        a, s = self._coeffs(t, sde)
+        covs = np.einsum("kij,kj,klj->kil", self.eigvecs, a * a * self.eigvals + s * s, self.eigvecs)
+        return GaussianMixture(self.weights, a * self.means, 0.5 * (covs + covs.transpose(0, 2, 1)))
+
+    def __repr__(self):
+        return f"GaussianMixture(n_components={self.n_components}, dim={self.dim})"

@@ -1,0 +1,445 @@
+"""Forward diffusion SDEs: VP (linear and cosine schedules), sub-VP and VE.
+
+Each process is ``dx = f(t) x dt + g(t) dW`` with Gaussian marginals
+``x_t | x_0 ~ N(alpha_t x_0, sigma_t^2 I)``. Everything a sampler needs is a
+function of ``t`` alone: ``alpha_t``, ``sigma_t``, ``f(t)``, ``g(t)^2`` and the
+log signal-to-noise ratio ``lambda_t = log(alpha_t / sigma_t)``.
+
+Those coefficient functions exist twice over: as methods (``sde.alpha(t)``)
+for users, and as *kernels* ``fn(t, params)`` (``sde.kernels.alpha``) written
+with :mod:`sdekit.ops`, so that the reverse-time problems built from them
+solve on every sdekit backend (compiled by Numba, or on torch tensors).
+``t`` may be a float, an array or a tensor.
+
+Useful identities (all processes): ``f = d log(alpha)/dt``,
+``g^2 = d(sigma^2)/dt - 2 f sigma^2``, ``d lambda/dt = -g^2 / (2 sigma^2)``.
+
+References
+----------
+Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole (2021), Score-based
+generative modeling through stochastic differential equations, ICLR (VP,
+sub-VP, VE). Nichol & Dhariwal (2021), Improved DDPM, ICML (cosine schedule).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from sdekit import BrownianPath, ops
+
+__all__ = ["DiffusionSDE", "VPSDE", "SubVPSDE", "VESDE", "Kernels"]
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The coefficient functions of a process as ``fn(t, params)`` kernels (jittable)."""
+
+    alpha: Callable
+    sigma: Callable
+    f: Callable
+    g2: Callable
+    log_snr: Callable
+    t_from_log_snr: Callable
+
+
+def _kernels(**fns) -> Kernels:
+    return Kernels(**{k: ops.jittable(v) for k, v in fns.items()})
+
+
+# --------------------------------------------------------------------------- VP, linear beta
+def _vp_B(t, p):
+    return p[0] * t + 0.5 * (p[1] - p[0]) * t * t
+
+
+def _vp_beta(t, p):
+    return p[0] + (p[1] - p[0]) * t
+
+
+def _vp_alpha(t, p):
+    return ops.exp(-0.5 * _vp_B(t, p))
+
+
+def _vp_sigma(t, p):
+    return ops.sqrt(-ops.expm1(-_vp_B(t, p)))
+
+
+def _vp_f(t, p):
+    return -0.5 * _vp_beta(t, p)
+
+
+def _vp_g2(t, p):
+    return _vp_beta(t, p)
+
+
+def _vp_log_snr(t, p):
+    B = _vp_B(t, p)
+    return -0.5 * B - 0.5 * ops.log(-ops.expm1(-B))
+
+
+def _vp_t_from_B(B, p):
+    # root of 0.5 (b1 - b0) t^2 + b0 t - B = 0, in the form without cancellation
+    return 2.0 * B / (p[0] + ops.sqrt(p[0] * p[0] + 2.0 * (p[1] - p[0]) * B))
+
+
+def _vp_t_from_log_snr(lam, p):
+    return _vp_t_from_B(ops.log1p(ops.exp(-2.0 * lam)), p)
+
+
+ops.jittable(_vp_B)
+ops.jittable(_vp_beta)
+ops.jittable(_vp_t_from_B)
+VP_LINEAR = _kernels(alpha=_vp_alpha, sigma=_vp_sigma, f=_vp_f, g2=_vp_g2, log_snr=_vp_log_snr,
+                     t_from_log_snr=_vp_t_from_log_snr)
+
+
+# --------------------------------------------------------------------------- VP, cosine schedule
+# p = (s, log cos(s/(1+s) pi/2))
+def _cos_angle(t, p):
+    return (t + p[0]) / (1.0 + p[0]) * (0.5 * math.pi)
+
+
+def _cos_log_abar(t, p):
+    return 2.0 * (ops.log(ops.cos(_cos_angle(t, p))) - p[1])
+
+
+def _cos_alpha(t, p):
+    return ops.exp(0.5 * _cos_log_abar(t, p))
+
+
+def _cos_sigma(t, p):
+    return ops.sqrt(-ops.expm1(_cos_log_abar(t, p)))
+
+
+def _cos_beta(t, p):
+    return math.pi / (1.0 + p[0]) * ops.tan(_cos_angle(t, p))
+
+
+def _cos_f(t, p):
+    return -0.5 * _cos_beta(t, p)
+
+
+def _cos_g2(t, p):
+    return _cos_beta(t, p)
+
+
+def _cos_log_snr(t, p):
+    la = _cos_log_abar(t, p)
+    return 0.5 * la - 0.5 * ops.log(-ops.expm1(la))
+
+
+def _cos_t_from_log_snr(lam, p):
+    # abar = sigmoid(2 lam) and cos(angle) = sqrt(abar) cos(angle(0))
+    c = ops.exp(0.5 * (-ops.log1p(ops.exp(-2.0 * lam))) + p[1])
+    return ops.arccos(c) * (2.0 * (1.0 + p[0]) / math.pi) - p[0]
+
+
+ops.jittable(_cos_angle)
+ops.jittable(_cos_log_abar)
+ops.jittable(_cos_beta)
+VP_COSINE = _kernels(alpha=_cos_alpha, sigma=_cos_sigma, f=_cos_f, g2=_cos_g2, log_snr=_cos_log_snr,
+                     t_from_log_snr=_cos_t_from_log_snr)
+
+
+# --------------------------------------------------------------------------- sub-VP
+def _subvp_sigma(t, p):
+    return -ops.expm1(-_vp_B(t, p))
+
+
+def _subvp_g2(t, p):
+    return _vp_beta(t, p) * -ops.expm1(-2.0 * _vp_B(t, p))
+
+
+def _subvp_log_snr(t, p):
+    B = _vp_B(t, p)
+    return -0.5 * B - ops.log(-ops.expm1(-B))
+
+
+def _subvp_t_from_log_snr(lam, p):
+    # y = exp(-B/2) solves e^lam y^2 + y - e^lam = 0
+    e = ops.exp(lam)
+    y = 2.0 * e / (1.0 + ops.sqrt(1.0 + 4.0 * e * e))
+    return _vp_t_from_B(-2.0 * ops.log(y), p)
+
+
+SUBVP = _kernels(alpha=_vp_alpha, sigma=_subvp_sigma, f=_vp_f, g2=_subvp_g2, log_snr=_subvp_log_snr,
+                 t_from_log_snr=_subvp_t_from_log_snr)
+
+
+# --------------------------------------------------------------------------- VE
+# p = (sigma_min, sigma_max, log(sigma_max / sigma_min))
+def _ve_alpha(t, p):
+    return 1.0 + 0.0 * t
+
+
+def _ve_sigma(t, p):
+    return p[0] * ops.sqrt(ops.expm1(2.0 * p[2] * t))
+
+
+def _ve_f(t, p):
+    return 0.0 * t
+
+
+def _ve_g2(t, p):
+    return 2.0 * p[2] * p[0] * p[0] * ops.exp(2.0 * p[2] * t)
+
+
+def _ve_log_snr(t, p):
+    return -ops.log(_ve_sigma(t, p))
+
+
+def _ve_t_from_log_snr(lam, p):
+    return ops.log1p(ops.exp(-2.0 * lam) / (p[0] * p[0])) / (2.0 * p[2])
+
+
+ops.jittable(_ve_sigma)
+VE = _kernels(alpha=_ve_alpha, sigma=_ve_sigma, f=_ve_f, g2=_ve_g2, log_snr=_ve_log_snr,
+              t_from_log_snr=_ve_t_from_log_snr)
+
+
+# --------------------------------------------------------------------------- classes
+def _positive(v, name):
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a positive number, got {v!r}.") from None
+    if not (math.isfinite(f) and f > 0):
+        raise ValueError(f"`{name}` must be a positive finite number, got {v!r}.")
+    return f
+
+
+def _stream_seed(seed: int, stream: int) -> int:
+    """A child seed for one use of a user seed (prior noise, sampler noise, probes...)."""
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}.")
+    return int(np.random.SeedSequence([int(seed), int(stream)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def standard_normals(seed: int, stream: int, n: int, dim: int, *, like=None):
+    """``(n, dim)`` standard normals from sdekit's counter-based generator.
+
+    The numbers depend only on ``(seed, stream)`` (not on the backend, device
+    or batch split); ``like`` (a tensor) makes a tensor of its device and dtype.
+    """
+    bm = BrownianPath(_stream_seed(seed, stream), (0.0, 1.0), n_paths=n, noise_dim=dim)
+    if like is not None and type(like).__module__.startswith("torch"):
+        return bm.increments(1, device=like.device, dtype=like.dtype)[0]
+    return bm.increments(1)[0]
+
+
+class DiffusionSDE:
+    """Base class of the forward processes.
+
+    Attributes
+    ----------
+    T : float
+        Final time of the forward process (start of sampling).
+    eps : float
+        Default end time of sampling (the reverse dynamics stop there).
+    params : tuple of float
+        The parameters the kernels read.
+    kernels : Kernels
+        ``alpha, sigma, f, g2, log_snr, t_from_log_snr`` as ``fn(t, params)``.
+    prior_std : float
+        Standard deviation of the prior ``N(0, prior_std^2 I)`` used at ``T``.
+    """
+
+    T: float = 1.0
+    eps: float = 1e-3
+    prior_std: float = 1.0
+    params: tuple = ()
+    kernels: Kernels
+
+    # coefficient functions ------------------------------------------------
+    def alpha(self, t):
+        """Signal scale ``alpha_t`` of the marginal ``N(alpha_t x_0, sigma_t^2 I)``."""
+        return self.kernels.alpha(t, self.params)
+
+    def sigma(self, t):
+        """Noise standard deviation ``sigma_t`` of the marginal."""
+        return self.kernels.sigma(t, self.params)
+
+    def marginal(self, t):
+        """``(alpha_t, sigma_t)``."""
+        return self.alpha(t), self.sigma(t)
+
+    def f(self, t):
+        """Drift coefficient: the forward drift is ``f(t) x``."""
+        return self.kernels.f(t, self.params)
+
+    def g2(self, t):
+        """Squared diffusion coefficient ``g(t)^2``."""
+        return self.kernels.g2(t, self.params)
+
+    def g(self, t):
+        """Diffusion coefficient ``g(t)``."""
+        return ops.sqrt(self.g2(t))
+
+    def log_snr(self, t):
+        """``lambda_t = log(alpha_t / sigma_t)`` (decreasing in ``t``)."""
+        return self.kernels.log_snr(t, self.params)
+
+    def t_from_log_snr(self, lam):
+        """Inverse of :meth:`log_snr`."""
+        return self.kernels.t_from_log_snr(lam, self.params)
+
+    def edm_sigma(self, t):
+        """The noise level of ``x / alpha_t``: ``sigma_t / alpha_t = exp(-lambda_t)`` (Karras et al.'s sigma)."""
+        return ops.exp(-self.log_snr(t))
+
+    def t_from_edm_sigma(self, s):
+        """Inverse of :meth:`edm_sigma`."""
+        return self.t_from_log_snr(-ops.log(s))
+
+    def t_from_sigma(self, s):
+        """Inverse of :meth:`sigma` (the marginal noise standard deviation)."""
+        return self.t_from_log_snr(self._log_snr_from_sigma(s))
+
+    def _log_snr_from_sigma(self, s):
+        raise NotImplementedError
+
+    # forward process ------------------------------------------------------
+    def perturb(self, x0, t, noise):
+        """``x_t = alpha_t x_0 + sigma_t noise`` (``t`` scalar or one time per row)."""
+        a, s = self.marginal(t)
+        if getattr(t, "ndim", 0) == 1:
+            a, s = a[:, None], s[:, None]
+        return a * x0 + s * noise
+
+    def prior_sample(self, n: int, dim: int, *, seed: int, like=None):
+        """``n`` draws of the prior ``N(0, prior_std^2 I_dim)``, reproducible on every backend."""
+        return self.prior_std * standard_normals(seed, 0, n, dim, like=like)
+
+    def prior_log_prob(self, x):
+        """Log-density of the prior ``N(0, prior_std^2 I)`` at the rows of ``x``."""
+        d = x.shape[-1]
+        q = (x * x).sum(-1) / self.prior_std**2
+        return -0.5 * q - d * (math.log(self.prior_std) + 0.5 * math.log(2 * math.pi))
+
+    def check_time(self, t, name="t"):
+        t = float(t)
+        if not (0.0 < t <= self.T):
+            raise ValueError(f"`{name}` must lie in (0, T={self.T}], got {t}.")
+        return t
+
+
+class VPSDE(DiffusionSDE):
+    """Variance-preserving SDE ``dx = -beta(t)/2 x dt + sqrt(beta(t)) dW``.
+
+    Parameters
+    ----------
+    beta_min, beta_max : float
+        Linear schedule ``beta(t) = beta_min + (beta_max - beta_min) t``
+        (defaults 0.1 and 20, Song et al. 2021): ``alpha_t = exp(-B/2)``,
+        ``sigma_t^2 = 1 - exp(-B)``, ``B = int_0^t beta``.
+    schedule : {"linear", "cosine"}
+        ``"cosine"``: ``alpha_t^2 = c(t)/c(0)``, ``c(t) = cos^2((t + s)/(1 + s) pi/2)``
+        (Nichol & Dhariwal 2021), ``beta(t) = pi/(1+s) tan((t+s)/(1+s) pi/2)``.
+        ``beta`` diverges at ``t = 1``, so ``T`` defaults to 0.9946 (log-SNR -5,
+        as in DPM-Solver).
+    s : float
+        Offset of the cosine schedule (0.008).
+    T, eps : float, optional
+        Start and default end time of sampling (defaults 1 / 0.9946 and 1e-3).
+
+    Notes
+    -----
+    The prior is ``N(0, I)``; the exact ``p_T`` differs from it by
+    ``alpha_T x_0`` (``alpha_1 = 6.7e-3`` for the linear defaults).
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, schedule: str = "linear", s: float = 0.008,
+                 T: float | None = None, eps: float = 1e-3):
+        if schedule not in ("linear", "cosine"):
+            raise ValueError(f"`schedule` must be 'linear' or 'cosine', got {schedule!r}.")
+        self.schedule = schedule
+        if schedule == "linear":
+            self.beta_min, self.beta_max = _positive(beta_min, "beta_min"), _positive(beta_max, "beta_max")
+            if self.beta_max < self.beta_min:
+                raise ValueError(f"`beta_max` ({beta_max}) must be at least `beta_min` ({beta_min}).")
+            self.params = (self.beta_min, self.beta_max)
+            self.kernels = VP_LINEAR
+            default_T = 1.0
+        else:
+            self.s = _positive(s, "s")
+            self.params = (self.s, math.log(math.cos(self.s / (1 + self.s) * math.pi / 2)))
+            self.kernels = VP_COSINE
+            default_T = 0.9946
+        self.T = default_T if T is None else _positive(T, "T")
+        if schedule == "cosine" and self.T >= 1.0:
+            raise ValueError(f"the cosine schedule is singular at t = 1; choose T < 1 (default 0.9946), got {T}.")
+        self.eps = _positive(eps, "eps")
+        if self.eps >= self.T:
+            raise ValueError(f"`eps` ({eps}) must be smaller than T ({self.T}).")
+
+    def beta(self, t):
+        """``beta(t) = g(t)^2``."""
+        return self.g2(t)
+
+    def _log_snr_from_sigma(self, s):
+        return 0.5 * ops.log1p(-s * s) - ops.log(s)
+
+    def __repr__(self):
+        if self.schedule == "cosine":
+            return f"VPSDE(schedule='cosine', s={self.s}, T={self.T}, eps={self.eps})"
+        return f"VPSDE(beta_min={self.beta_min}, beta_max={self.beta_max}, T={self.T}, eps={self.eps})"
+
+
+class SubVPSDE(DiffusionSDE):
+    """Sub-VP SDE: ``f = -beta/2``, ``g^2 = beta (1 - exp(-2B))``.
+
+    Same ``alpha_t`` as the VP SDE, ``sigma_t = 1 - exp(-B)`` (variance below
+    the VP one at every ``t``). Prior ``N(0, I)``.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, T: float = 1.0, eps: float = 1e-3):
+        self.beta_min, self.beta_max = _positive(beta_min, "beta_min"), _positive(beta_max, "beta_max")
+        if self.beta_max < self.beta_min:
+            raise ValueError(f"`beta_max` ({beta_max}) must be at least `beta_min` ({beta_min}).")
+        self.params = (self.beta_min, self.beta_max)
+        self.kernels = SUBVP
+        self.T, self.eps = _positive(T, "T"), _positive(eps, "eps")
+        if self.eps >= self.T:
+            raise ValueError(f"`eps` ({eps}) must be smaller than T ({self.T}).")
+
+    def _log_snr_from_sigma(self, s):
+        return 0.5 * ops.log1p(-s) - ops.log(s)
+
+    def __repr__(self):
+        return f"SubVPSDE(beta_min={self.beta_min}, beta_max={self.beta_max}, T={self.T}, eps={self.eps})"
+
+
+class VESDE(DiffusionSDE):
+    """Variance-exploding SDE ``dx = sqrt(d sigma(t)^2/dt) dW``, ``sigma(t) = sigma_min (sigma_max/sigma_min)^t``.
+
+    ``f = 0`` and ``g^2 = 2 sigma(t)^2 log(sigma_max / sigma_min)``.
+
+    Notes
+    -----
+    The marginal is the *exact* one of this SDE started at ``t = 0``:
+    ``sigma_t^2 = sigma(t)^2 - sigma_min^2`` (so ``sigma_0 = 0``). Song et al.'s
+    code uses ``sigma(t)`` itself, i.e. data already smoothed by ``sigma_min``;
+    the two differ by less than ``sigma_min^2`` in variance. The prior is
+    ``N(0, sigma_max^2 I)``. Defaults ``sigma_min = 0.01``, ``sigma_max = 50``,
+    ``eps = 1e-5``.
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, *, T: float = 1.0, eps: float = 1e-5):
+        self.sigma_min, self.sigma_max = _positive(sigma_min, "sigma_min"), _positive(sigma_max, "sigma_max")
+        if self.sigma_max <= self.sigma_min:
+            raise ValueError(f"`sigma_max` ({sigma_max}) must exceed `sigma_min` ({sigma_min}).")
+        self.params = (self.sigma_min, self.sigma_max, math.log(self.sigma_max / self.sigma_min))
+        self.kernels = VE
+        self.T, self.eps = _positive(T, "T"), _positive(eps, "eps")
+        if self.eps >= self.T:
+            raise ValueError(f"`eps` ({eps}) must be smaller than T ({self.T}).")
+        self.prior_std = self.sigma_max
+
+    def _log_snr_from_sigma(self, s):
+        return -ops.log(s)
+
+    def __repr__(self):
+        return f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, T={self.T}, eps={self.eps})"

@@ -1,0 +1,71 @@
+"""Transformations of problems that give new problems."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from . import ops
+from .problem import ODE, SDE, _normalise_params
+
+__all__ = ["time_change"]
+
+
+def time_change(problem, phi: Callable, dphi: Callable, *, params: tuple = ()):
+    """The problem in a new time variable ``u`` with ``t = phi(u)``.
+
+    For an SDE ``dX = mu(t, X) dt + sigma(t, X) dW_t`` the time-changed
+    process ``Y(u) = X(phi(u))`` solves
+
+        ``dY = phi'(u) mu(phi(u), Y) du + sqrt(|phi'(u)|) sigma(phi(u), Y) dB_u``
+
+    in law (``W_{phi(u)}`` is a Brownian motion run at speed ``|phi'|``), in
+    either calculus; for an ODE the second term is absent and the identity is
+    exact. A decreasing ``phi`` runs the original problem backwards in ``t``
+    while ``u`` increases: this is how a non-uniform time grid
+    ``t_k = phi(k / n)`` is stepped by any fixed-step scheme with uniform steps
+    in ``u``.
+
+    Parameters
+    ----------
+    problem : SDE or ODE
+    phi, dphi : callable
+        ``phi(u, params)`` and its derivative, smooth and with ``dphi`` of one
+        sign. Written with :mod:`sdekit.ops` they run on every backend.
+    params : tuple
+        Parameters of ``phi`` and ``dphi``.
+
+    Returns
+    -------
+    SDE or ODE
+        Same noise type and calculus; its ``params`` are the problem's followed
+        by ``params``.
+
+    Notes
+    -----
+    A scheme of order ``p`` keeps order ``p`` in ``u`` when ``phi`` is smooth
+    on the span. The Brownian path of a solve is then a path in ``u``.
+    """
+    if not isinstance(problem, SDE | ODE):
+        raise ValueError(f"`problem` must be an sdekit.SDE or sdekit.ODE, got {type(problem).__name__}.")
+    for name, fn in (("phi", phi), ("dphi", dphi)):
+        if not callable(fn):
+            raise ValueError(f"`{name}` must be a function {name}(u, params), got {type(fn).__name__}.")
+    own = _normalise_params(params)
+    n = len(problem.params)
+    phi, dphi = ops.jittable(phi), ops.jittable(dphi)
+    mu = ops.jittable(problem.drift)
+
+    def drift(u, x, p):
+        q = p[n:]
+        return dphi(u, q) * mu(phi(u, q), x, p[:n])
+
+    if not problem.is_sde:
+        return ODE(drift, params=problem.params + own)
+    sig = ops.jittable(problem.diffusion)
+
+    def diffusion(u, x, p):
+        q = p[n:]
+        return ops.sqrt(ops.abs(dphi(u, q))) * sig(phi(u, q), x, p[:n])
+
+    return SDE(drift, diffusion, noise=problem.noise, calculus=problem.calculus, noise_dim=problem._noise_dim,
+               commutative=problem.commutative and problem.noise == "general", params=problem.params + own)

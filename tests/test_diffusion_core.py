@@ -1,0 +1,300 @@
+"""diffusion: forward SDEs, parameterisations, grids, and samplers on Gaussian data (exact flow known)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from numba import njit
+
+import diffusion
+import sdekit
+from diffusion import VESDE, VPSDE, Score, SubVPSDE, sample
+
+SDES = {"vp": VPSDE(), "vp_cosine": VPSDE(schedule="cosine"), "subvp": SubVPSDE(), "ve": VESDE()}
+
+
+@pytest.fixture(params=list(SDES))
+def sde(request):
+    return SDES[request.param]
+
+
+# --------------------------------------------------------------------------- forward processes
+def test_coefficients_are_consistent_with_the_marginals(sde):
+    """f = d log(alpha)/dt and g^2 = d sigma^2/dt - 2 f sigma^2 (central differences, error O(h^2) ~ 1e-10)."""
+    t = np.linspace(0.05, 0.95 * sde.T, 9)
+    h = 1e-5
+    f_fd = (np.log(sde.alpha(t + h)) - np.log(sde.alpha(t - h))) / (2 * h)
+    g2_fd = (sde.sigma(t + h) ** 2 - sde.sigma(t - h) ** 2) / (2 * h) - 2 * sde.f(t) * sde.sigma(t) ** 2
+    np.testing.assert_allclose(f_fd, sde.f(t), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(g2_fd, sde.g2(t), rtol=1e-7)
+
+
+def test_reference_formulas():
+    """REFERENCE §4 closed forms at t = 0.5."""
+    vp, sub, ve = SDES["vp"], SDES["subvp"], SDES["ve"]
+    B = 0.1 * 0.5 + 0.5 * 19.9 * 0.25
+    assert vp.alpha(0.5) == pytest.approx(math.exp(-B / 2), rel=1e-15)
+    assert vp.sigma(0.5) ** 2 == pytest.approx(1 - math.exp(-B), rel=1e-14)
+    assert sub.sigma(0.5) ** 2 == pytest.approx((1 - math.exp(-B)) ** 2, rel=1e-14)
+    assert sub.g2(0.5) == pytest.approx((0.1 + 19.9 * 0.5) * (1 - math.exp(-2 * B)), rel=1e-14)
+    s = 0.01 * 5000**0.5
+    assert ve.g2(0.5) == pytest.approx(2 * s * s * math.log(5000), rel=1e-14)
+    assert ve.sigma(0.5) ** 2 == pytest.approx(s * s - 1e-4, rel=1e-13)
+    cos = SDES["vp_cosine"]
+    fs = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    assert cos.alpha(0.5) ** 2 == pytest.approx(fs(0.5) / fs(0.0), rel=1e-14)
+
+
+def test_time_conversions_round_trip(sde):
+    t = np.linspace(1e-3, sde.T, 50)
+    np.testing.assert_allclose(sde.t_from_log_snr(sde.log_snr(t)), t, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(sde.t_from_sigma(sde.sigma(t)), t, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(sde.t_from_edm_sigma(sde.edm_sigma(t)), t, rtol=1e-9, atol=1e-12)
+    assert np.all(np.diff(sde.log_snr(t)) < 0)
+
+
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
+def test_forward_sde_has_the_stated_marginal(name):
+    """Simulating dx = f x dt + g dW with sdekit from x0 = 1 gives mean alpha_t and variance sigma_t^2 (4 s.e.)."""
+    sde = SDES[name]
+    f, g2, q = sde.kernels.f, sde.kernels.g2, sde.params
+    fwd = sdekit.SDE(lambda t, x, p: f(t, p) * x, lambda t, x, p: sdekit.ops.sqrt(g2(t, p)) + 0.0 * x,
+                     noise="additive", params=q)
+    n, t1 = 40_000, 0.4
+    x = sdekit.solve(fwd, 1.0, (0.0, t1), method="sra1", n_steps=256, n_paths=n, seed=11, save_at=[t1]).x[-1, :, 0]
+    a, s = sde.marginal(t1)
+    assert abs(x.mean() - a) < 4 * s / math.sqrt(n)
+    assert abs(x.var() - s * s) < 4 * s * s * math.sqrt(2 / n)
+
+
+def test_prior_is_reproducible_across_backends(sde):
+    a = sde.prior_sample(100, 3, seed=4)
+    b = sde.prior_sample(100, 3, seed=4, like=torch.empty(0, dtype=torch.float64))
+    np.testing.assert_allclose(a, b.numpy(), rtol=1e-15)
+    assert not np.allclose(a, sde.prior_sample(100, 3, seed=5))
+    z = sde.prior_sample(20_000, 1, seed=1) / sde.prior_std
+    assert abs(z.mean()) < 4 / math.sqrt(20_000) and abs(z.var() - 1) < 4 * math.sqrt(2 / 20_000)
+    x = np.zeros((2, 3))
+    assert sde.prior_log_prob(x)[0] == pytest.approx(-3 * (math.log(sde.prior_std) + 0.5 * math.log(2 * math.pi)))
+
+
+def test_sde_errors():
+    with pytest.raises(ValueError, match="schedule"):
+        VPSDE(schedule="quadratic")
+    with pytest.raises(ValueError, match="cosine schedule is singular"):
+        VPSDE(schedule="cosine", T=1.0)
+    with pytest.raises(ValueError, match="beta_max"):
+        VPSDE(beta_min=5, beta_max=1)
+    with pytest.raises(ValueError, match="sigma_max"):
+        VESDE(sigma_min=1.0, sigma_max=0.5)
+    with pytest.raises(ValueError, match="eps"):
+        SubVPSDE(eps=2.0)
+
+
+# --------------------------------------------------------------------------- parameterisations
+def gaussian_score(sde, mu=1.5, s0=0.3, dim=2):
+    """Exact score of data N(mu, s0^2 I) under ``sde``, as a jittable Score."""
+    al, sg, n = sde.kernels.alpha, sde.kernels.sigma, len(sde.params)
+
+    def k(t, x, p):
+        a, s = al(t, p[:n]), sg(t, p[:n])
+        return -(x - a * p[n]) / (a * a * p[n + 1] ** 2 + s * s)
+
+    return Score.from_kernel(k, sde, sde.params + (mu, s0), dim=dim)
+
+
+def gaussian_flow(sde, x_T, t, mu=1.5, s0=0.3):
+    """Exact probability-flow map from T to t for Gaussian data (REFERENCE §5)."""
+    std = lambda u: math.sqrt(sde.alpha(u) ** 2 * s0**2 + sde.sigma(u) ** 2)  # noqa: E731
+    return sde.alpha(t) * mu + std(t) / std(sde.T) * (x_T - sde.alpha(sde.T) * mu)
+
+
+@pytest.mark.parametrize("param", diffusion.PARAMETERISATIONS)
+def test_parameterisations_round_trip_and_give_the_same_score(sde, param):
+    """A Score built from each exact prediction returns the exact score; conversions are inverse pairs."""
+    exact = gaussian_score(sde)
+    rng = np.random.default_rng(0)
+    x, t = rng.normal(size=(7, 2)), 0.37 * sde.T
+    s = exact.score(x, t)
+    pred = diffusion.convert(s, x, t, sde, source="score", target=param)
+    np.testing.assert_allclose(diffusion.convert(pred, x, t, sde, source=param, target="score"), s, rtol=1e-12)
+    wrapped = Score(lambda tt, xx, p: diffusion.convert(exact.score(xx, tt), xx, tt, sde, source="score",
+                                                        target=param),
+                    sde, parameterisation=param, backends=("numpy", "torch"))
+    np.testing.assert_allclose(wrapped.score(x, t), s, rtol=1e-12)
+    # one time per row, and torch tensors
+    tv = np.linspace(0.1, 0.9, 7) * sde.T
+    per_row = np.stack([exact.score(x[i : i + 1], tv[i])[0] for i in range(7)])
+    np.testing.assert_allclose(diffusion.convert(pred * 0 + diffusion.convert(per_row, x, tv, sde, source="score",
+                                                                                target=param),
+                                                 x, tv, sde, source=param, target="score"), per_row, rtol=1e-12)
+    xt = torch.as_tensor(x)
+    np.testing.assert_allclose(exact.predict(xt, t, param).numpy(), pred, rtol=1e-12)
+
+
+def test_parameterisation_identities():
+    """eps = -sigma s, x0 is Tweedie's mean, v = alpha eps - sigma x0 (REFERENCE §4)."""
+    sde = SDES["vp"]
+    sc = gaussian_score(sde)
+    x, t = np.array([[0.3, -1.2]]), 0.6
+    a, s = sde.marginal(t)
+    np.testing.assert_allclose(sc.eps(x, t), -s * sc.score(x, t), rtol=1e-14)
+    np.testing.assert_allclose(sc.x0(x, t), (x + s * s * sc.score(x, t)) / a, rtol=1e-14)
+    np.testing.assert_allclose(sc.v(x, t), a * sc.eps(x, t) - s * sc.x0(x, t), rtol=1e-13)
+    # Tweedie for Gaussian data: mu + a s0^2 (x - a mu) / (a^2 s0^2 + s^2)
+    np.testing.assert_allclose(sc.x0(x, t), 1.5 + a * 0.09 * (x - a * 1.5) / (a * a * 0.09 + s * s), rtol=1e-13)
+
+
+def test_score_kernel_compiles_and_matches():
+    sde = SDES["vp"]
+    sc = Score(lambda t, x, p: -p[0] * x, sde, parameterisation="eps", params=(2.0,))
+    x = np.ones((3, 2))
+    np.testing.assert_allclose(njit(sc.kernel)(0.5, x, sc.params), sc.score(x, 0.5), rtol=1e-15)
+
+
+def test_score_errors():
+    sde = SDES["vp"]
+    with pytest.raises(ValueError, match="parameterisation"):
+        Score(lambda t, x, p: x, sde, parameterisation="noise")
+    with pytest.raises(ValueError, match="diffusion SDE"):
+        Score(lambda t, x, p: x, "vp")
+    mod = Score.from_module(torch.nn.Identity(), sde)
+    with pytest.raises(ValueError, match="backend='torch'"):
+        sample(sde, Score.from_module(lambda x, c: x, sde, dim=2), 4, method="euler", steps=2, backend="numba")
+    assert mod.backends == ("torch",)
+
+
+# --------------------------------------------------------------------------- grids
+@pytest.mark.parametrize("kind", diffusion.GRIDS)
+def test_grids(sde, kind):
+    g = diffusion.TimeGrid(sde, kind)
+    t = g.times(16)
+    assert t[0] == sde.T and t[-1] == sde.eps and np.all(np.diff(t) < 0)
+    u = np.linspace(0.01, 0.99, 7)
+    h = 1e-6
+    fd = (g.phi(u + h, g.params) - g.phi(u - h, g.params)) / (2 * h)
+    np.testing.assert_allclose(g.dphi(u, g.params), fd, rtol=1e-5)
+    lam = sde.log_snr(t)
+    if kind == "logsnr":
+        np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=1e-8)
+    if kind == "karras":
+        r = sde.edm_sigma(t) ** (1 / 7)
+        np.testing.assert_allclose(np.diff(r), np.diff(r)[0], rtol=1e-8)
+
+
+# --------------------------------------------------------------------------- deterministic samplers: pathwise orders
+ODE_ORDERS = {"euler": 1, "heun": 2, "midpoint": 2, "rk4": 4, "ddim": 1, "dpmpp_2m": 2, "exp_ab3": 3}
+
+
+@pytest.mark.parametrize("grid", ["quadratic", "logsnr"])
+@pytest.mark.parametrize("method", list(ODE_ORDERS))
+def test_deterministic_samplers_show_their_order(method, grid):
+    """RMS error at eps against the exact Gaussian flow; least-squares slope at least the order - 0.3."""
+    sde = SDES["vp"]
+    sc = gaussian_score(sde)
+    x_T = sde.prior_sample(64, 2, seed=1)
+    exact = gaussian_flow(sde, x_T, sde.eps)
+    steps = np.array([40, 80, 160, 320]) if ODE_ORDERS[method] < 4 else np.array([20, 40, 80, 160])
+    err = [np.sqrt(np.mean((sample(sde, sc, 64, method=method, steps=int(n), x_T=x_T, denoise=False, grid=grid,
+                                   backend="numpy").x - exact) ** 2)) for n in steps]
+    slope = -np.polyfit(np.log(steps), np.log(err), 1)[0]
+    # at least the declared order (within 0.3); Gaussian data can make a method converge faster, not slower
+    assert ODE_ORDERS[method] - 0.3 < slope < ODE_ORDERS[method] + 1.0, (method, grid, slope, err)
+
+
+def test_dopri5_reaches_its_tolerance():
+    sde = SDES["vp"]
+    sc = gaussian_score(sde)
+    x_T = sde.prior_sample(32, 2, seed=2)
+    r = sample(sde, sc, 32, method="dopri5", x_T=x_T, denoise=False, rtol=1e-8, atol=1e-8)
+    assert np.max(np.abs(r.x - gaussian_flow(sde, x_T, sde.eps))) < 1e-6
+    # per-path adaptive steps: nfe is the mean evaluations per sample
+    assert r.nfe == round(r.solution.stats.n_drift_evals / 32) and r.nfe > 50
+
+
+def test_ddim_eta_zero_is_the_exponential_euler_and_ddpm_is_eta_one():
+    sde = SDES["vp"]
+    sc = gaussian_score(sde)
+    x_T = sde.prior_sample(16, 2, seed=3)
+    a = sample(sde, sc, 16, method="ddim", steps=12, x_T=x_T, denoise=False, grid="logsnr")
+    # eta -> 0 of the stochastic chain is the deterministic step (the chain's formula, not sdekit's)
+    b = sample(sde, sc, 16, method="ddim", eta=1e-300, steps=12, x_T=x_T, denoise=False, grid="logsnr")
+    np.testing.assert_allclose(a.x, b.x, rtol=1e-12)
+    c = sample(sde, sc, 16, method="ddim", eta=1.0, steps=12, x_T=x_T, denoise=False, seed=9)
+    d = sample(sde, sc, 16, method="ddpm", steps=12, x_T=x_T, denoise=False, seed=9)
+    np.testing.assert_allclose(c.x, d.x, rtol=1e-14)
+
+
+# --------------------------------------------------------------------------- stochastic samplers: moments
+@pytest.mark.parametrize("method", ["euler_maruyama", "sra1", "sriw1", "ddpm", "pc"])
+def test_stochastic_samplers_reach_the_data_law(method):
+    """Mean within 4 standard errors plus the O(h) weak bias budget; std within 3% (weak error at 200 steps)."""
+    sde = SDES["vp"]
+    sc = gaussian_score(sde)
+    n = 20_000
+    # the ancestral chain ignores the posterior spread of x0 given x_t: a larger O(h) bias, so more steps
+    steps = 1000 if method == "ddpm" else 200
+    r = sample(sde, sc, n, method=method, steps=steps, seed=3, backend="numpy" if method in ("ddpm", "pc") else "numba")
+    x = r.x
+    assert abs(x.mean() - 1.5) < 4 * 0.3 / math.sqrt(2 * n) + 0.005
+    assert abs(x.std() - 0.3) < 0.03 * 0.3 + 4 * 0.3 / math.sqrt(4 * n)
+
+
+def test_sampling_is_reproducible_and_nfe_is_exact():
+    sde = SDES["vp"]
+    base = gaussian_score(sde)
+    calls = []
+
+    def counting(t, x, p):
+        calls.append(x.shape[0])
+        return base.kernel(t, x, base.params)
+
+    sc = Score.from_kernel(counting, sde, base.params, dim=2, backends=("numpy",))
+    expect = {"euler_maruyama": 10, "sra1": 20, "euler": 10, "heun": 20, "rk4": 40, "ddim": 10, "dpmpp_2m": 10,
+              "exp_ab3": 11, "ddpm": 10, "pc": 20, "ald": 11}
+    for method, nfe in expect.items():
+        calls.clear()
+        r = sample(sde, sc, 8, method=method, steps=10, seed=1, backend="numpy", denoise=True)
+        assert r.nfe == nfe + 1, method
+        # every call was on the whole batch of 8 (the numpy backend does not split it); sdekit's shape
+        # probe calls the drift once on 2 rows
+        assert calls.count(8) == nfe + 1 and set(calls) <= {2, 8}, method
+    a = sample(sde, base, 50, method="sra1", steps=16, seed=7, backend="numba")
+    b = sample(sde, base, 50, method="sra1", steps=16, seed=7, backend="torch")
+    np.testing.assert_allclose(a.x, b.x.numpy(), rtol=1e-11)
+    c = sample(sde, base, 50, method="sra1", steps=16, seed=8, backend="numba")
+    assert not np.allclose(a.x, c.x)
+
+
+def test_trajectory_and_callback():
+    sde = SDES["vp"]
+    sc = gaussian_score(sde)
+    seen = []
+    for method in ("rk4", "sra1", "dpmpp_2m", "pc"):
+        seen.clear()
+        r = sample(sde, sc, 4, method=method, steps=6, seed=1, grid="karras", return_trajectory=True,
+                   callback=lambda k, t, x: seen.append((k, t, x.shape)), denoise=False)
+        assert [k for k, _, _ in seen] == list(range(7))
+        np.testing.assert_allclose([t for _, t, _ in seen], r.times)
+        assert r.trajectory.shape == (7, 4, 2)
+        np.testing.assert_allclose(r.trajectory[-1], r.x)
+
+
+def test_sample_errors():
+    sde = SDES["vp"]
+    sc = gaussian_score(sde)
+    with pytest.raises(ValueError, match="unknown method"):
+        sample(sde, sc, 4, method="dpm_fast")
+    with pytest.raises(ValueError, match="grid"):
+        sample(sde, sc, 4, method="rk4", grid="cosine")
+    with pytest.raises(ValueError, match="eta"):
+        sample(sde, sc, 4, method="rk4", eta=0.5)
+    with pytest.raises(ValueError, match="another SDE"):
+        sample(VPSDE(), sc, 4)
+    with pytest.raises(ValueError, match="x_T"):
+        sample(sde, sc, 4, x_T=np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="dim"):
+        sample(sde, Score(lambda t, x, p: -x, sde), 4, method="euler", steps=2)
+    with pytest.raises(ValueError, match="dopri5"):
+        sample(sde, sc, 4, method="dopri5", grid="karras")
