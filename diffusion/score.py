@@ -74,7 +74,7 @@ def _v_from_score(sc, x, a, s):
 
 
 _TO_SCORE = {k: ops.jittable(f) for k, f in zip(PARAMETERISATIONS, (_score_from_score, _score_from_eps, _score_from_x0,
-                                                                      _score_from_v))}
+                                                                      _score_from_v), strict=True)}
 _FROM_SCORE = {"score": _TO_SCORE["score"], "eps": ops.jittable(_eps_from_score),
                "x0": ops.jittable(_x0_from_score), "v": ops.jittable(_v_from_score)}
 

@@ -24,8 +24,8 @@ sub-VP, VE). Nichol & Dhariwal (2021), Improved DDPM, ICML (cosine schedule).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

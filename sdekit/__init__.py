@@ -19,8 +19,8 @@ from .backends import BACKENDS
 from .brownian import BrownianPath
 from .problem import ODE, SDE
 from .schemes import Scheme, get_scheme, list_schemes
-from .solution import Solution, Stats
 from .semilinear import SemilinearODE
+from .solution import Solution, Stats
 from .solve import solve
 from .transform import time_change
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from . import semilinear
 from .backends import BACKENDS
 from .brownian import BrownianPath
 from .problem import ODE, SDE
-from . import semilinear
 from .schemes import SCHEMES, Scheme, _adaptive, get_scheme, step_plan
 from .semilinear import SemilinearODE
 from .solution import Solution, Stats

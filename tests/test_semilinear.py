@@ -65,7 +65,7 @@ def test_exact_when_D_is_a_polynomial_in_the_clock(method, degree):
     lam = [1.0, 0.6, 0.1][: degree + 1]
     w = exponential_weights(lam, 1.7)
     vals = [c[0] + c[1] * v + c[2] * v * v for v in lam]
-    integral = sum(wj * dj for wj, dj in zip(w, vals))
+    integral = sum(wj * dj for wj, dj in zip(w, vals, strict=True))
     G = lambda s: math.exp(s - 1.7) * (c[0] + c[1] * (s - 1) + c[2] * (s * s - 2 * s + 2))  # noqa: E731
     assert integral == pytest.approx(G(1.7) - G(1.0), rel=1e-13, abs=1e-14)
     if degree == 0:  # the whole solve is exact for constant D
