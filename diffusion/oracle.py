@@ -513,6 +513,29 @@ class GaussianMixture:
             out = out + self.weights[k] * ndtr((z - loc[k]) / scale[k])
         return out
 
+    def sliced_ks(self, x, t=None, sde=None, *, n_directions: int = 16, seed: int = 0) -> float:
+        """One-sample sliced Kolmogorov–Smirnov distance of the rows of ``x`` to ``p_t``.
+
+        The mean over ``n_directions`` random unit directions (keyed by ``seed``) of
+        ``sup_z |F_n(z) - F(z)|`` for the projected samples against :meth:`projected_cdf`.
+        For ``n`` exact samples its expectation is the Kolmogorov mean
+        ``sqrt(pi/2) ln 2 / sqrt(n) = 0.8687 / sqrt(n)`` (the noise floor, REFERENCE §6), and
+        the spread of each slice's statistic is ``0.2603 / sqrt(n)``.
+        """
+        x = x.detach().cpu().numpy() if _is_tensor(x) else np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"`x` must have shape (n, {self.dim}), got {x.shape}.")
+        n = x.shape[0]
+        dirs = np.random.default_rng(seed).normal(size=(int(n_directions), self.dim))
+        upper, lower = np.arange(1, n + 1) / n, np.arange(n) / n
+        out = []
+        for u in dirs:
+            u = u / np.linalg.norm(u)
+            z = np.sort(x @ u)
+            F = self.projected_cdf(z, u, t, sde)
+            out.append(max(np.max(upper - F), np.max(F - lower)))
+        return float(np.mean(out))
+
     # --------------------------------------------------------------- sampling and transforms
     def sample(self, n: int, *, seed: int, return_labels: bool = False):
         """``n`` exact draws ``(n, D)`` of the data (and their component labels ``(n,)`` if asked).

@@ -46,6 +46,11 @@ def _demo(args) -> int:
         solve(p, 2.0, (0.0, 1.0), method=meth, n_steps=1000, n_paths=n_tp, seed=0, save_at=[1.0])
         el = time.perf_counter() - t
         print(f"  {meth:>9}: {el / (n_tp * 1000) * 1e9:6.2f} ns per path-step")
+
+    # the diffusion front end ships in the same distribution; it samples with the schemes above
+    from diffusion import demo
+
+    demo.run(args.out, quick=args.quick)
     return 0
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import diffusion
-from diffusion import VESDE, VPSDE, GaussianMixture, sample
+from diffusion import VESDE, VPSDE, sample
+from diffusion.demo import demo_mixture
 
 N = 20_000
 # Kolmogorov distribution of sqrt(n) D under the null: mean sqrt(pi/2) ln 2, standard deviation 0.2603
@@ -18,8 +19,7 @@ KS_MEAN, KS_SD = math.sqrt(math.pi / 2) * math.log(2), 0.2603
 @pytest.fixture(scope="module")
 def gm():
     """Three separated 2-D components with unequal weights and anisotropic covariances."""
-    covs = np.array([[[0.09, 0.03], [0.03, 0.05]], [[0.04, 0.0], [0.0, 0.16]], [[0.12, -0.05], [-0.05, 0.06]]])
-    return GaussianMixture([0.5, 0.3, 0.2], [[-2.0, 0.0], [2.0, 1.0], [0.5, -2.5]], covs)
+    return demo_mixture()
 
 
 VP, VE = VPSDE(), VESDE()
@@ -47,18 +47,6 @@ SAMPLERS = {
 }
 
 
-def sliced_ks(gm, x, n_dirs=16, seed=0):
-    """Mean over random directions of the one-sample KS distance to the exact projected CDF."""
-    dirs = np.random.default_rng(seed).normal(size=(n_dirs, gm.dim))
-    out = []
-    for u in dirs:
-        z = np.sort(x @ (u / np.linalg.norm(u)))
-        F = gm.projected_cdf(z, u)
-        n = len(z)
-        out.append(max(np.max(np.arange(1, n + 1) / n - F), np.max(F - np.arange(n) / n)))
-    return float(np.mean(out))
-
-
 @pytest.mark.parametrize("method", list(SAMPLERS))
 def test_every_sampler_gets_the_mode_weights(gm, method):
     """Mode weights of 20,000 samples within 4 binomial standard errors of the mixture weights."""
@@ -67,7 +55,7 @@ def test_every_sampler_gets_the_mode_weights(gm, method):
     w = gm.mode_weights(r.x)
     se = np.sqrt(gm.weights * (1 - gm.weights) / N)
     assert np.all(np.abs(w - gm.weights) < 4 * se), (method, w, gm.weights)
-    ks = sliced_ks(gm, r.x)
+    ks = gm.sliced_ks(r.x)
     # sliced KS of exact samples has mean KS_MEAN / sqrt(n); its spread over correlated slices is at most
     # KS_SD / sqrt(n); a sampler passes when it is within 4 of those of the floor
     assert ks < (KS_MEAN + 4 * KS_SD) / math.sqrt(N), (method, ks, KS_MEAN / math.sqrt(N))
@@ -75,14 +63,14 @@ def test_every_sampler_gets_the_mode_weights(gm, method):
 
 def test_sliced_ks_noise_floor_of_exact_samples(gm):
     """The statistic itself: exact samples sit at the Kolmogorov mean (REFERENCE §6: ~0.87/sqrt(n))."""
-    floors = [sliced_ks(gm, gm.sample(N, seed=s)) * math.sqrt(N) for s in range(4)]
+    floors = [gm.sliced_ks(gm.sample(N, seed=s)) * math.sqrt(N) for s in range(4)]
     assert abs(np.mean(floors) - KS_MEAN) < 4 * KS_SD / 2
 
 
 def test_coarse_sampler_is_detected(gm):
     """The KS check can fail: Euler–Maruyama with 10 steps is visibly off."""
     r = sample(VP, gm.score_fn(VP), N, method="euler_maruyama", steps=10, seed=2)
-    assert sliced_ks(gm, r.x) > (KS_MEAN + 4 * KS_SD) / math.sqrt(N)
+    assert gm.sliced_ks(r.x) > (KS_MEAN + 4 * KS_SD) / math.sqrt(N)
 
 
 @pytest.mark.parametrize("method", ["sra1", "dpmpp_2m", "rk4"])
