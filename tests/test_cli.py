@@ -5,12 +5,14 @@ import subprocess
 import sys
 
 
-def test_demo_quick_writes_the_convergence_plot(tmp_path):
+def test_demo_quick_writes_its_plots(tmp_path):
     r = subprocess.run([sys.executable, "-m", "sdekit", "demo", "--quick", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "order" in r.stdout and "ns per path-step" in r.stdout
-    for name in ("convergence_ou", "convergence_gbm", "work_precision_ou", "work_precision_gbm"):
+    assert "sliced KS" in r.stdout and "log-likelihood" in r.stdout
+    for name in ("convergence_ou", "convergence_gbm", "work_precision_ou", "work_precision_gbm", "samples_oracle",
+                 "sampler_errors"):
         png = tmp_path / f"{name}.png"
         assert png.exists() and png.stat().st_size > 10_000
         with open(png, "rb") as fh:

@@ -54,7 +54,7 @@ def _solve(problem=OU, x0=1.0, t_span=(0.0, 1.0), **kw):
         (dict(problem=ODE, x0=[1.0, 0.0], method="dopri5", rtol=-1.0), r"`rtol` must be a positive finite number"),
         (dict(problem=ODE, x0=[1.0, 0.0], method="rk4", seed=3), r"an ODE draws no noise"),
         (dict(seed=-3), r"`seed` must be a non-negative integer"),
-        (dict(problem="ou"), r"`problem` must be an sdekit.SDE or sdekit.ODE"),
+        (dict(problem="ou"), r"`problem` must be an sdekit.SDE, ODE or SemilinearODE"),
         (dict(n_paths=10**7, n_steps=10**4), r"needs .* GiB \(more than half the memory\); pass save_at with fewer times"),
     ],
 )
