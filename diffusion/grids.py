@@ -17,6 +17,7 @@ and the samplers that step between grid points use :meth:`TimeGrid.times`.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -62,7 +63,7 @@ class TimeGrid:
         else:
             c0, c1 = 0.0, 0.0
         self.params = tuple(sde.params) + (T, eps, c0, c1, rho)
-        self.phi, self.dphi = _maps(sde, kind)
+        self.phi, self.dphi = _maps(sde.kernels, len(sde.params), kind)
 
     def times(self, n: int) -> np.ndarray:
         """The ``n + 1`` grid times, from ``T`` down to ``eps``."""
@@ -84,10 +85,11 @@ def time_grid(sde: DiffusionSDE, n: int, kind: str = "uniform", *, eps: float | 
     return TimeGrid(sde, kind, eps=eps, T=T, rho=rho).times(n)
 
 
-def _maps(sde: DiffusionSDE, kind: str):
-    n = len(sde.params)
-    g2, sigma = sde.kernels.g2, sde.kernels.sigma
-    t_of = sde.kernels.t_from_log_snr
+@functools.cache
+def _maps(kernels, n: int, kind: str):
+    """``phi, dphi`` for one process family (made once: compiled code is reused across grids)."""
+    g2, sigma = kernels.g2, kernels.sigma
+    t_of = kernels.t_from_log_snr
 
     def dlam_dt(t, q):
         s = sigma(t, q)

@@ -24,12 +24,30 @@ Song et al. (2021), ICLR (probability flow); Lu et al. (2022), DPM-Solver++.
 
 from __future__ import annotations
 
+import copy
+
 import sdekit
 from sdekit import ops
+from sdekit.problem import _normalise_params
 
 from .score import Score
 
 __all__ = ["reverse_sde", "probability_flow", "probability_flow_semilinear"]
+
+
+_PROBLEMS: dict = {}
+
+
+def _cached(score, kind, build):
+    """The problem's functions are made once per (kind, score kernel, SDE family); each call gets a copy
+    carrying this score's parameters. The numba backend compiles per function object, so sampling again
+    (even with another Score wrapping the same kernel, e.g. another mixture) compiles nothing new."""
+    key = (kind, score.kernel, score.sde.kernels, len(score.sde.params))
+    if key not in _PROBLEMS:
+        _PROBLEMS[key] = build()
+    problem = copy.copy(_PROBLEMS[key])
+    problem.params = _normalise_params(score.params)
+    return problem
 
 
 def _check(score):
@@ -43,6 +61,11 @@ def _check(score):
 
 def reverse_sde(score: Score) -> sdekit.SDE:
     """The reverse-time SDE of ``score.sde`` driven by ``score`` (additive noise)."""
+    _check(score)
+    return _cached(score, "reverse_sde", lambda: _reverse_sde(score))
+
+
+def _reverse_sde(score):
     k, n, s = _check(score)
     f, g2 = k.f, k.g2
 
@@ -58,6 +81,11 @@ def reverse_sde(score: Score) -> sdekit.SDE:
 
 def probability_flow(score: Score) -> sdekit.ODE:
     """The probability-flow ODE ``dx/dt = f x - g^2 s / 2``."""
+    _check(score)
+    return _cached(score, "probability_flow", lambda: _probability_flow(score))
+
+
+def _probability_flow(score):
     k, n, s = _check(score)
     f, g2 = k.f, k.g2
 
@@ -68,8 +96,22 @@ def probability_flow(score: Score) -> sdekit.ODE:
     return sdekit.ODE(rhs, params=score.params)
 
 
-def probability_flow_semilinear(score: Score) -> sdekit.SemilinearODE:
-    """The probability-flow ODE in data prediction, for sdekit's exponential integrators."""
+def probability_flow_semilinear(score: Score, prediction: str = "x0") -> sdekit.SemilinearODE:
+    """The probability-flow ODE in semilinear form, for sdekit's exponential integrators.
+
+    ``prediction="x0"`` (data prediction, DPM-Solver++): ``A = log sigma_t``,
+    clock ``lambda_t``, ``D = x0_hat``. ``prediction="eps"`` (noise prediction,
+    DPM-Solver / DEIS): ``A = log alpha_t``, clock ``-lambda_t``, ``D = eps_hat``,
+    since ``dx/dt = (log alpha)' x - lambda' sigma eps_hat``.
+    """
+    _check(score)
+    if prediction not in ("x0", "eps"):
+        raise ValueError(f"`prediction` must be 'x0' (data prediction) or 'eps' (noise prediction), got {prediction!r}.")
+    build = _semilinear_x0 if prediction == "x0" else _semilinear_eps
+    return _cached(score, ("semilinear", prediction), lambda: build(score))
+
+
+def _semilinear_x0(score):
     k, n, s = _check(score)
     f, g2, alpha, sigma, log_snr = k.f, k.g2, k.alpha, k.sigma, k.log_snr
 
@@ -95,4 +137,29 @@ def probability_flow_semilinear(score: Score) -> sdekit.SemilinearODE:
         return -0.5 * g2(t, q) / (sg * sg)
 
     return sdekit.SemilinearODE(log_factor, clock, x0_hat, log_factor_rate=log_factor_rate, clock_rate=clock_rate,
+                                params=score.params)
+
+
+def _semilinear_eps(score):
+    k, n, s = _check(score)
+    f, g2, alpha, sigma, log_snr = k.f, k.g2, k.alpha, k.sigma, k.log_snr
+
+    def log_factor(t, p):
+        return ops.log(alpha(t, p[:n]))
+
+    def clock(t, p):
+        return -log_snr(t, p[:n])
+
+    def eps_hat(t, x, p):
+        return -sigma(t, p[:n]) * s(t, x, p)
+
+    def log_factor_rate(t, p):
+        return f(t, p[:n])
+
+    def clock_rate(t, p):
+        q = p[:n]
+        sg = sigma(t, q)
+        return 0.5 * g2(t, q) / (sg * sg)
+
+    return sdekit.SemilinearODE(log_factor, clock, eps_hat, log_factor_rate=log_factor_rate, clock_rate=clock_rate,
                                 params=score.params)

@@ -17,11 +17,16 @@ method              dynamics                integrator
 ``dopri5``          probability-flow ODE    sdekit ``dopri5`` (adaptive; ``rtol``, ``atol``)
 ``ddim``            PF-ODE (``eta = 0``)    sdekit ``exp_euler``; ``eta > 0``: DDIM's stochastic chain
 ``dpmpp_2m``        PF-ODE, semilinear      sdekit ``exp_ab2`` (DPM-Solver++(2M) with the exact phi_2 weight)
-``exp_ab3``         PF-ODE, semilinear      sdekit ``exp_ab3`` (third-order exponential Adams)
+``dpmpp_3m``        PF-ODE, semilinear      sdekit ``exp_ab3_ramp`` (third-order steps, exact weights, cheap start)
+``exp_ab3``         PF-ODE, semilinear      sdekit ``exp_ab3`` (third order, midpoint start: +1 evaluation)
 ``ddpm``            ancestral chain         posterior ``q(x_s | x_t, x0_hat)`` (DDIM with ``eta = 1``)
 ``pc``              reverse SDE + Langevin  Euler–Maruyama predictor, ``corrector_steps`` Langevin steps
 ``ald``             annealed Langevin       ``corrector_steps`` Langevin steps at each grid time (NCSN)
 =================== ======================= =====================================================
+
+The exponential methods integrate the data-prediction form by default
+(``prediction="x0"``, DPM-Solver++); ``prediction="eps"`` integrates the
+noise-prediction form (DPM-Solver, DEIS), often better at very few steps.
 
 Every method runs on any time grid (:mod:`diffusion.grids`): the samplers
 that step between grid points step on ``t_k = phi(k/n)``; the general sdekit
@@ -59,7 +64,7 @@ __all__ = ["sample", "Samples", "METHODS", "list_methods"]
 SDE_METHODS = {"euler_maruyama": "euler", "euler_heun": "euler_heun", "milstein": "milstein", "sra1": "sra1",
                "sriw1": "sriw1"}
 ODE_METHODS = {"euler": "euler", "heun": "heun", "midpoint": "midpoint", "rk4": "rk4", "dopri5": "dopri5"}
-EXP_METHODS = {"ddim": "exp_euler", "dpmpp_2m": "exp_ab2", "exp_ab3": "exp_ab3"}
+EXP_METHODS = {"ddim": "exp_euler", "dpmpp_2m": "exp_ab2", "dpmpp_3m": "exp_ab3_ramp", "exp_ab3": "exp_ab3"}
 CHAIN_METHODS = ("ddpm", "pc", "ald")
 METHODS = tuple(SDE_METHODS) + tuple(ODE_METHODS) + tuple(EXP_METHODS) + CHAIN_METHODS
 DETERMINISTIC = tuple(ODE_METHODS) + tuple(EXP_METHODS)
@@ -109,7 +114,8 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
            eps: float | None = None, denoise: bool = True, seed: int = 0, dim: int | None = None,
            backend: str | None = None, device=None, dtype=None, x_T=None, eta: float = 0.0, snr: float = 0.16,
            corrector_steps: int = 1, step_size: float = 0.1, rho: float = 7.0, rtol: float = 1e-5,
-           atol: float = 1e-5, callback: Callable | None = None, return_trajectory: bool = False) -> Samples:
+           atol: float = 1e-5, prediction: str = "x0", callback: Callable | None = None,
+           return_trajectory: bool = False) -> Samples:
     """Draw ``n`` samples by integrating the reverse dynamics of ``sde`` from ``T`` to ``eps``.
 
     Parameters
@@ -158,6 +164,9 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
         i.e. ``delta = epsilon / sigma_L^2 = 0.2`` for their CIFAR-10 values).
     rtol, atol : float
         ``dopri5`` tolerances.
+    prediction : {"x0", "eps"}
+        Exponential methods: integrate in data prediction (DPM-Solver++) or noise
+        prediction (DPM-Solver); ``ddim`` is the same method in both.
     callback : callable, optional
         ``callback(k, t_k, x_k)`` for each grid state in order (for the
         general sdekit schemes after the solve, from the saved states).
@@ -184,6 +193,10 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
         raise ValueError("dopri5 chooses its own steps; drop `grid` (it applies to fixed-step methods).")
     if method != "ddim" and eta != 0.0:
         raise ValueError("`eta` applies to method='ddim' only.")
+    if prediction not in ("x0", "eps"):
+        raise ValueError(f"`prediction` must be 'x0' or 'eps', got {prediction!r}.")
+    if prediction != "x0" and method not in EXP_METHODS:
+        raise ValueError(f"`prediction` applies to the exponential methods {list(EXP_METHODS)}, not {method!r}.")
     corrector_steps = _check_int(corrector_steps, "corrector_steps", low=0 if method == "pc" else 1)
     tg = TimeGrid(sde, grid, eps=eps, rho=rho)
     times = tg.times(steps)
@@ -209,7 +222,7 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
         x, nfe, traj, sol, times = _solve_general(sde, score, tg, method, steps, x_T, seed, backend, rtol, atol,
                                                   return_trajectory or callback is not None)
     elif method in EXP_METHODS and not (method == "ddim" and eta > 0):
-        problem = probability_flow_semilinear(score)
+        problem = probability_flow_semilinear(score, prediction)
         save = None if (return_trajectory or callback is not None) else [times[-1]]
         sol = sdekit.solve(problem, x_T, (times[0], times[-1]), method=EXP_METHODS[method], t_grid=times,
                            save_at=save, backend=backend)

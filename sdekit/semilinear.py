@@ -22,7 +22,10 @@ per step. The first steps ramp the order up: ``exp_ab2`` starts with an
 exponential Euler step (local error O(h^2), enough for order 2);
 ``exp_ab3`` starts with a two-stage exponential step through the midpoint
 (one extra evaluation, local error O(h^3)), since a first-order start would
-cap a non-stiff solution at order 2.
+cap a non-stiff solution at order 2. ``exp_ab3_ramp`` is that cheaper variant
+(``exp_euler``, then ``exp_ab2``, then third-order steps; one evaluation per
+step, declared order 2), the start DEIS and DPM-Solver++(3M) use: at very
+few steps the saved evaluation can matter more than the start's accuracy.
 
 For diffusion models the probability-flow ODE in data prediction is of this
 form with ``A = log sigma_t``, ``lambda = log(alpha_t / sigma_t)`` and
@@ -40,6 +43,7 @@ DPM-Solver++, arXiv:2211.01095. Zhang & Chen (2023), DEIS, ICLR.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from math import factorial
 
@@ -145,7 +149,21 @@ def exponential_weights(lam_nodes, lam_next: float) -> np.ndarray:
     return np.linalg.solve(V.T, M)
 
 
-ORDERS = {"exp_euler": 1, "exp_ab2": 2, "exp_ab3": 3}
+# number of interpolation points per method (exp_ab3_ramp: exp_ab3 after a cheap ramp, see the registry)
+ORDERS = {"exp_euler": 1, "exp_ab2": 2, "exp_ab3": 3, "exp_ab3_ramp": 3}
+_JITTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled(fn):
+    """``numba.njit(fn)``, made once per function object (a new dispatcher would compile again)."""
+    import numba
+
+    if isinstance(fn, numba.core.dispatcher.Dispatcher):
+        return fn
+    jit = _JITTED.get(fn)
+    if jit is None:
+        jit = _JITTED[fn] = numba.njit(fn)
+    return jit
 
 
 def _grid(t0, t1, n_steps, t_grid):
@@ -168,7 +186,7 @@ def _grid(t0, t1, n_steps, t_grid):
 
 def evaluations(method: str, n_steps: int) -> int:
     """Evaluations of ``D`` per path: one per step, plus the order-3 start's midpoint."""
-    return n_steps + (1 if ORDERS[method] == 3 else 0)
+    return n_steps + (1 if method == "exp_ab3" else 0)
 
 
 def _like(d, x, is_torch):
@@ -195,9 +213,7 @@ def run(problem: SemilinearODE, x0, grid: np.ndarray, method: str, save_idx, bac
         raise ValueError("the clock lambda(t) must be strictly monotone on the grid (it is the interpolation variable).")
     D = problem.nonlinear
     if backend == "numba":
-        import numba
-
-        D = problem.nonlinear if isinstance(problem.nonlinear, numba.core.dispatcher.Dispatcher) else numba.njit(D)
+        D = _compiled(D)
     is_torch = xp == "torch"
     if is_torch:
         import torch
@@ -217,7 +233,7 @@ def run(problem: SemilinearODE, x0, grid: np.ndarray, method: str, save_idx, bac
         hist.insert(0, d)
         del hist[q_max:]
         q = len(hist)
-        if k == 0 and q_max == 3:
+        if k == 0 and method == "exp_ab3":
             # order-3 start: one extra evaluation at the step's midpoint in t gives a local error O(h^3)
             t_mid = 0.5 * (grid[0] + grid[1])
             A_mid, lam_mid = float(problem.log_factor(t_mid, problem.params)), float(problem.clock(t_mid, problem.params))

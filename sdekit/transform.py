@@ -9,6 +9,11 @@ from .problem import ODE, SDE, _normalise_params
 
 __all__ = ["time_change"]
 
+# wrapper functions per (drift, diffusion, phi, dphi, number of problem params): the numba backend
+# compiles per function object, so a repeated time change with new parameter values compiles nothing
+_WRAPPERS: dict = {}
+_MAX_WRAPPERS = 256
+
 
 def time_change(problem, phi: Callable, dphi: Callable, *, params: tuple = ()):
     """The problem in a new time variable ``u`` with ``t = phi(u)``.
@@ -52,6 +57,19 @@ def time_change(problem, phi: Callable, dphi: Callable, *, params: tuple = ()):
             raise ValueError(f"`{name}` must be a function {name}(u, params), got {type(fn).__name__}.")
     own = _normalise_params(params)
     n = len(problem.params)
+    key = (problem.drift, problem.diffusion if problem.is_sde else None, phi, dphi, n)
+    if key not in _WRAPPERS:
+        if len(_WRAPPERS) >= _MAX_WRAPPERS:
+            _WRAPPERS.pop(next(iter(_WRAPPERS)))
+        _WRAPPERS[key] = _wrappers(problem, phi, dphi, n)
+    drift, diffusion = _WRAPPERS[key]
+    if not problem.is_sde:
+        return ODE(drift, params=problem.params + own)
+    return SDE(drift, diffusion, noise=problem.noise, calculus=problem.calculus, noise_dim=problem._noise_dim,
+               commutative=problem.commutative and problem.noise == "general", params=problem.params + own)
+
+
+def _wrappers(problem, phi, dphi, n):
     phi, dphi = ops.jittable(phi), ops.jittable(dphi)
     mu = ops.jittable(problem.drift)
 
@@ -60,12 +78,11 @@ def time_change(problem, phi: Callable, dphi: Callable, *, params: tuple = ()):
         return dphi(u, q) * mu(phi(u, q), x, p[:n])
 
     if not problem.is_sde:
-        return ODE(drift, params=problem.params + own)
+        return drift, None
     sig = ops.jittable(problem.diffusion)
 
     def diffusion(u, x, p):
         q = p[n:]
         return ops.sqrt(ops.abs(dphi(u, q))) * sig(phi(u, q), x, p[:n])
 
-    return SDE(drift, diffusion, noise=problem.noise, calculus=problem.calculus, noise_dim=problem._noise_dim,
-               commutative=problem.commutative and problem.noise == "general", params=problem.params + own)
+    return drift, diffusion

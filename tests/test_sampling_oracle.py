@@ -38,6 +38,7 @@ SAMPLERS = {
     "dopri5": (VP, dict(rtol=1e-6, atol=1e-6)),
     "ddim": (VP, dict(steps=100, grid="logsnr")),
     "dpmpp_2m": (VP, dict(steps=25, grid="logsnr")),
+    "dpmpp_3m": (VP, dict(steps=20, grid="logsnr", prediction="eps")),
     "exp_ab3": (VP, dict(steps=20, grid="logsnr")),
     "ddpm": (VP, dict(steps=1000)),
     "pc": (VE, dict(steps=400, snr=0.16)),

@@ -115,6 +115,10 @@ SEMILINEAR_SCHEMES = {
         ("exp_euler", 1, "Exponential Euler; Hochbruck & Ostermann (2010), Acta Numerica 19, §2.1 (DDIM for diffusion)."),
         ("exp_ab2", 2, "Exponential Adams–Bashforth; Hochbruck & Ostermann (2010), §2.5; Lu et al. (2022), DPM-Solver++(2M)."),
         ("exp_ab3", 3, "Exponential Adams–Bashforth; Hochbruck & Ostermann (2010), §2.5."),
+        # third-order steps after an exp_euler/exp_ab2 ramp with no extra evaluation: the first-order first
+        # step's O(h^2) local error caps the global order at 2 (the start of DEIS and DPM-Solver++(3M))
+        ("exp_ab3_ramp", 2, "Hochbruck & Ostermann (2010), §2.5; start as Zhang & Chen (2023), DEIS, and Lu et al. "
+                            "(2022), DPM-Solver++(3M)."),
     ]
 }
 
