@@ -1,0 +1,134 @@
+"""Training objectives for score networks, and an exponential moving average of weights.
+
+* :func:`dsm_loss` — continuous-time denoising score matching (Vincent 2011; Song et al.
+  2021): ``E_t E_{x0, z} lambda(t) |s_theta(x_t, t) + z / sigma_t|^2 / 2`` with
+  ``x_t = alpha_t x0 + sigma_t z``; weightings ``"sigma2"`` (``lambda = sigma_t^2``,
+  the usual one, the same as noise-prediction MSE), ``"likelihood"`` (``lambda = g(t)^2``,
+  Song, Durkan, Murray & Ermon 2021: the loss bounds the negative log-likelihood) and
+  ``"none"``. Its minimiser is the true score of ``p_t``.
+* :func:`ddpm_loss` — DDPM's ``L_simple`` (Ho et al. 2020): ``E |eps - eps_theta(x_t, t)|^2``
+  at ``N`` discrete times ``t_i = i / N``; minimiser ``eps* = -sigma_t grad log p_t``.
+* :func:`ssm_loss` — sliced score matching (Song, Garg, Shi & Ermon 2019):
+  ``E_v [v^T grad_x (v^T s(x)) + (v^T s(x))^2 / 2]``; with ``variance_reduction=True``
+  the second term is its expectation ``|s(x)|^2 / 2`` over Gaussian ``v`` (SSM-VR).
+  Its minimiser is ``grad log p``; it needs no noise, so it fits a score at one noise
+  level (or at ``sigma = 0``).
+
+Randomness comes from an explicit ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from .score import convert
+from .sdes import DiffusionSDE
+
+__all__ = ["dsm_loss", "ddpm_loss", "ssm_loss", "EMA", "WEIGHTINGS"]
+
+WEIGHTINGS = ("sigma2", "likelihood", "none")
+
+
+def _times(n, sde, t, generator, like):
+    if t is not None:
+        return torch.full((n,), float(t), dtype=like.dtype, device=like.device)
+    u = torch.rand(n, generator=generator, dtype=like.dtype, device=like.device)
+    return sde.eps + (sde.T - sde.eps) * u
+
+
+def _net_score(net, x, t, sde, parameterisation, y):
+    pred = net(x, t) if y is None else net(x, t, y)
+    return convert(pred, x, t, sde, source=parameterisation, target="score")
+
+
+def dsm_loss(net, sde: DiffusionSDE, x0, *, weighting: str = "sigma2", parameterisation: str | None = None,
+             t=None, y=None, generator: torch.Generator | None = None):
+    """Denoising score matching loss of ``net(x, t[, y])`` on the batch ``x0`` (a scalar tensor).
+
+    ``t``: a fixed time instead of ``t ~ U(eps, T)``. ``parameterisation``
+    defaults to ``net.parameterisation`` (the network's prediction is converted
+    to a score first).
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"`weighting` must be one of {WEIGHTINGS}, got {weighting!r}.")
+    param = parameterisation or getattr(net, "parameterisation", "score")
+    n = x0.shape[0]
+    tt = _times(n, sde, t, generator, x0)
+    z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    a, s = sde.alpha(tt)[:, None], sde.sigma(tt)[:, None]
+    xt = a * x0 + s * z
+    score = _net_score(net, xt, tt, sde, param, y)
+    if weighting == "sigma2":
+        # sigma^2 |s + z/sigma|^2 = |sigma s + z|^2: computed without dividing by a small sigma
+        per = ((s * score + z) ** 2).sum(dim=1)
+    else:
+        lam = sde.g2(tt) if weighting == "likelihood" else torch.ones_like(tt)
+        per = lam * ((score + z / s) ** 2).sum(dim=1)
+    return 0.5 * per.mean()
+
+
+def ddpm_loss(net, sde: DiffusionSDE, x0, *, n_steps: int = 1000, parameterisation: str | None = None, y=None,
+              generator: torch.Generator | None = None):
+    """DDPM's ``L_simple``: noise-prediction MSE at ``t_i = i / n_steps``, ``i`` uniform in ``1..n_steps``."""
+    param = parameterisation or getattr(net, "parameterisation", "eps")
+    n = x0.shape[0]
+    i = torch.randint(1, n_steps + 1, (n,), generator=generator, device=x0.device)
+    tt = (i.to(x0.dtype) / n_steps) * sde.T
+    z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    xt = sde.alpha(tt)[:, None] * x0 + sde.sigma(tt)[:, None] * z
+    pred = net(xt, tt) if y is None else net(xt, tt, y)
+    eps = pred if param == "eps" else convert(pred, xt, tt, sde, source=param, target="eps")
+    return ((eps - z) ** 2).sum(dim=1).mean()
+
+
+def ssm_loss(score, x, *, n_projections: int = 1, variance_reduction: bool = True,
+             generator: torch.Generator | None = None):
+    """Sliced score matching loss of ``score(x)`` (a function of the batch ``x``), with Gaussian projections."""
+    x = x.detach().requires_grad_(True)
+    s = score(x)
+    total = 0.0
+    for _ in range(n_projections):
+        v = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        sv = (s * v).sum()
+        grad = torch.autograd.grad(sv, x, create_graph=True)[0]
+        term1 = (grad * v).sum(dim=1)
+        term2 = 0.5 * (s * s).sum(dim=1) if variance_reduction else 0.5 * ((s * v).sum(dim=1)) ** 2
+        total = total + (term1 + term2).mean()
+    return total / n_projections
+
+
+class EMA:
+    """Exponential moving average of a module's parameters (and a copy of its buffers).
+
+    ``update()`` after each optimiser step: ``avg = decay avg + (1 - decay) param``;
+    ``module`` is the averaged network to sample from. With ``warmup=True`` the
+    decay is ``min(decay, (1 + k) / (10 + k))`` at update ``k`` (early averages do
+    not remember the initial weights).
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999, *, warmup: bool = True):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"`decay` must lie in [0, 1), got {decay}.")
+        self.decay, self.warmup, self.updates = float(decay), bool(warmup), 0
+        self.model = model
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self):
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+        for avg, p in zip(self.module.parameters(), self.model.parameters(), strict=True):
+            avg.mul_(d).add_(p.detach(), alpha=1 - d)
+        for avg, b in zip(self.module.buffers(), self.model.buffers(), strict=True):
+            avg.copy_(b)
+        self.updates += 1
+
+    def state_dict(self):
+        return {"decay": self.decay, "warmup": self.warmup, "updates": self.updates, "module": self.module.state_dict()}
+
+    def load_state_dict(self, state):
+        self.decay, self.warmup, self.updates = state["decay"], state["warmup"], state["updates"]
+        self.module.load_state_dict(state["module"])
