@@ -19,14 +19,25 @@ Randomness comes from an explicit ``torch.Generator``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from .models import drop_labels
 from .score import convert
 from .sdes import DiffusionSDE
 
-__all__ = ["dsm_loss", "ddpm_loss", "ssm_loss", "EMA", "WEIGHTINGS"]
+__all__ = ["dsm_loss", "ddpm_loss", "ssm_loss", "EMA", "WEIGHTINGS", "TrainConfig", "train", "save_checkpoint",
+           "load_checkpoint"]
 
 WEIGHTINGS = ("sigma2", "likelihood", "none")
 
@@ -132,3 +143,140 @@ class EMA:
     def load_state_dict(self, state):
         self.decay, self.warmup, self.updates = state["decay"], state["warmup"], state["updates"]
         self.module.load_state_dict(state["module"])
+
+
+# --------------------------------------------------------------------------- training loop
+@dataclass
+class TrainConfig:
+    """Settings of :func:`train` (all saved in every checkpoint)."""
+
+    loss: str = "dsm"  # "dsm" or "ddpm"
+    weighting: str = "sigma2"  # DSM weighting: "sigma2", "likelihood", "none"
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 2e-3
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    label_dropout: float = 0.1  # class-conditional networks: probability of the no-class token
+    checkpoint_every: int = 500
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.loss not in ("dsm", "ddpm"):
+            raise ValueError(f"`loss` must be 'dsm' or 'ddpm', got {self.loss!r}.")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"`weighting` must be one of {WEIGHTINGS}, got {self.weighting!r}.")
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {v!r}.")
+
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def save_checkpoint(path, state: dict):
+    """Write ``state`` atomically: to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint; a missing, truncated or foreign file is a clear error, never a silent load."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}; train first (or check the run folder).")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - every unpickling failure means the same thing here
+        raise ValueError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {exc}); delete it and "
+                         "resume from an earlier one, or retrain.") from exc
+    need = {"model", "ema", "optimizer", "step", "generator", "config", "losses"}
+    if not isinstance(state, dict) or not need <= set(state):
+        raise ValueError(f"{path} is not a diffusion training checkpoint (missing {sorted(need - set(state or {}))}).")
+    return state
+
+
+def train(net: torch.nn.Module, sde: DiffusionSDE, x, config: TrainConfig, *, labels=None, out=None,
+          resume: bool = False, progress: bool = True, log: Callable | None = None) -> dict:
+    """Train ``net`` on the rows of ``x``; returns ``{"ema": EMA, "losses": [...], "step": int}``.
+
+    Every ``config.checkpoint_every`` steps (and at the end) the model, EMA,
+    optimiser, step, random-generator state and losses are written atomically
+    to ``out/checkpoint.pt``. ``resume=True`` continues from that file exactly:
+    the resumed run's weights equal an uninterrupted run's. An interrupted run
+    loses at most the steps since its last checkpoint.
+    """
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise ValueError(f"`x` must have shape (n, dim), got {tuple(x.shape)}.")
+    y_all = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    conditional = bool(getattr(net, "n_classes", None))
+    if conditional and y_all is None:
+        raise ValueError("a class-conditional network needs `labels`.")
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    ema = EMA(net, config.ema_decay)
+    losses: list = []
+    step = 0
+    ckpt = None if out is None else Path(out) / CHECKPOINT
+    if resume:
+        if ckpt is None:
+            raise ValueError("`resume` needs `out`, the run folder holding the checkpoint.")
+        state = load_checkpoint(ckpt)
+        net.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        step, losses = int(state["step"]), list(state["losses"])
+
+    def snapshot():
+        save_checkpoint(ckpt, {"model": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                               "step": step, "generator": gen.get_state(), "config": asdict(config),
+                               "losses": losses})
+
+    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train", dynamic_ncols=True)
+    net.train()
+    while step < config.steps:
+        idx = torch.randint(x.shape[0], (config.batch_size,), generator=gen)
+        xb = x[idx]
+        yb = None
+        if conditional:
+            yb = drop_labels(y_all[idx], net.n_classes, config.label_dropout, generator=gen)
+        if config.loss == "dsm":
+            loss = dsm_loss(net, sde, xb, weighting=config.weighting, y=yb, generator=gen)
+        else:
+            loss = ddpm_loss(net, sde, xb, y=yb, generator=gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+        opt.step()
+        ema.update()
+        step += 1
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"the loss became {value} at step {step}; lower `lr` or check the data.")
+        losses.append(value)
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if ckpt is not None and (step % config.checkpoint_every == 0 or step == config.steps):
+            snapshot()
+        if log is not None:
+            log(step, value)
+    bar.close()
+    net.eval()
+    return {"ema": ema, "losses": losses, "step": step}

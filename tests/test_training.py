@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import diffusion
+import diffusion.datasets
 from diffusion.models import ScoreMLP, UNet, as_score, drop_labels
 from diffusion.training import EMA, ddpm_loss, dsm_loss, ssm_loss
 
@@ -146,3 +147,78 @@ def test_networks_shapes_conditioning_and_sampling():
     assert r.x.shape == (16, 2) and r.nfe == 6
     with pytest.raises(ValueError, match="class-conditional"):
         as_score(ScoreMLP(2), sde, label=1)
+
+
+# --------------------------------------------------------------------------- data
+@pytest.mark.parametrize("name", diffusion.datasets.DATASETS)
+def test_datasets_are_generated_reproducibly(name):
+    a = diffusion.datasets.load(name, 500, seed=1)
+    b = diffusion.datasets.load(name, 500, seed=1)
+    np.testing.assert_array_equal(a.x, b.x)
+    assert a.x.shape == (500, 64 if name == "digits" else 2) and np.isfinite(a.x).all()
+    assert not np.array_equal(a.x, diffusion.datasets.load(name, 500, seed=2).x)
+    if name != "digits":
+        assert 0.2 < a.x.std(axis=0).min() and a.x.std(axis=0).max() < 2.5  # about unit scale
+
+
+def test_digits_dequantisation_and_checkerboard_support():
+    d = diffusion.datasets.load("digits")
+    assert d.x.shape == (1797, 64) and d.n_classes == 10 and sorted(set(d.labels)) == list(range(10))
+    k = np.floor((d.x + 1) / d.bin_width)
+    from sklearn.datasets import load_digits
+
+    np.testing.assert_array_equal(k, load_digits().data)  # each pixel stays inside its grey level
+    c = diffusion.datasets.load("checkerboard", 4000, seed=0).x
+    cell = np.floor(c + 2)
+    assert np.all((cell.sum(axis=1) % 2) == 0)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        diffusion.datasets.load("mnist")
+
+
+# --------------------------------------------------------------------------- training loop, checkpoints
+def _tiny_run(out, steps, resume=False, checkpoint_every=5):
+    from diffusion.training import TrainConfig, train
+
+    torch.manual_seed(0)
+    net = ScoreMLP(2, hidden=16, depth=1)
+    data = diffusion.datasets.load("moons", 256, seed=0)
+    cfg = TrainConfig(steps=steps, batch_size=32, checkpoint_every=checkpoint_every, seed=3)
+    res = train(net, diffusion.VPSDE(), data.x, cfg, out=out, resume=resume, progress=False)
+    return net, res
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+    full, res_full = _tiny_run(tmp_path / "full", 20)
+    _tiny_run(tmp_path / "split", 10)  # "interrupted" after 10 steps (checkpoint at 10)
+    from diffusion.training import TrainConfig, train
+
+    torch.manual_seed(123)  # a different global state must not matter
+    net = ScoreMLP(2, hidden=16, depth=1)
+    data = diffusion.datasets.load("moons", 256, seed=0)
+    res = train(net, diffusion.VPSDE(), data.x, TrainConfig(steps=20, batch_size=32, checkpoint_every=5, seed=3),
+                out=tmp_path / "split", resume=True, progress=False)
+    for a, b in zip(full.state_dict().values(), net.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(res_full["ema"].module.state_dict().values(), res["ema"].module.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert res["losses"] == res_full["losses"] and res["step"] == 20
+
+
+def test_checkpoints_are_atomic_and_damage_is_reported(tmp_path):
+    from diffusion.training import CHECKPOINT, load_checkpoint
+
+    _tiny_run(tmp_path, 10)
+    path = tmp_path / CHECKPOINT
+    assert load_checkpoint(path)["step"] == 10
+    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT]  # no temporary file left behind
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        load_checkpoint(path)
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        _tiny_run(tmp_path, 20, resume=True)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing" / CHECKPOINT)
+    torch.save({"something": 1}, path)
+    with pytest.raises(ValueError, match="not a diffusion training checkpoint"):
+        load_checkpoint(path)
