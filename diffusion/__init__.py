@@ -10,6 +10,9 @@ Public API::
     reverse_sde, probability_flow, probability_flow_semilinear   reverse dynamics as sdekit problems
     sample, Samples, METHODS      sampling with any integrator
     log_likelihood, bits_per_dim, dequantize
+
+Submodules: ``diffusion.models`` (score networks), ``diffusion.training`` (losses, EMA,
+training loop with checkpoints), ``diffusion.datasets`` (toy sets and the digits).
 """
 
 from .grids import GRIDS, TimeGrid, time_grid
