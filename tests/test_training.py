@@ -112,14 +112,14 @@ def test_sliced_score_matching_recovers_minus_inverse_covariance(vr):
 
 
 def test_ema_average_and_state():
-    model = torch.nn.Linear(2, 1)
+    model = torch.nn.Linear(2, 1, dtype=F64)
     ema = EMA(model, decay=0.9, warmup=False)
     w0 = model.weight.detach().clone()
     with torch.no_grad():
         model.weight.add_(1.0)
     ema.update()
     np.testing.assert_allclose(ema.module.weight.numpy(), (0.9 * w0 + 0.1 * (w0 + 1.0)).numpy(), rtol=1e-12)
-    other = EMA(torch.nn.Linear(2, 1), decay=0.5)
+    other = EMA(torch.nn.Linear(2, 1, dtype=F64), decay=0.5)
     other.load_state_dict(ema.state_dict())
     np.testing.assert_allclose(other.module.weight.numpy(), ema.module.weight.numpy())
     assert other.updates == 1 and other.decay == 0.9
