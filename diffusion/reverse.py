@@ -42,9 +42,10 @@ def _cached(score, kind, build):
     """The problem's functions are made once per (kind, score kernel, SDE family); each call gets a copy
     carrying this score's parameters. The numba backend compiles per function object, so sampling again
     (even with another Score wrapping the same kernel, e.g. another mixture) compiles nothing new."""
-    key = (kind, score.kernel, score.sde.kernels, len(score.sde.params))
+    k, n, s = _check(score)
+    key = (kind, s, k, n)
     if key not in _PROBLEMS:
-        _PROBLEMS[key] = build()
+        _PROBLEMS[key] = build(k, n, s)
     problem = copy.copy(_PROBLEMS[key])
     problem.params = _normalise_params(score.params)
     return problem
@@ -61,12 +62,10 @@ def _check(score):
 
 def reverse_sde(score: Score) -> sdekit.SDE:
     """The reverse-time SDE of ``score.sde`` driven by ``score`` (additive noise)."""
-    _check(score)
-    return _cached(score, "reverse_sde", lambda: _reverse_sde(score))
+    return _cached(score, "reverse_sde", _reverse_sde)
 
 
-def _reverse_sde(score):
-    k, n, s = _check(score)
+def _reverse_sde(k, n, s):
     f, g2 = k.f, k.g2
 
     def drift(t, x, p):
@@ -76,24 +75,22 @@ def _reverse_sde(score):
     def diffusion(t, x, p):
         return ops.sqrt(g2(t, p[:n])) + 0.0 * x
 
-    return sdekit.SDE(drift, diffusion, noise="additive", params=score.params)
+    return sdekit.SDE(drift, diffusion, noise="additive")
 
 
 def probability_flow(score: Score) -> sdekit.ODE:
     """The probability-flow ODE ``dx/dt = f x - g^2 s / 2``."""
-    _check(score)
-    return _cached(score, "probability_flow", lambda: _probability_flow(score))
+    return _cached(score, "probability_flow", _probability_flow)
 
 
-def _probability_flow(score):
-    k, n, s = _check(score)
+def _probability_flow(k, n, s):
     f, g2 = k.f, k.g2
 
     def rhs(t, x, p):
         q = p[:n]
         return f(t, q) * x - 0.5 * g2(t, q) * s(t, x, p)
 
-    return sdekit.ODE(rhs, params=score.params)
+    return sdekit.ODE(rhs)
 
 
 def probability_flow_semilinear(score: Score, prediction: str = "x0") -> sdekit.SemilinearODE:
@@ -104,15 +101,13 @@ def probability_flow_semilinear(score: Score, prediction: str = "x0") -> sdekit.
     DPM-Solver / DEIS): ``A = log alpha_t``, clock ``-lambda_t``, ``D = eps_hat``,
     since ``dx/dt = (log alpha)' x - lambda' sigma eps_hat``.
     """
-    _check(score)
     if prediction not in ("x0", "eps"):
         raise ValueError(f"`prediction` must be 'x0' (data prediction) or 'eps' (noise prediction), got {prediction!r}.")
     build = _semilinear_x0 if prediction == "x0" else _semilinear_eps
-    return _cached(score, ("semilinear", prediction), lambda: build(score))
+    return _cached(score, ("semilinear", prediction), build)
 
 
-def _semilinear_x0(score):
-    k, n, s = _check(score)
+def _semilinear_x0(k, n, s):
     f, g2, alpha, sigma, log_snr = k.f, k.g2, k.alpha, k.sigma, k.log_snr
 
     def log_factor(t, p):
@@ -136,12 +131,10 @@ def _semilinear_x0(score):
         sg = sigma(t, q)
         return -0.5 * g2(t, q) / (sg * sg)
 
-    return sdekit.SemilinearODE(log_factor, clock, x0_hat, log_factor_rate=log_factor_rate, clock_rate=clock_rate,
-                                params=score.params)
+    return sdekit.SemilinearODE(log_factor, clock, x0_hat, log_factor_rate=log_factor_rate, clock_rate=clock_rate)
 
 
-def _semilinear_eps(score):
-    k, n, s = _check(score)
+def _semilinear_eps(k, n, s):
     f, g2, alpha, sigma, log_snr = k.f, k.g2, k.alpha, k.sigma, k.log_snr
 
     def log_factor(t, p):
@@ -161,5 +154,4 @@ def _semilinear_eps(score):
         sg = sigma(t, q)
         return 0.5 * g2(t, q) / (sg * sg)
 
-    return sdekit.SemilinearODE(log_factor, clock, eps_hat, log_factor_rate=log_factor_rate, clock_rate=clock_rate,
-                                params=score.params)
+    return sdekit.SemilinearODE(log_factor, clock, eps_hat, log_factor_rate=log_factor_rate, clock_rate=clock_rate)
