@@ -200,4 +200,6 @@ def as_score(net: nn.Module, sde: DiffusionSDE, *, label=None, time_input="t") -
         raise ValueError("`label` needs a class-conditional network (built with n_classes).")
     else:
         module = net
-    return Score.from_module(module, sde, parameterisation=net.parameterisation, time_input=time_input, dim=net.dim)
+    dtype = next(net.parameters()).dtype
+    return Score.from_module(module, sde, parameterisation=net.parameterisation, time_input=time_input, dim=net.dim,
+                             dtype=dtype)

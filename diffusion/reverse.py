@@ -41,8 +41,14 @@ _PROBLEMS: dict = {}
 def _cached(score, kind, build):
     """The problem's functions are made once per (kind, score kernel, SDE family); each call gets a copy
     carrying this score's parameters. The numba backend compiles per function object, so sampling again
-    (even with another Score wrapping the same kernel, e.g. another mixture) compiles nothing new."""
+    (even with another Score wrapping the same kernel, e.g. another mixture) compiles nothing new. Scores
+    that run on torch only are not cached: they compile nothing, and the cache would keep their networks."""
     k, n, s = _check(score)
+    if "numba" not in score.backends:
+        # nothing to compile (torch modules): build afresh rather than keep every network's closure alive
+        problem = build(k, n, s)
+        problem.params = _normalise_params(score.params)
+        return problem
     key = (kind, s, k, n)
     if key not in _PROBLEMS:
         _PROBLEMS[key] = build(k, n, s)

@@ -45,6 +45,7 @@ gives the same samples on every backend and batch split.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -57,7 +58,7 @@ import sdekit
 from .grids import TimeGrid
 from .reverse import probability_flow, probability_flow_semilinear, reverse_sde
 from .score import Score, _is_tensor, params_like
-from .sdes import _stream_seed, standard_normals
+from .sdes import _stream_seed, same_process, standard_normals
 
 __all__ = ["sample", "Samples", "METHODS", "list_methods"]
 
@@ -176,8 +177,8 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
     t_start = time.perf_counter()
     if not isinstance(score, Score):
         raise ValueError(f"`score` must be a diffusion.Score, got {type(score).__name__}.")
-    if score.sde is not sde:
-        raise ValueError("`score` was made for another SDE object; build the Score with this `sde`.")
+    if not same_process(score.sde, sde):
+        raise ValueError("`score` was made for another diffusion SDE; build the Score with this `sde`.")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}.")
     n = _check_int(n, "n")
@@ -217,28 +218,35 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
         x_T = _start(x_T, n, dim, backend, like)
         dim = x_T.shape[1]
 
-    nfe, traj, sol = 0, None, None
-    if method in SDE_METHODS or method in ODE_METHODS:
-        x, nfe, traj, sol, times = _solve_general(sde, score, tg, method, steps, x_T, seed, backend, rtol, atol,
-                                                  return_trajectory or callback is not None)
-    elif method in EXP_METHODS and not (method == "ddim" and eta > 0):
-        problem = probability_flow_semilinear(score, prediction)
-        save = None if (return_trajectory or callback is not None) else [times[-1]]
-        sol = sdekit.solve(problem, x_T, (times[0], times[-1]), method=EXP_METHODS[method], t_grid=times,
-                           save_at=save, backend=backend)
-        x, nfe = sol.x[-1], int(round(sol.stats.n_drift_evals / sol.stats.n_paths))
-        traj = sol.x if save is None else None
-    else:
-        x, nfe, traj = _chain(sde, score, method, times, x_T, seed, eta, snr, corrector_steps, step_size,
-                              return_trajectory or callback is not None)
-    if isinstance(traj, list):
-        traj = _stack(traj)
-    if callback is not None:
-        for k, tk in enumerate(times):
-            callback(k, float(tk), traj[k])
-    if denoise:
-        x = score.x0(x, float(times[-1]))
-        nfe += 1
+    # the samples come back as arrays without a graph: never record one through a network
+    grad_off = contextlib.nullcontext()
+    if backend == "torch":
+        import torch
+
+        grad_off = torch.no_grad()
+    with grad_off:
+        nfe, traj, sol = 0, None, None
+        if method in SDE_METHODS or method in ODE_METHODS:
+            x, nfe, traj, sol, times = _solve_general(sde, score, tg, method, steps, x_T, seed, backend, rtol, atol,
+                                                      return_trajectory or callback is not None)
+        elif method in EXP_METHODS and not (method == "ddim" and eta > 0):
+            problem = probability_flow_semilinear(score, prediction)
+            save = None if (return_trajectory or callback is not None) else [times[-1]]
+            sol = sdekit.solve(problem, x_T, (times[0], times[-1]), method=EXP_METHODS[method], t_grid=times,
+                               save_at=save, backend=backend)
+            x, nfe = sol.x[-1], int(round(sol.stats.n_drift_evals / sol.stats.n_paths))
+            traj = sol.x if save is None else None
+        else:
+            x, nfe, traj = _chain(sde, score, method, times, x_T, seed, eta, snr, corrector_steps, step_size,
+                                  return_trajectory or callback is not None)
+        if isinstance(traj, list):
+            traj = _stack(traj)
+        if callback is not None:
+            for k, tk in enumerate(times):
+                callback(k, float(tk), traj[k])
+        if denoise:
+            x = score.x0(x, float(times[-1]))
+            nfe += 1
     _check_finite(x, method)
     return Samples(x=x, x_T=x_T, times=times, nfe=int(nfe), method=method, grid=grid,
                    seconds=time.perf_counter() - t_start, trajectory=traj if return_trajectory else None,

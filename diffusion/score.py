@@ -195,17 +195,25 @@ class Score:
 
     @classmethod
     def from_module(cls, module, sde: DiffusionSDE, *, parameterisation: str = "eps", time_input="t",
-                    dim: int | None = None) -> Score:
+                    dim: int | None = None, dtype=None) -> Score:
         """Wrap a torch module called as ``module(x, c)`` with ``c`` one conditioning value per row.
 
         ``time_input`` maps ``t`` to what the network was trained with:
         ``"t"``, ``"log_snr"``, ``"edm_sigma"`` (``sigma_t / alpha_t``), or a
         function of ``t``. The score then runs on the torch backend only.
+
+        ``dtype``: the network's floating type (default: that of its first
+        parameter, if it has one). States of another type (the samplers
+        integrate in float64 by default) are cast to it on the way in, and
+        the prediction is cast back, so a float32 network samples in float64.
         """
         import torch
 
         if not isinstance(module, torch.nn.Module) and not callable(module):
             raise ValueError(f"`module` must be a torch.nn.Module, got {type(module).__name__}.")
+        if dtype is None and isinstance(module, torch.nn.Module):
+            first = next(iter(module.parameters()), None)
+            dtype = None if first is None else first.dtype
         maps = {"t": lambda t: t, "log_snr": sde.log_snr, "edm_sigma": sde.edm_sigma}
         if callable(time_input):
             to_c = time_input
@@ -216,8 +224,11 @@ class Score:
 
         def fn(t, x, p):
             c = to_c(float(t)) if not _is_tensor(t) else to_c(t)
-            c = torch.as_tensor(c, dtype=x.dtype, device=x.device).expand(x.shape[0])
-            return module(x, c)
+            if dtype is None or x.dtype == dtype:
+                c = torch.as_tensor(c, dtype=x.dtype, device=x.device).expand(x.shape[0])
+                return module(x, c)
+            c = torch.as_tensor(c, dtype=dtype, device=x.device).expand(x.shape[0])
+            return module(x.to(dtype), c).to(x.dtype)
 
         return cls(fn, sde, parameterisation=parameterisation, dim=dim, backends=("torch",))
 

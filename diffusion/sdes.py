@@ -230,6 +230,12 @@ def standard_normals(seed: int, stream: int, n: int, dim: int, *, like=None):
     return bm.increments(1)[0]
 
 
+def same_process(a, b) -> bool:
+    """Whether two SDE objects describe the same forward process (same class, coefficients, T and eps)."""
+    return a is b or (type(a) is type(b) and a.kernels is b.kernels and tuple(a.params) == tuple(b.params)
+                      and a.T == b.T and a.eps == b.eps)
+
+
 class DiffusionSDE:
     """Base class of the forward processes.
 

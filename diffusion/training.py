@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import os
 import tempfile
@@ -155,6 +156,8 @@ class TrainConfig:
     steps: int = 2000
     batch_size: int = 256
     lr: float = 2e-3
+    lr_schedule: str = "cosine"  # "constant", or "cosine" decay to 0 after a linear warm-up
+    warmup: int = 100  # linear warm-up steps of the learning rate
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     label_dropout: float = 0.1  # class-conditional networks: probability of the no-class token
@@ -166,10 +169,26 @@ class TrainConfig:
             raise ValueError(f"`loss` must be 'dsm' or 'ddpm', got {self.loss!r}.")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"`weighting` must be one of {WEIGHTINGS}, got {self.weighting!r}.")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"`lr_schedule` must be 'constant' or 'cosine', got {self.lr_schedule!r}.")
+        if not (isinstance(self.warmup, int) and self.warmup >= 0):
+            raise ValueError(f"`warmup` must be a non-negative integer, got {self.warmup!r}.")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"`lr` must be a positive number, got {self.lr!r}.")
         for name in ("steps", "batch_size", "checkpoint_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {v!r}.")
+
+
+def _lr_factor(step: int, config: TrainConfig) -> float:
+    """Multiplier of ``config.lr`` at ``step``: linear warm-up, then constant or cosine decay to zero."""
+    if step < config.warmup:
+        return (step + 1) / config.warmup
+    if config.lr_schedule == "constant":
+        return 1.0
+    span = max(config.steps - config.warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - config.warmup, span) / span))
 
 
 CHECKPOINT = "checkpoint.pt"
@@ -202,22 +221,36 @@ def load_checkpoint(path) -> dict:
     except Exception as exc:  # noqa: BLE001 - every unpickling failure means the same thing here
         raise ValueError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {exc}); delete it and "
                          "resume from an earlier one, or retrain.") from exc
-    need = {"model", "ema", "optimizer", "step", "generator", "config", "losses"}
+    need = {"model", "ema", "optimizer", "scheduler", "step", "generator", "config", "losses"}
     if not isinstance(state, dict) or not need <= set(state):
         raise ValueError(f"{path} is not a diffusion training checkpoint (missing {sorted(need - set(state or {}))}).")
     return state
 
 
 def train(net: torch.nn.Module, sde: DiffusionSDE, x, config: TrainConfig, *, labels=None, out=None,
-          resume: bool = False, progress: bool = True, log: Callable | None = None) -> dict:
-    """Train ``net`` on the rows of ``x``; returns ``{"ema": EMA, "losses": [...], "step": int}``.
+          resume: bool = False, progress: bool = True, log: Callable | None = None,
+          evaluate: Callable | None = None, eval_every: int | None = None, evals: list | None = None,
+          extra: dict | None = None, log_eval: Callable[[str], None] | None = None) -> dict:
+    """Train ``net`` on the rows of ``x``; returns ``{"ema": EMA, "losses": [...], "evals": [...], "step": int}``.
 
     Every ``config.checkpoint_every`` steps (and at the end) the model, EMA,
-    optimiser, step, random-generator state and losses are written atomically
-    to ``out/checkpoint.pt``. ``resume=True`` continues from that file exactly:
-    the resumed run's weights equal an uninterrupted run's. An interrupted run
+    optimiser, learning-rate schedule, step, random-generator state, losses and
+    evaluations are written atomically to ``out/checkpoint.pt`` (with
+    ``extra``'s entries). ``resume=True`` continues from that file exactly: the
+    resumed run's weights equal an uninterrupted run's. An interrupted run
     loses at most the steps since its last checkpoint.
+
+    ``log(step, loss)`` is called after every step. ``evaluate(step, module)``
+    is called every ``eval_every`` steps (and at the end) with the EMA network
+    and returns a dict of numbers, kept in ``evals`` and the checkpoint and
+    printed (through ``log_eval``, default the progress bar). It must not use
+    the global torch random state if the run is to resume exactly (the
+    training draws from its own generator).
     """
+    if eval_every is not None and evaluate is None:
+        raise ValueError("`eval_every` needs `evaluate`, the function that evaluates the network.")
+    if evaluate is not None and not (isinstance(eval_every, int) and eval_every >= 1):
+        raise ValueError(f"`eval_every` must be a positive integer, got {eval_every!r}.")
     x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
     if x.ndim != 2 or x.shape[0] < 1:
         raise ValueError(f"`x` must have shape (n, dim), got {tuple(x.shape)}.")
@@ -228,6 +261,7 @@ def train(net: torch.nn.Module, sde: DiffusionSDE, x, config: TrainConfig, *, la
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(_lr_factor, config=config))
     ema = EMA(net, config.ema_decay)
     losses: list = []
     step = 0
@@ -239,13 +273,24 @@ def train(net: torch.nn.Module, sde: DiffusionSDE, x, config: TrainConfig, *, la
         net.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
         step, losses = int(state["step"]), list(state["losses"])
+        evals = list(state.get("evals", [])) if evals is None else evals
+    evals = [] if evals is None else evals
 
     def snapshot():
         save_checkpoint(ckpt, {"model": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                               "step": step, "generator": gen.get_state(), "config": asdict(config),
-                               "losses": losses})
+                               "scheduler": sched.state_dict(), "step": step, "generator": gen.get_state(),
+                               "config": asdict(config), "losses": losses, "evals": evals, **(extra or {})})
+
+    def run_evaluation():
+        net.eval()
+        result = {"step": step, **{k: v for k, v in evaluate(step, ema.module).items() if k != "step"}}
+        net.train()
+        evals.append(result)
+        text = f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items() if k != "step")
+        (log_eval or tqdm.write)(text)
 
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train", dynamic_ncols=True)
     net.train()
@@ -264,6 +309,7 @@ def train(net: torch.nn.Module, sde: DiffusionSDE, x, config: TrainConfig, *, la
         if config.grad_clip:
             torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
         opt.step()
+        sched.step()
         ema.update()
         step += 1
         value = float(loss.detach())
@@ -273,10 +319,13 @@ def train(net: torch.nn.Module, sde: DiffusionSDE, x, config: TrainConfig, *, la
         bar.update(1)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if evaluate is not None and (step % eval_every == 0 or step == config.steps) and \
+                not (evals and evals[-1]["step"] == step):
+            run_evaluation()
         if ckpt is not None and (step % config.checkpoint_every == 0 or step == config.steps):
             snapshot()
         if log is not None:
             log(step, value)
     bar.close()
     net.eval()
-    return {"ema": ema, "losses": losses, "step": step}
+    return {"ema": ema, "losses": losses, "evals": evals, "step": step}

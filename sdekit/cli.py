@@ -51,6 +51,7 @@ def _demo(args) -> int:
     from diffusion import demo
 
     demo.run(args.out, quick=args.quick)
+    demo.run_training(args.out, quick=args.quick)
     return 0
 
 

@@ -11,8 +11,9 @@ def test_demo_quick_writes_its_plots(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "order" in r.stdout and "ns per path-step" in r.stdout
     assert "sliced KS" in r.stdout and "log-likelihood" in r.stdout
+    assert "diffusion training demo" in r.stdout and "sliced W1 / floor" in r.stdout
     for name in ("convergence_ou", "convergence_gbm", "work_precision_ou", "work_precision_gbm", "samples_oracle",
-                 "sampler_errors"):
+                 "sampler_errors", "moons_sra1", "moons_dpmpp_2m", "moons_run/losses"):
         png = tmp_path / f"{name}.png"
         assert png.exists() and png.stat().st_size > 10_000
         with open(png, "rb") as fh:

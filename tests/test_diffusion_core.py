@@ -294,8 +294,13 @@ def test_sample_errors():
         sample(sde, sc, 4, method="rk4", grid="cosine")
     with pytest.raises(ValueError, match="eta"):
         sample(sde, sc, 4, method="rk4", eta=0.5)
-    with pytest.raises(ValueError, match="another SDE"):
-        sample(VPSDE(), sc, 4)
+    with pytest.raises(ValueError, match="another diffusion SDE"):
+        sample(VPSDE(beta_max=10.0), sc, 4)
+    with pytest.raises(ValueError, match="another diffusion SDE"):
+        sample(SubVPSDE(), sc, 4)
+    # an equal process built anew is the same SDE
+    same = type(sde)(**({"sigma_min": sde.sigma_min, "sigma_max": sde.sigma_max} if hasattr(sde, "sigma_min") else {}))
+    assert sample(same, sc, 4, method="euler", steps=2).x.shape == (4, sc.dim or 2)
     with pytest.raises(ValueError, match="x_T"):
         sample(sde, sc, 4, x_T=np.zeros((3, 2)))
     with pytest.raises(ValueError, match="dim"):

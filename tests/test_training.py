@@ -176,32 +176,63 @@ def test_digits_dequantisation_and_checkerboard_support():
 
 
 # --------------------------------------------------------------------------- training loop, checkpoints
-def _tiny_run(out, steps, resume=False, checkpoint_every=5):
+class _Stop(Exception):
+    pass
+
+
+def _tiny_run(out, steps, resume=False, checkpoint_every=5, interrupt_at=None, evaluate=None, seed=0):
     from diffusion.training import TrainConfig, train
 
-    torch.manual_seed(0)
+    def log(step, loss):
+        if step == interrupt_at:
+            raise _Stop  # as if the process were killed after this step
+
+    torch.manual_seed(seed)
     net = ScoreMLP(2, hidden=16, depth=1)
     data = diffusion.datasets.load("moons", 256, seed=0)
-    cfg = TrainConfig(steps=steps, batch_size=32, checkpoint_every=checkpoint_every, seed=3)
-    res = train(net, diffusion.VPSDE(), data.x, cfg, out=out, resume=resume, progress=False)
+    cfg = TrainConfig(steps=steps, batch_size=32, checkpoint_every=checkpoint_every, seed=3, warmup=4)
+    res = train(net, diffusion.VPSDE(), data.x, cfg, out=out, resume=resume, progress=False, log=log,
+                evaluate=evaluate, eval_every=None if evaluate is None else 4)
     return net, res
 
 
-def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
-    full, res_full = _tiny_run(tmp_path / "full", 20)
-    _tiny_run(tmp_path / "split", 10)  # "interrupted" after 10 steps (checkpoint at 10)
-    from diffusion.training import TrainConfig, train
+def _evaluate(step, module):
+    # uses the sampler (its own seeded noise) and torch's global random state: neither may disturb training
+    torch.rand(3)
+    x = np.asarray(diffusion.sample(diffusion.VPSDE(), diffusion.models.as_score(module, diffusion.VPSDE()), 8,
+                                    method="ddim", steps=3, seed=1).x)
+    return {"mean": float(x.mean())}
 
-    torch.manual_seed(123)  # a different global state must not matter
-    net = ScoreMLP(2, hidden=16, depth=1)
-    data = diffusion.datasets.load("moons", 256, seed=0)
-    res = train(net, diffusion.VPSDE(), data.x, TrainConfig(steps=20, batch_size=32, checkpoint_every=5, seed=3),
-                out=tmp_path / "split", resume=True, progress=False)
+
+@pytest.mark.parametrize("evaluate", [None, _evaluate], ids=["plain", "with-evaluation"])
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, evaluate):
+    full, res_full = _tiny_run(tmp_path / "full", 20, evaluate=evaluate)
+    with pytest.raises(_Stop):
+        _tiny_run(tmp_path / "split", 20, interrupt_at=13, evaluate=evaluate)  # last checkpoint at step 10
+    from diffusion.training import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "split" / "checkpoint.pt")["step"] == 10
+    net, res = _tiny_run(tmp_path / "split", 20, resume=True, evaluate=evaluate, seed=123)  # other initial weights
     for a, b in zip(full.state_dict().values(), net.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     for a, b in zip(res_full["ema"].module.state_dict().values(), res["ema"].module.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert res["losses"] == res_full["losses"] and res["step"] == 20
+    assert res["evals"] == res_full["evals"]
+    if evaluate is not None:
+        assert [e["step"] for e in res["evals"]] == [4, 8, 12, 16, 20]
+
+
+def test_learning_rate_schedule():
+    from diffusion.training import TrainConfig, _lr_factor
+
+    cfg = TrainConfig(steps=1000, warmup=100)
+    assert _lr_factor(0, cfg) == pytest.approx(0.01) and _lr_factor(99, cfg) == pytest.approx(1.0)
+    assert _lr_factor(100, cfg) == pytest.approx(1.0) and _lr_factor(550, cfg) == pytest.approx(0.5)
+    assert _lr_factor(1000, cfg) == pytest.approx(0.0, abs=1e-12)
+    assert _lr_factor(700, TrainConfig(steps=1000, lr_schedule="constant")) == 1.0
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
 
 
 def test_checkpoints_are_atomic_and_damage_is_reported(tmp_path):
