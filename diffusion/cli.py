@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run folder (checkpoint.pt, run.json, losses.png)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--force", action="store_true", help="overwrite a run already in --out")
-    t.add_argument("--steps", type=_positive_int, help="total optimiser steps (2-D: 8000, digits: 10000)")
+    t.add_argument("--steps", type=_positive_int, help="total optimiser steps (2-D: 8000, digits: 5000)")
     t.add_argument("--batch-size", type=_positive_int, help="batch size (2-D: 512, digits: 128)")
     t.add_argument("--lr", type=_positive_float, help="peak learning rate (default 2e-3)")
     t.add_argument("--lr-schedule", choices=("cosine", "constant"), help="learning-rate schedule (default cosine)")

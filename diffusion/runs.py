@@ -60,7 +60,7 @@ def make_sde(kind: str = "vp", schedule: str = "linear") -> DiffusionSDE:
 def defaults(data: str) -> dict:
     """Default network and training settings for data set ``data`` (what ``train`` uses unless told)."""
     if data == "digits":
-        return {"model": "unet", "width": 32, "embed": 64, "steps": 10_000, "batch_size": 128, "lr": 2e-3,
+        return {"model": "unet", "width": 32, "embed": 64, "steps": 5000, "batch_size": 128, "lr": 2e-3,
                 "n": None, "conditional": True, "eval_every": 1000, "checkpoint_every": 500}
     return {"model": "mlp", "hidden": 128, "depth": 3, "embed": 32, "steps": 8000, "batch_size": 512, "lr": 2e-3,
             "n": 20_000, "conditional": False, "eval_every": 1000, "checkpoint_every": 1000}
