@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup", type=_nonneg_int, help="linear warm-up steps (default 100)")
     t.add_argument("--sde", type=_choice(("vp", "subvp", "ve"), "SDE"), default="vp", help="vp (default), subvp, ve")
     t.add_argument("--schedule", choices=("linear", "cosine"), default="linear", help="VP noise schedule")
-    t.add_argument("--loss", choices=("dsm", "ddpm"), help="dsm (default) or ddpm (L_simple)")
+    t.add_argument("--loss", choices=("dsm", "ddpm", "ssm"),
+                   help="dsm (default), ddpm (L_simple) or ssm (sliced score matching at random times)")
     t.add_argument("--weighting", choices=("sigma2", "likelihood", "none"), help="DSM weighting (default sigma2)")
     t.add_argument("--model", choices=("mlp", "unet"), help="network (2-D: mlp, digits: unet)")
     t.add_argument("--hidden", type=_positive_int, help="MLP width (default 128)")

@@ -12,7 +12,8 @@
   ``E_v [v^T grad_x (v^T s(x)) + (v^T s(x))^2 / 2]``; with ``variance_reduction=True``
   the second term is its expectation ``|s(x)|^2 / 2`` over Gaussian ``v`` (SSM-VR).
   Its minimiser is ``grad log p``; it needs no noise, so it fits a score at one noise
-  level (or at ``sigma = 0``).
+  level (or at ``sigma = 0``). :func:`noisy_ssm_loss` applies it to ``x_t ~ p_t`` at random
+  times with DSM's weightings (``TrainConfig(loss="ssm")``).
 
 Randomness comes from an explicit ``torch.Generator``.
 """
@@ -37,10 +38,11 @@ from .models import drop_labels
 from .score import convert
 from .sdes import DiffusionSDE
 
-__all__ = ["dsm_loss", "ddpm_loss", "ssm_loss", "EMA", "WEIGHTINGS", "TrainConfig", "train", "save_checkpoint",
+__all__ = ["dsm_loss", "ddpm_loss", "ssm_loss", "noisy_ssm_loss", "LOSSES", "EMA", "WEIGHTINGS", "TrainConfig", "train", "save_checkpoint",
            "load_checkpoint"]
 
 WEIGHTINGS = ("sigma2", "likelihood", "none")
+LOSSES = ("dsm", "ddpm", "ssm")
 
 
 def _times(n, sde, t, generator, like):
@@ -96,8 +98,11 @@ def ddpm_loss(net, sde: DiffusionSDE, x0, *, n_steps: int = 1000, parameterisati
 
 
 def ssm_loss(score, x, *, n_projections: int = 1, variance_reduction: bool = True,
-             generator: torch.Generator | None = None):
-    """Sliced score matching loss of ``score(x)`` (a function of the batch ``x``), with Gaussian projections."""
+             generator: torch.Generator | None = None, weights=None):
+    """Sliced score matching loss of ``score(x)`` (a function of the batch ``x``), with Gaussian projections.
+
+    ``weights``: one non-negative weight per row (the mean of the weighted terms is returned).
+    """
     x = x.detach().requires_grad_(True)
     s = score(x)
     total = 0.0
@@ -107,8 +112,33 @@ def ssm_loss(score, x, *, n_projections: int = 1, variance_reduction: bool = Tru
         grad = torch.autograd.grad(sv, x, create_graph=True)[0]
         term1 = (grad * v).sum(dim=1)
         term2 = 0.5 * (s * s).sum(dim=1) if variance_reduction else 0.5 * ((s * v).sum(dim=1)) ** 2
-        total = total + (term1 + term2).mean()
+        per = term1 + term2
+        total = total + (per if weights is None else weights * per).mean()
     return total / n_projections
+
+
+def noisy_ssm_loss(net, sde: DiffusionSDE, x0, *, weighting: str = "sigma2", n_projections: int = 1,
+                   variance_reduction: bool = True, parameterisation: str | None = None, t=None, y=None,
+                   generator: torch.Generator | None = None):
+    """Sliced score matching of ``net`` at random times: :func:`ssm_loss` on ``x_t ~ p_t``, weighted by ``lambda(t)``.
+
+    Score matching needs no knowledge of the noise that made ``x_t``: per time
+    it equals ``E |s - grad log p_t|^2 / 2`` up to a constant (Hyvärinen
+    2005), the same objective as :func:`dsm_loss` (Vincent 2011), so both have
+    the true score as minimiser; SSM pays a Jacobian-vector product per
+    projection for it. Weightings as :func:`dsm_loss`.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"`weighting` must be one of {WEIGHTINGS}, got {weighting!r}.")
+    param = parameterisation or getattr(net, "parameterisation", "score")
+    n = x0.shape[0]
+    tt = _times(n, sde, t, generator, x0)
+    z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    xt = sde.alpha(tt)[:, None] * x0 + sde.sigma(tt)[:, None] * z
+    lam = {"sigma2": lambda: sde.sigma(tt) ** 2, "likelihood": lambda: sde.g2(tt),
+           "none": lambda: torch.ones_like(tt)}[weighting]()
+    return ssm_loss(lambda x: _net_score(net, x, tt, sde, param, y), xt, n_projections=n_projections,
+                    variance_reduction=variance_reduction, generator=generator, weights=lam)
 
 
 class EMA:
@@ -151,7 +181,7 @@ class EMA:
 class TrainConfig:
     """Settings of :func:`train` (all saved in every checkpoint)."""
 
-    loss: str = "dsm"  # "dsm" or "ddpm"
+    loss: str = "dsm"  # "dsm", "ddpm" (L_simple) or "ssm" (sliced score matching at random times)
     weighting: str = "sigma2"  # DSM weighting: "sigma2", "likelihood", "none"
     steps: int = 2000
     batch_size: int = 256
@@ -165,8 +195,8 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.loss not in ("dsm", "ddpm"):
-            raise ValueError(f"`loss` must be 'dsm' or 'ddpm', got {self.loss!r}.")
+        if self.loss not in LOSSES:
+            raise ValueError(f"`loss` must be one of {LOSSES}, got {self.loss!r}.")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"`weighting` must be one of {WEIGHTINGS}, got {self.weighting!r}.")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -302,6 +332,8 @@ def train(net: torch.nn.Module, sde: DiffusionSDE, x, config: TrainConfig, *, la
             yb = drop_labels(y_all[idx], net.n_classes, config.label_dropout, generator=gen)
         if config.loss == "dsm":
             loss = dsm_loss(net, sde, xb, weighting=config.weighting, y=yb, generator=gen)
+        elif config.loss == "ssm":
+            loss = noisy_ssm_loss(net, sde, xb, weighting=config.weighting, y=yb, generator=gen)
         else:
             loss = ddpm_loss(net, sde, xb, y=yb, generator=gen)
         opt.zero_grad(set_to_none=True)
