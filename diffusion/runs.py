@@ -40,7 +40,7 @@ from .sdes import VESDE, VPSDE, DiffusionSDE, SubVPSDE
 from .training import CHECKPOINT, TrainConfig, dsm_loss, load_checkpoint, train
 
 __all__ = ["Run", "train_run", "sample_run", "evaluate_samples", "likelihood_run", "make_sde", "build_model",
-           "defaults", "SDES", "RUN_FILE", "plot_losses", "plot_samples", "digit_classifier"]
+           "defaults", "MODEL_DEFAULTS", "SDES", "RUN_FILE", "plot_losses", "plot_samples", "digit_classifier"]
 
 RUN_FILE = "run.json"
 SDES = ("vp", "subvp", "ve")
@@ -58,13 +58,17 @@ def make_sde(kind: str = "vp", schedule: str = "linear") -> DiffusionSDE:
     return SubVPSDE() if kind == "subvp" else VESDE()
 
 
+MODEL_DEFAULTS = {"mlp": {"hidden": 128, "depth": 3, "embed": 32}, "unet": {"width": 32, "embed": 64}}
+
+
 def defaults(data: str) -> dict:
-    """Default network and training settings for data set ``data`` (what ``train`` uses unless told)."""
+    """Default network kind and training settings for data set ``data`` (what ``train`` uses unless told);
+    the network's own sizes default to ``MODEL_DEFAULTS[kind]``."""
     if data == "digits":
-        return {"model": "unet", "width": 32, "embed": 64, "steps": 5000, "batch_size": 128, "lr": 2e-3,
-                "n": None, "conditional": True, "eval_every": 1000, "checkpoint_every": 500}
-    return {"model": "mlp", "hidden": 128, "depth": 3, "embed": 32, "steps": 8000, "batch_size": 512, "lr": 2e-3,
-            "n": 20_000, "conditional": False, "eval_every": 1000, "checkpoint_every": 1000}
+        return {"model": "unet", "steps": 5000, "batch_size": 128, "lr": 2e-3, "n": None, "conditional": True,
+                "eval_every": 1000, "checkpoint_every": 500}
+    return {"model": "mlp", "steps": 8000, "batch_size": 512, "lr": 2e-3, "n": 20_000, "conditional": False,
+            "eval_every": 1000, "checkpoint_every": 1000}
 
 
 def build_model(spec: dict) -> torch.nn.Module:
@@ -156,20 +160,20 @@ def _spec(data: datasets.Dataset, sde: dict, model: dict, data_seed: int, n) -> 
             "image_shape": data.image_shape, "bin_width": data.bin_width, "sde": sde, "model": model}
 
 
-def _model_spec(data: datasets.Dataset, kind: str, conditional: bool, opts: dict) -> dict:
-    n_classes = data.n_classes if conditional else None
+def _model_spec(data: datasets.Dataset, kind: str, conditional: bool, sizes: dict) -> dict:
+    """The ``model`` description: ``sizes`` (``None`` entries take ``MODEL_DEFAULTS[kind]``) and the data's shape."""
+    if kind not in MODEL_DEFAULTS:
+        raise ValueError(f"unknown network kind {kind!r}; choose 'mlp' or 'unet'.")
     if conditional and not data.n_classes:
         raise ValueError(f"data set {data.name!r} has no labels; it cannot train a class-conditional network.")
+    spec = {k: int(v if sizes.get(k) is None else sizes[k]) for k, v in MODEL_DEFAULTS[kind].items()}
+    spec["n_classes"] = data.n_classes if conditional else None
     if kind == "mlp":
-        return {"kind": "mlp", "dim": data.dim, "hidden": int(opts["hidden"]), "depth": int(opts["depth"]),
-                "embed": int(opts["embed"]), "n_classes": n_classes}
-    if kind == "unet":
-        if data.image_shape is None:
-            raise ValueError(f"the U-Net needs image data; {data.name!r} is not (use --model mlp).")
-        c, size, _ = data.image_shape
-        return {"kind": "unet", "size": size, "channels": c, "width": int(opts["width"]), "embed": int(opts["embed"]),
-                "n_classes": n_classes}
-    raise ValueError(f"unknown network kind {kind!r}; choose 'mlp' or 'unet'.")
+        return {"kind": "mlp", "dim": data.dim, **spec}
+    if data.image_shape is None:
+        raise ValueError(f"the U-Net needs image data; {data.name!r} is not (use --model mlp).")
+    c, size, _ = data.image_shape
+    return {"kind": "unet", "size": size, "channels": c, **spec}
 
 
 def train_run(out, data: str | None = None, *, sde: str = "vp", schedule: str = "linear", model: str | None = None,
@@ -221,15 +225,12 @@ def train_run(out, data: str | None = None, *, sde: str = "vp", schedule: str = 
         if data not in datasets.DATASETS:
             raise ValueError(f"unknown dataset {data!r}; choose one of {list(datasets.DATASETS)}.")
         base = defaults(data)
-        opts = {k: (base.get(k) if v is None else v) for k, v in dict(
-            model=model, hidden=hidden, depth=depth, width=width, embed=embed, conditional=conditional, n=n,
-            steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
-            checkpoint_every=checkpoint_every).items()}
-        if opts["model"] == "unet":
-            opts["embed"] = embed or base.get("embed", 64)
+        opts = {k: (base[k] if v is None else v) for k, v in dict(
+            model=model, conditional=conditional, n=n, steps=steps, batch_size=batch_size, lr=lr,
+            eval_every=eval_every, checkpoint_every=checkpoint_every).items()}
         d = datasets.load(data, opts["n"], seed=data_seed, split="train")
-        mspec = _model_spec(d, opts["model"], bool(opts["conditional"]), {**base, **{k: v for k, v in opts.items()
-                                                                                     if v is not None}})
+        mspec = _model_spec(d, opts["model"], bool(opts["conditional"]),
+                            {"hidden": hidden, "depth": depth, "width": width, "embed": embed})
         make_sde(sde, schedule)  # validates
         spec = _spec(d, {"kind": sde, "schedule": schedule}, mspec, data_seed, opts["n"])
         eval_every = opts["eval_every"]

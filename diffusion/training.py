@@ -52,6 +52,19 @@ def _times(n, sde, t, generator, like):
     return sde.eps + (sde.T - sde.eps) * u
 
 
+def _perturb(sde, x0, t, generator):
+    """``(t, z, alpha_t, sigma_t, x_t)`` for the batch ``x0``: ``t ~ U(eps, T)`` (or fixed), ``z ~ N(0, I)``."""
+    tt = _times(x0.shape[0], sde, t, generator, x0)
+    z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    a, s = sde.alpha(tt)[:, None], sde.sigma(tt)[:, None]
+    return tt, z, a, s, a * x0 + s * z
+
+
+def _check_weighting(weighting):
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"`weighting` must be one of {WEIGHTINGS}, got {weighting!r}.")
+
+
 def _net_score(net, x, t, sde, parameterisation, y):
     pred = net(x, t) if y is None else net(x, t, y)
     return convert(pred, x, t, sde, source=parameterisation, target="score")
@@ -65,14 +78,9 @@ def dsm_loss(net, sde: DiffusionSDE, x0, *, weighting: str = "sigma2", parameter
     defaults to ``net.parameterisation`` (the network's prediction is converted
     to a score first).
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"`weighting` must be one of {WEIGHTINGS}, got {weighting!r}.")
+    _check_weighting(weighting)
     param = parameterisation or getattr(net, "parameterisation", "score")
-    n = x0.shape[0]
-    tt = _times(n, sde, t, generator, x0)
-    z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-    a, s = sde.alpha(tt)[:, None], sde.sigma(tt)[:, None]
-    xt = a * x0 + s * z
+    tt, z, _, s, xt = _perturb(sde, x0, t, generator)
     score = _net_score(net, xt, tt, sde, param, y)
     if weighting == "sigma2":
         # sigma^2 |s + z/sigma|^2 = |sigma s + z|^2: computed without dividing by a small sigma
@@ -128,13 +136,9 @@ def noisy_ssm_loss(net, sde: DiffusionSDE, x0, *, weighting: str = "sigma2", n_p
     the true score as minimiser; SSM pays a Jacobian-vector product per
     projection for it. Weightings as :func:`dsm_loss`.
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"`weighting` must be one of {WEIGHTINGS}, got {weighting!r}.")
+    _check_weighting(weighting)
     param = parameterisation or getattr(net, "parameterisation", "score")
-    n = x0.shape[0]
-    tt = _times(n, sde, t, generator, x0)
-    z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-    xt = sde.alpha(tt)[:, None] * x0 + sde.sigma(tt)[:, None] * z
+    tt, _, _, _, xt = _perturb(sde, x0, t, generator)
     lam = {"sigma2": lambda: sde.sigma(tt) ** 2, "likelihood": lambda: sde.g2(tt),
            "none": lambda: torch.ones_like(tt)}[weighting]()
     return ssm_loss(lambda x: _net_score(net, x, tt, sde, param, y), xt, n_projections=n_projections,

@@ -212,3 +212,16 @@ def test_a_two_minute_moons_model_is_within_twice_the_noise_floor(tmp_path):
         x, _, _ = sample_run(run, method=method, steps=steps, n=2000, grid=grid, seed=3)
         m = evaluate_samples(run, x)
         assert m["sliced_w1_ratio"] < 2.0 and m["sliced_ks_ratio"] < 2.0, (method, m)
+
+
+def test_any_network_kind_fits_the_digits(tmp_path):
+    """Network sizes default per kind, not per data set: an MLP on the digits takes the MLP's sizes."""
+    from diffusion.runs import MODEL_DEFAULTS, Run, train_run
+
+    train_run(tmp_path / "d", "digits", model="mlp", depth=2, steps=2, eval_every=0, progress=False,
+              log=lambda s: None)
+    spec = Run.load(tmp_path / "d").spec["model"]
+    assert spec == {"kind": "mlp", "dim": 64, "hidden": MODEL_DEFAULTS["mlp"]["hidden"], "depth": 2,
+                    "embed": MODEL_DEFAULTS["mlp"]["embed"], "n_classes": 10}
+    with pytest.raises(ValueError, match="U-Net needs image data"):
+        train_run(tmp_path / "m", "moons", model="unet", steps=2, progress=False)
