@@ -12,12 +12,58 @@ import numpy as np
 __all__ = ["main"]
 
 
+def _int_at_least(low: int):
+    """An argparse type: an integer >= ``low``."""
+
+    def check(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return v
+
+    return check
+
+
+def _check_writable(path, option: str, *, folder: bool = False) -> None:
+    """Refuse, before any long work, an output ``path`` that cannot be written (one line naming ``option``).
+
+    The nearest existing ancestor must be a folder we can create files in (probed
+    with a temporary file, which also holds for root and read-only mounts); an
+    existing ``path`` must be a file (a folder for ``folder=True``).
+    """
+    import tempfile
+
+    p = os.path.abspath(path)
+    if os.path.exists(p) and os.path.isdir(p) != folder:
+        kind = "a file" if folder else "a folder"
+        raise ValueError(f"{option} {path} is {kind}; give {'a folder' if folder else 'a file name'} there.")
+    parent = p if folder and os.path.isdir(p) else os.path.dirname(p)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{option} {path} cannot be written: {parent} is a file, not a folder; choose another path.")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{option} {path} cannot be written ({exc.strerror or exc} in {parent}); choose a "
+                         "writable path.") from None
+
+
 def _demo(args) -> int:
     import numba
 
     from . import convergence, problems, solve
 
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        _check_writable(args.out, "--out", folder=True)
+        os.makedirs(args.out, exist_ok=True)
+    except (ValueError, OSError) as exc:
+        print(f"sdekit demo: error: {exc}", file=sys.stderr)
+        return 2
     n_paths = 500 if args.quick else 2000
     steps = [16, 32, 64, 128] if args.quick else [16, 32, 64, 128, 256, 512]
     print("sdekit demo: strong errors E|X_T - X_T^exact| on one Brownian path per sample, weak errors of E X_T "
@@ -65,24 +111,33 @@ def _converge(args) -> int:
             print(f"{name:<22} {kind}")
         return 0
     if args.problem is None:
-        raise SystemExit("sdekit converge: --problem is required (see --list-problems).")
+        print("sdekit converge: error: --problem is required (see --list-problems).", file=sys.stderr)
+        return 2
     try:
+        for path, option in ((args.plot, "--plot"), (args.work_plot, "--work-plot"), (args.csv, "--csv")):
+            if path:
+                _check_writable(path, option)
         ex = problems.get_problem(args.problem)
         methods = [m for m in args.methods.split(",") if m]
         st = convergence.study(ex, methods, args.steps, n_paths=args.paths, seed=args.seed, reference=args.reference,
                                reference_steps=args.reference_steps, backend=args.backend, fit_from=args.fit_from,
                                progress=not args.no_progress)
     except ValueError as exc:
-        raise SystemExit(f"sdekit converge: {exc}") from None
+        print(f"sdekit converge: error: {exc}", file=sys.stderr)
+        return 2
     print(st.table(args.format))
-    for path, kind in ((args.plot, "errors"), (args.work_plot, "work")):
-        if path:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            st.plot(path, kind=kind)
-            print(f"wrote {path}")
-    if args.csv:
-        st.save_csv(args.csv)
-        print(f"wrote {args.csv}")
+    try:
+        for path, kind in ((args.plot, "errors"), (args.work_plot, "work")):
+            if path:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                st.plot(path, kind=kind)
+                print(f"wrote {path}")
+        if args.csv:
+            st.save_csv(args.csv)
+            print(f"wrote {args.csv}")
+    except OSError as exc:  # the folder changed under us since the check
+        print(f"sdekit converge: error: cannot write the results: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -102,12 +157,13 @@ def main(argv=None) -> int:
     conv.add_argument("--problem", help="an exact problem (see --list-problems)")
     conv.add_argument("--methods", default="euler,milstein", help="comma-separated methods (default: euler,milstein)")
     conv.add_argument("--steps", default="8..256", help="'8..1024' (doubling) or '8,16,32' (default: 8..256)")
-    conv.add_argument("--paths", type=int, default=1000, help="sample paths (default: 1000)")
-    conv.add_argument("--seed", type=int, default=0)
+    conv.add_argument("--paths", type=_int_at_least(2), default=1000,
+                      help="sample paths, at least 2 for a standard error (default: 1000)")
+    conv.add_argument("--seed", type=_int_at_least(0), default=0)
     conv.add_argument("--reference", default=None,
                       help="'exact' (default) or a method for an analytic-free reference on the same path")
-    conv.add_argument("--reference-steps", type=int, default=None, help="steps of that reference (default 16 x max)")
-    conv.add_argument("--fit-from", type=int, default=None, help="fit orders on step counts >= this only")
+    conv.add_argument("--reference-steps", type=_int_at_least(1), default=None, help="steps of that reference (default 16 x max)")
+    conv.add_argument("--fit-from", type=_int_at_least(1), default=None, help="fit orders on step counts >= this only")
     conv.add_argument("--backend", default="numba", choices=["numba", "numpy", "torch"])
     conv.add_argument("--format", default="text", choices=["text", "markdown", "csv"], help="table format")
     conv.add_argument("--plot", help="error-vs-step plot (.png or .svg)")

@@ -92,6 +92,9 @@ def fit_order(dts, per_path_errors, *, n_boot=1000, confidence=0.95, seed=0) -> 
     """
     dts = np.asarray(dts, float)
     e = np.asarray(per_path_errors, float)
+    if e.ndim != 2 or e.shape[0] != len(dts) or e.shape[1] < 2:
+        raise ValueError(f"`per_path_errors` must have shape (len(dts), n_paths) = ({len(dts)}, n_paths >= 2) for a "
+                         f"bootstrap interval, got {e.shape}.")
     log_dt = np.log(dts)
     mean = e.mean(axis=1)
     order = _slope(log_dt, np.log(mean))
@@ -372,6 +375,13 @@ def _resolve(problem, x0, t_span):
     )
 
 
+def _check_paths(n_paths) -> None:
+    """``n_paths``: an integer >= 2 (a standard error, and the bootstrap interval of an order, need two samples)."""
+    if isinstance(n_paths, bool) or not isinstance(n_paths, int | np.integer) or n_paths < 2:
+        raise ValueError(f"`n_paths` must be an integer >= 2 (a standard error needs at least two sample paths), "
+                         f"got {n_paths!r}.")
+
+
 def study(problem, methods, steps, *, x0=None, t_span=None, n_paths: int = 1000, seed: int = 0,
           reference: str | None = None, reference_steps: int | None = None, phi=None, phi_name: str | None = None,
           backend: str = "numba", n_boot: int = 1000, confidence: float = 0.95, fit_from: int | None = None,
@@ -388,7 +398,7 @@ def study(problem, methods, steps, *, x0=None, t_span=None, n_paths: int = 1000,
         Step counts (``"8..1024"`` doubles from 8 to 1024). They must be
         dyadic refinements of each other, so that one path serves them all.
     n_paths, seed : int
-        Samples and the seed of their Brownian path.
+        Samples (at least 2: every error carries its standard error) and the seed of their Brownian path.
     reference : str, optional
         ``"exact"`` (the default for an ExactProblem) or a method name: the
         reference is then that method on ``reference_steps`` steps (default
@@ -410,6 +420,11 @@ def study(problem, methods, steps, *, x0=None, t_span=None, n_paths: int = 1000,
         Show a progress bar (tqdm) over the solves.
     """
     name, prob, x0, (t0, t1), exact = _resolve(problem, x0, t_span)
+    _check_paths(n_paths)
+    if not (isinstance(n_boot, int | np.integer) and not isinstance(n_boot, bool) and n_boot >= 2):
+        raise ValueError(f"`n_boot` must be an integer >= 2 (bootstrap resamples of the order interval), got {n_boot!r}.")
+    if not (isinstance(confidence, float | int) and 0 < confidence < 1):
+        raise ValueError(f"`confidence` must lie in (0, 1), got {confidence!r}.")
     methods = [methods] if isinstance(methods, str) else list(methods)
     if not methods:
         raise ValueError("`methods` is empty; give at least one method name.")

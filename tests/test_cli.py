@@ -24,3 +24,13 @@ def test_help_lists_the_verbs():
     r = subprocess.run([sys.executable, "-m", "sdekit", "--help"], capture_output=True, text=True, check=True,
                        env=dict(os.environ))
     assert "demo" in r.stdout and "converge" in r.stdout
+
+
+def test_demo_refuses_an_unwritable_out_before_working(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    r = subprocess.run([sys.executable, "-m", "sdekit", "demo", "--quick", "--out", str(blocker / "plots")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "--out" in r.stderr and "is a file" in r.stderr
+    assert r.stdout == ""  # refused before the first solve

@@ -131,6 +131,9 @@ def test_plots_are_written(tmp_path):
         (dict(problem=problems.gbm().problem, x0=[1.0], t_span=(0, 1)), "reference='<method>'"),
         (dict(problem="gbm", methods=["rk4"]), "unknown method"),
         (dict(problem="gbm", fit_from=64), "fewer than two"),
+        (dict(problem="gbm", n_paths=1), "`n_paths` must be an integer >= 2"),
+        (dict(problem="gaussian_pf_ode", methods=["rk4"], n_paths=0), "`n_paths`"),
+        (dict(problem="gbm", n_boot=1), "`n_boot`"),
     ],
 )
 def test_bad_study_arguments(kwargs, match):
@@ -154,3 +157,36 @@ def test_converge_command_end_to_end(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "sdekit", "converge", "--problem", "nope"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode != 0 and "unknown problem" in bad.stderr
+
+
+def test_fit_order_needs_two_paths():
+    with pytest.raises(ValueError, match="n_paths >= 2"):
+        convergence.fit_order([0.1, 0.05], [[1.0], [0.5]])
+
+
+def _converge(*args):
+    return subprocess.run([sys.executable, "-m", "sdekit", "converge", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def _one_line_error(r, *needles):
+    """Exit status 2 and one error line (after argparse's usage, for a malformed option), no traceback."""
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert "Traceback" not in r.stderr and (len(lines) == 1 or lines[0].startswith("usage:")), r.stderr
+    for n in needles:
+        assert n in lines[-1], r.stderr
+
+
+def test_converge_refuses_one_path_and_unwritable_outputs_before_solving(tmp_path):
+    """One path has no standard error (the old command printed an interval of zero width); an output that cannot
+    be written is refused before the study runs, not after it."""
+    _one_line_error(_converge("--problem", "gbm", "--paths", 1, "--no-progress"), "--paths", ">= 2")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for option in ("--plot", "--work-plot", "--csv"):
+        r = _converge("--problem", "gbm", "--steps", "8..16", "--paths", 20, "--no-progress", option,
+                      blocker / "out.png")
+        _one_line_error(r, option, "is a file, not a folder")
+        assert "strong order" not in r.stdout  # nothing was solved
+    _one_line_error(_converge("--problem", "gbm", "--paths", 20, "--plot", tmp_path), "--plot", "is a folder")
