@@ -51,7 +51,7 @@ import numpy as np
 
 from .problem import ODE, _check_callable, _normalise_params
 
-__all__ = ["SemilinearODE", "exponential_weights"]
+__all__ = ["SemilinearODE", "amplification", "exponential_weights", "step_orders"]
 
 
 class SemilinearODE:
@@ -149,8 +149,59 @@ def exponential_weights(lam_nodes, lam_next: float) -> np.ndarray:
     return np.linalg.solve(V.T, M)
 
 
+def amplification(lam_nodes, lam_next: float) -> float:
+    """``sum_j |w_j| / |sum_j w_j|`` for the :func:`exponential_weights` ``w_j``.
+
+    A step's error from errors ``delta_j`` in the values ``D_j`` is
+    ``sum_j w_j delta_j``: at most this factor times that of an exponential
+    Euler step (``w = sum_j w_j``, factor 1) with the same error.
+    """
+    w = exponential_weights(lam_nodes, lam_next)
+    return float(np.abs(w).sum() / abs(w.sum()))
+
+
 # number of interpolation points per method (exp_ab3_ramp: exp_ab3 after a cheap ramp, see the registry)
 ORDERS = {"exp_euler": 1, "exp_ab2": 2, "exp_ab3": 3, "exp_ab3_ramp": 3}
+# sum_j |b_j| of the q-step Adams–Bashforth coefficients (1; 3/2, -1/2; 23/12, -16/12, 5/12), the limit of
+# `amplification` on equal steps h -> 0 (Hairer, Nørsett & Wanner 1993, Solving ODEs I, §III.1, Table 1.1)
+AB_ABS_SUM = {1: 1.0, 2: 2.0, 3: 11.0 / 3.0}
+# a step of q points is taken only if its amplification is at most MAX_AMPLIFICATION * AB_ABS_SUM[q]
+MAX_AMPLIFICATION = 2.0
+
+
+def step_orders(method: str, lam) -> np.ndarray:
+    """Interpolation points used by each step of ``method`` on the clock values ``lam`` (one per grid time).
+
+    Step ``k`` (from ``lam[k]`` to ``lam[k + 1]``) interpolates ``D`` through
+    ``q_k`` points: the most the method and its history allow (its start-up ramp),
+    lowered one at a time while the step's :func:`amplification` exceeds
+    ``MAX_AMPLIFICATION * AB_ABS_SUM[q]``, i.e. twice what ``q``-step Adams
+    weights amplify on small equal steps.
+
+    Equal steps in the clock are never reduced (their amplification lies in
+    ``(1, 3)`` for ``q = 2`` and ``(1, 7)`` for ``q = 3`` at every step size, below
+    the bounds 4 and 22/3), nor are the steps of a smooth grid once it is fine
+    enough (ratios of neighbouring steps tend to 1 and the amplification to
+    ``AB_ABS_SUM[q]``), so the declared orders hold. What is reduced is a step
+    much longer than the ones before it: on the uniform-in-``t`` grid of a
+    diffusion model the last step is 3–5 times its predecessor in log-SNR, and
+    third-order extrapolation across it amplifies errors ~50-fold (the reason
+    DPM-Solver++ and UniPC take lower-order final steps below 15 steps: Lu et
+    al. 2022, §5; Zhao et al. 2023, §4). ``exp_ab3``'s two-stage first step
+    (``q`` reported as 2) is not reduced.
+    """
+    lam = np.asarray(lam, dtype=np.float64)
+    q_max = ORDERS[method]
+    n = lam.size - 1
+    q = np.empty(n, dtype=np.int64)
+    for k in range(n):
+        qk = min(k + 1, q_max) if not (k == 0 and method == "exp_ab3") else 2
+        while k > 0 and qk > 1 and amplification(lam[k : k - qk if k - qk >= 0 else None : -1], lam[k + 1]) > (
+            MAX_AMPLIFICATION * AB_ABS_SUM[qk]
+        ):
+            qk -= 1
+        q[k] = qk
+    return q
 _JITTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -190,9 +241,18 @@ def evaluations(method: str, n_steps: int) -> int:
 
 
 def _like(d, x, is_torch):
-    if is_torch:
-        return d.expand_as(x) if d.shape != x.shape else d
-    return np.broadcast_to(np.asarray(d, dtype=np.float64), x.shape)
+    """``d = nonlinear(t, x)`` checked on every call (real, broadcastable to ``x``) and broadcast to it."""
+    from .solve import broadcasts_to, check_result
+
+    if not is_torch:
+        return d if isinstance(d, np.ndarray) and d.shape == x.shape and d.dtype.kind == "f" else check_result(
+            d, "nonlinear", x.shape, x.shape)
+    if d.shape != x.shape or d.is_complex():
+        if d.is_complex() or not broadcasts_to(tuple(d.shape), tuple(x.shape)):
+            raise ValueError(f"`nonlinear` returned shape {tuple(d.shape)}, {d.dtype} for x of shape {tuple(x.shape)}; "
+                             f"it must be real and broadcast to {tuple(x.shape)} (one row per path).")
+        d = d.expand_as(x)
+    return d
 
 
 def run(problem: SemilinearODE, x0, grid: np.ndarray, method: str, save_idx, backend: str, params, xp):
@@ -211,6 +271,7 @@ def run(problem: SemilinearODE, x0, grid: np.ndarray, method: str, save_idx, bac
     dl = np.diff(lam)
     if not (np.all(dl > 0) or np.all(dl < 0)):
         raise ValueError("the clock lambda(t) must be strictly monotone on the grid (it is the interpolation variable).")
+    orders = step_orders(method, lam)
     D = problem.nonlinear
     if backend == "numba":
         D = _compiled(D)
@@ -232,7 +293,7 @@ def run(problem: SemilinearODE, x0, grid: np.ndarray, method: str, save_idx, bac
         d = _like(D(float(grid[k]), x, params), x, is_torch)
         hist.insert(0, d)
         del hist[q_max:]
-        q = len(hist)
+        q = int(orders[k])
         if k == 0 and method == "exp_ab3":
             # order-3 start: one extra evaluation at the step's midpoint in t gives a local error O(h^3)
             t_mid = 0.5 * (grid[0] + grid[1])
