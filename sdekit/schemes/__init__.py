@@ -197,9 +197,11 @@ def step_plan(scheme: Scheme, problem, dim: int):
     if name == "euler_heun":
         return _steps.euler_heun, ito, 1, 2
     if name == "milstein":
+        # Stratonovich uses central difference quotients: one more support value per Brownian component.
+        per_component = 1 if problem.calculus == "ito" else 2
         if problem.noise == "general":
-            return _steps.milstein_general, ito, 1, 1 + m
-        return _steps.milstein, ito, 1, 2
+            return _steps.milstein_general, ito, 1, 1 + per_component * m
+        return _steps.milstein, ito, 1, 1 + per_component
     t = scheme.tableau
     if name == "sra1":
         return _steps.sra, pack_tableau(t.c0, t.c1, t.alpha, t.beta1, t.beta2, t.A0, t.B0), t.stages, t.stages

@@ -151,26 +151,65 @@ def euler_heun(f, g, p, tab, t, x, h, dw, hh):
 def milstein(f, g, p, tab, t, x, h, dw, hh):
     """Derivative-free Milstein for diagonal and scalar noise.
 
-    ``L^1 sigma`` is replaced by ``(sigma(Y) - sigma(X)) / sqrt(h)`` at the
-    support value ``Y = X + sigma sqrt(h)`` (Kloeden & Platen 1992, eq. 11.1.5,
-    without the drift term in ``Y``: with it, the Stratonovich form would carry
-    a bias ``sigma' mu sqrt(h) dW^2 / 2`` of non-zero mean and drop to order 1/2). ``tab[0, 0]`` is 1 for Itô (``dW^2 - h``) and 0 for
-    Stratonovich (``dW^2``).
+    The Milstein step ``X + mu h + sigma dW + (1/2) (L^1 sigma) J`` with
+    ``L^1 sigma = sigma sigma'``, ``J = dW^2 - h`` (Itô) or ``J = dW^2``
+    (Stratonovich) (Milstein 1974; Kloeden & Platen 1992, §10.3), with
+    ``L^1 sigma`` replaced by a difference quotient of ``sigma`` at support
+    values ``X ± sigma sqrt(h)`` (Kloeden & Platen 1992, §11.1). ``tab[0, 0]``
+    is 1 for Itô and 0 for Stratonovich.
+
+    Notes
+    -----
+    Itô: the one-sided quotient ``(sigma(Y) - sigma(X)) / sqrt(h)`` at
+    ``Y = X + sigma sqrt(h)`` (eq. 11.1.5; 2 diffusion evaluations) equals
+    ``sigma sigma' + (1/2) sigma'' sigma^2 sqrt(h) + O(h)``; its error term
+    multiplies ``(dW^2 - h) / 2``, of mean zero, so the local error
+    ``O(h^{3/2})`` has mean zero and the strong order stays 1. The drift is
+    left out of ``Y`` (eq. 11.1.5 has ``Y = X + mu h + sigma sqrt(h)``): it
+    changes the quotient by ``sigma' mu sqrt(h)``, again times a mean-zero
+    factor.
+
+    Stratonovich: ``dW^2 / 2`` has mean ``h / 2``, so the same one-sided
+    quotient would leave a local bias ``(1/4) sigma'' sigma^2 h^{3/2}`` of
+    non-zero mean per step, which accumulates to a global error of order
+    ``h^{1/2}`` whenever ``sigma'' != 0``. The central quotient
+    ``(sigma(X + sigma sqrt(h)) - sigma(X - sigma sqrt(h))) / (2 sqrt(h))
+    = sigma sigma' + O(h)`` (its ``sqrt(h)`` terms cancel) makes the local
+    error ``O(h^2)`` and restores order 1, at 3 diffusion evaluations.
     """
     ito = tab[0, 0]
     ah = abs(h)
     sq = math.sqrt(ah)
     gx = g(t, x, p)
-    gs = g(t, x + gx * sq, p)
-    return x + f(t, x, p) * h + gx * dw + (gs - gx) * ((dw * dw - ito * ah) / (2.0 * sq))
+    if ito != 0.0:
+        corr = (g(t, x + gx * sq, p) - gx) * ((dw * dw - ah) / (2.0 * sq))
+    else:
+        corr = (g(t, x + gx * sq, p) - g(t, x - gx * sq, p)) * ((dw * dw) / (4.0 * sq))
+    return x + f(t, x, p) * h + gx * dw + corr
 
 
 def milstein_general(f, g, p, tab, t, x, h, dw, hh):
     """Derivative-free Milstein for commutative matrix noise (Kloeden & Platen 1992, eq. 11.1.7).
 
-    One support value ``Y_j = X + sigma_j sqrt(h)`` per Brownian
-    component; commutativity lets ``I_(j,k) + I_(k,j) = dW_j dW_k`` replace
-    the Lévy areas.
+    ``X + mu h + sum_j sigma_j dW_j + (1/2) sum_{j,k} (L^j sigma_k) J_jk``
+    with ``J_jk = dW_j dW_k - h delta_jk`` (Itô) or ``dW_j dW_k``
+    (Stratonovich); commutativity (``L^j sigma_k = L^k sigma_j``) lets
+    ``I_(j,k) + I_(k,j) = dW_j dW_k`` replace the Lévy areas. ``L^j sigma``
+    is a difference quotient of ``sigma`` along ``sigma_j``, at support values
+    ``X ± sigma_j sqrt(h)``. ``tab[0, 0]`` is 1 for Itô and 0 for Stratonovich.
+
+    Notes
+    -----
+    Itô: one support value ``Y_j = X + sigma_j sqrt(h)`` per Brownian
+    component (eq. 11.1.7; ``1 + m`` diffusion evaluations). The quotient's
+    error ``(1/2) sigma_j^T (D^2 sigma) sigma_j sqrt(h)`` multiplies
+    ``J_jk / 2``, of mean zero.
+
+    Stratonovich: ``E[dW_j dW_k] = h delta_jk``, so the one-sided quotient
+    would leave a local bias of order ``h^{3/2}`` and non-zero mean whenever
+    ``sigma`` is nonlinear in ``x`` (global order 1/2); the central quotient
+    ``(sigma(X + sigma_j sqrt(h)) - sigma(X - sigma_j sqrt(h))) / (2 sqrt(h))
+    = L^j sigma + O(h)`` removes it (``1 + 2 m`` diffusion evaluations).
     """
     ito = tab[0, 0]
     ah = abs(h)
@@ -179,9 +218,12 @@ def milstein_general(f, g, p, tab, t, x, h, dw, hh):
     xe = x + f(t, x, p) * h
     out = xe + apply_noise(gx, dw)
     for j in range(dw.shape[1]):
-        gj = g(t, x + gx[..., j] * sq, p)
-        v = dw * dw[:, j : j + 1] - (ito * ah) * basis(dw, j)
-        out = out + apply_noise(gj - gx, v) * (0.5 / sq)
+        sj = gx[..., j] * sq
+        if ito != 0.0:
+            v = dw * dw[:, j : j + 1] - ah * basis(dw, j)
+            out = out + apply_noise(g(t, x + sj, p) - gx, v) * (0.5 / sq)
+        else:
+            out = out + apply_noise(g(t, x + sj, p) - g(t, x - sj, p), dw * dw[:, j : j + 1]) * (0.25 / sq)
     return out
 
 
