@@ -55,6 +55,31 @@ def _choice(options, what):
     return check
 
 
+def _check_writable(path, option: str) -> None:
+    """Refuse, before any long work, an output file ``path`` that cannot be written (one line naming ``option``).
+
+    An existing ``path`` must be a file; its nearest existing ancestor must be a
+    folder we can create files in (probed with a temporary file, which also holds
+    for root and read-only mounts).
+    """
+    import tempfile
+
+    p = Path(path).absolute()
+    if p.is_dir():
+        raise ValueError(f"{option} {path} is a folder; give a file name there.")
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{option} {path} cannot be written: {parent} is a file, not a folder; choose another path.")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{option} {path} cannot be written ({exc.strerror or exc} in {parent}); choose a "
+                         "writable path.") from None
+
+
 # --------------------------------------------------------------------------- verbs
 def _train(args) -> int:
     from .runs import train_run
@@ -91,11 +116,15 @@ def _describe(m: dict) -> str:
 def _sample(args) -> int:
     from .runs import Run, evaluate_samples, plot_samples, sample_run
 
+    out = Path(args.out) if args.out else Path(args.run) / "samples.png"
+    _check_writable(out, "--out")
+    _check_writable(out.with_suffix(".npz"), "--out (its samples file)")
+    if args.json:
+        _check_writable(args.json, "--json")
     run = Run.load(args.run, ema=not args.no_ema)
     n = args.n or (100 if run.data == "digits" else 5000)
     x, labels, last = sample_run(run, method=args.method, steps=args.steps, n=n, grid=args.grid, seed=args.seed,
                                  label=args.label, guidance=args.guidance)
-    out = Path(args.out) if args.out else Path(args.run) / "samples.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     what = f"class {args.label}" if args.label is not None else ("all classes" if run.conditional else "")
     guided = f", guidance {args.guidance:g}" if args.guidance else ""
@@ -120,6 +149,8 @@ def _sample(args) -> int:
 def _likelihood(args) -> int:
     from .runs import Run, likelihood_run
 
+    if args.json:
+        _check_writable(args.json, "--json")
     run = Run.load(args.run, ema=not args.no_ema)
     r = likelihood_run(run, n=args.n, divergence=args.divergence, n_probes=args.probes, rtol=args.rtol,
                        atol=args.atol, seed=args.seed)
@@ -150,15 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", type=_choice(datasets.DATASETS, "dataset"),
                    help=f"data set: {', '.join(datasets.DATASETS)} (not needed with --resume)")
     t.add_argument("--out", required=True, help="run folder (checkpoint.pt, run.json, losses.png)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint; it keeps its settings (only --steps, "
+                        "--checkpoint-every and --eval-every may change, and run.json records it)")
     t.add_argument("--force", action="store_true", help="overwrite a run already in --out")
     t.add_argument("--steps", type=_positive_int, help="total optimiser steps (2-D: 8000, digits: 5000)")
     t.add_argument("--batch-size", type=_positive_int, help="batch size (2-D: 512, digits: 128)")
     t.add_argument("--lr", type=_positive_float, help="peak learning rate (default 2e-3)")
     t.add_argument("--lr-schedule", choices=("cosine", "constant"), help="learning-rate schedule (default cosine)")
     t.add_argument("--warmup", type=_nonneg_int, help="linear warm-up steps (default 100)")
-    t.add_argument("--sde", type=_choice(("vp", "subvp", "ve"), "SDE"), default="vp", help="vp (default), subvp, ve")
-    t.add_argument("--schedule", choices=("linear", "cosine"), default="linear", help="VP noise schedule")
+    t.add_argument("--sde", type=_choice(("vp", "subvp", "ve"), "SDE"), help="vp (default), subvp, ve")
+    t.add_argument("--schedule", choices=("linear", "cosine"), help="VP noise schedule (default linear)")
     t.add_argument("--loss", choices=("dsm", "ddpm", "ssm"),
                    help="dsm (default), ddpm (L_simple) or ssm (sliced score matching at random times)")
     t.add_argument("--weighting", choices=("sigma2", "likelihood", "none"), help="DSM weighting (default sigma2)")
@@ -170,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class-conditional network with label dropout (default: on for digits)")
     t.add_argument("--label-dropout", type=_nonneg_float, help="probability of the no-class label (default 0.1)")
     t.add_argument("--n", type=_positive_int, help="training rows of a 2-D set (default 20000; digits: 1500)")
-    t.add_argument("--data-seed", type=_nonneg_int, default=0, help="seed of the generated data (default 0)")
+    t.add_argument("--data-seed", type=_nonneg_int, help="seed of the generated data (default 0)")
     t.add_argument("--seed", type=_nonneg_int, help="seed of the weights and batches (default 0)")
     t.add_argument("--ema-decay", type=_nonneg_float, help="EMA decay (default 0.999)")
     t.add_argument("--grad-clip", type=_nonneg_float, help="gradient-norm clip, 0 for none (default 1)")
@@ -215,6 +248,6 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError, FloatingPointError) as exc:
+    except (OSError, ValueError, FloatingPointError) as exc:  # OSError: an output that became unwritable
         print(f"python -m diffusion {args.verb}: error: {exc}", file=sys.stderr)
         return 2

@@ -151,6 +151,11 @@ def log_likelihood(sde, score: Score, x, *, divergence="exact", n_probes: int = 
     if not np.all(np.isfinite(xa)):
         raise ValueError("`x` contains NaN or infinite values.")
     n, dim = xa.shape
+    if n < 1:
+        raise ValueError(f"`x` holds no data points (shape {xa.shape}); give at least one row.")
+    if score.dim is not None and dim != score.dim:
+        raise ValueError(f"`x` has dimension {dim} (shape {xa.shape}) but the score is for dimension {score.dim}; "
+                         f"give data of shape (n, {score.dim}).")
     velocity = _pf_parts(score)
     n_sp = len(score.params)
 
@@ -193,6 +198,7 @@ def log_likelihood(sde, score: Score, x, *, divergence="exact", n_probes: int = 
     else:
         raise ValueError(f"`divergence` must be 'exact', 'hutchinson' or a (kernel, params) pair, got {divergence!r}.")
 
+    score.check(z0[:, :dim], eps, what="x")  # one evaluation on 3 rows: shape, dtype, finiteness
     sol = sdekit.solve(problem, z0, (eps, sde.T), method="dopri5", rtol=rtol, atol=atol, backend=backend)
     zT = sol.x[-1]
     zT = zT.detach().cpu().numpy() if _is_tensor(zT) else np.asarray(zT)

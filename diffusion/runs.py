@@ -23,9 +23,10 @@ from __future__ import annotations
 import functools
 import json
 import math
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ from .models import ScoreMLP, UNet, as_score
 from .sampling import METHODS, sample
 from .score import Score, classifier_free_guidance
 from .sdes import VESDE, VPSDE, DiffusionSDE, SubVPSDE
-from .training import CHECKPOINT, TrainConfig, dsm_loss, load_checkpoint, train
+from .training import CHECKPOINT, TrainConfig, dsm_loss, load_checkpoint, load_weights, train, write_atomic
 
 __all__ = ["Run", "train_run", "sample_run", "evaluate_samples", "likelihood_run", "make_sde", "build_model",
            "defaults", "MODEL_DEFAULTS", "SDES", "RUN_FILE", "plot_losses", "plot_samples", "digit_classifier"]
@@ -74,12 +75,13 @@ def defaults(data: str) -> dict:
 def build_model(spec: dict) -> torch.nn.Module:
     """A fresh network from a run's ``model`` description."""
     kw = dict(spec)
-    kind = kw.pop("kind")
-    if kind == "mlp":
-        return ScoreMLP(**kw)
-    if kind == "unet":
-        return UNet(**kw)
-    raise ValueError(f"unknown network kind {kind!r}; choose 'mlp' or 'unet'.")
+    kind = kw.pop("kind", None)
+    if kind not in MODEL_DEFAULTS:
+        raise ValueError(f"unknown network kind {kind!r}; choose 'mlp' or 'unet'.")
+    try:
+        return (ScoreMLP if kind == "mlp" else UNet)(**kw)
+    except TypeError as exc:
+        raise ValueError(f"the network description {spec} does not fit a {kind} ({exc}).") from None
 
 
 # --------------------------------------------------------------------------- loading
@@ -111,8 +113,18 @@ class Run:
         if not isinstance(spec, dict) or spec.get("format") != FORMAT:
             raise ValueError(f"{path / CHECKPOINT} has no run description (it was written by diffusion.training.train "
                              "directly, not by train_run / the command line); load it with load_checkpoint.")
+        described = path / RUN_FILE
+        if described.exists():
+            try:
+                text = json.loads(described.read_text())
+            except (OSError, ValueError) as exc:
+                text = f"unreadable ({exc})"
+            if text != json.loads(json.dumps({**spec, "config": state["config"]})):
+                raise ValueError(f"{described} does not describe {path / CHECKPOINT} (a training was stopped between "
+                                 "writing them, or one was replaced): continue the checkpoint's run with python -m "
+                                 f"diffusion train --out {path} --resume, or retrain with --force.")
         net = build_model(spec["model"])
-        net.load_state_dict(state["ema"]["module"] if ema else state["model"])
+        load_weights(net, state["ema"]["module"] if ema else state["model"], path / CHECKPOINT)
         net.eval()
         for p in net.parameters():
             p.requires_grad_(False)
@@ -166,6 +178,11 @@ def _model_spec(data: datasets.Dataset, kind: str, conditional: bool, sizes: dic
         raise ValueError(f"unknown network kind {kind!r}; choose 'mlp' or 'unet'.")
     if conditional and not data.n_classes:
         raise ValueError(f"data set {data.name!r} has no labels; it cannot train a class-conditional network.")
+    foreign = [k for k, v in sizes.items() if v is not None and k not in MODEL_DEFAULTS[kind]]
+    if foreign:
+        sized = ", ".join(_option(k) for k in MODEL_DEFAULTS[kind])
+        raise ValueError(f"{', '.join(_option(k) for k in foreign)} does not apply to the {kind} network (its sizes: "
+                         f"{sized}); drop it, or choose the network it sizes with --model.")
     spec = {k: int(v if sizes.get(k) is None else sizes[k]) for k, v in MODEL_DEFAULTS[kind].items()}
     spec["n_classes"] = data.n_classes if conditional else None
     if kind == "mlp":
@@ -176,27 +193,100 @@ def _model_spec(data: datasets.Dataset, kind: str, conditional: bool, sizes: dic
     return {"kind": "unet", "size": size, "channels": c, **spec}
 
 
-def train_run(out, data: str | None = None, *, sde: str = "vp", schedule: str = "linear", model: str | None = None,
-              hidden: int | None = None, depth: int | None = None, width: int | None = None, embed: int | None = None,
-              conditional: bool | None = None, n: int | None = None, data_seed: int = 0,
-              steps: int | None = None, batch_size: int | None = None, lr: float | None = None,
-              eval_every: int | None = None, checkpoint_every: int | None = None, resume: bool = False,
-              force: bool = False, progress: bool = True, log: Callable[[str], None] | None = None,
-              **config) -> Run:
+# Options of train_run that define a run: a resumed run keeps them (an explicit different value is refused).
+# Where the run keeps each: its description (spec), its network (spec["model"]) or its TrainConfig.
+_RUN_DEFINING = {"data": ("spec", "data"), "n": ("spec", "n"), "data_seed": ("spec", "data_seed"),
+                 "sde": ("sde", "kind"), "schedule": ("sde", "schedule"), "model": ("model", "kind"),
+                 "hidden": ("model", "hidden"), "depth": ("model", "depth"), "width": ("model", "width"),
+                 "embed": ("model", "embed"), "conditional": ("model", "n_classes")}
+# Options a resumed run may change (applied, and recorded in run.json under "resumes").
+_CHANGEABLE = ("steps", "checkpoint_every", "eval_every")
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _resume_conflicts(spec: dict, config: dict, given: dict) -> list:
+    """``"--option value (the run has value)"`` for each explicit option that differs from the stored run."""
+    out = []
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name in _RUN_DEFINING:
+            where, key = _RUN_DEFINING[name]
+            have = spec.get(key) if where == "spec" else spec[where].get(key, "absent")
+            if name == "conditional":
+                have, value = have is not None, bool(value)
+            elif have == "absent":
+                out.append(f"{_option(name)} {value!r} (this run's {spec['model']['kind']} network has no {key})")
+                continue
+        else:
+            have = config.get(name)
+            if name == "grad_clip":
+                have, value = have or 0.0, value or 0.0
+        if value != have:
+            out.append(f"{_option(name)} {value!r} (the run has {have!r})")
+    return out
+
+
+def _check_out_folder(out: Path) -> None:
+    """A run folder we can write: an existing folder, or a path whose nearest existing ancestor is a writable folder."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a run folder; choose a folder.")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"--out {out} cannot be created: {probe} is a file, not a folder; choose another --out.")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--out {out} cannot be written ({exc.strerror or exc} in {probe}); choose a writable "
+                         "folder.") from None
+
+
+def _write_description(out: Path, state: dict) -> None:
+    """``run.json``: the checkpoint's own description (written atomically, after the checkpoint it describes)."""
+    text = json.dumps({**state["run"], "config": state["config"]}, indent=2) + "\n"
+    write_atomic(out / RUN_FILE, lambda fh: fh.write(text.encode()))
+
+
+def train_run(out, data: str | None = None, *, sde: str | None = None, schedule: str | None = None,
+              model: str | None = None, hidden: int | None = None, depth: int | None = None, width: int | None = None,
+              embed: int | None = None, conditional: bool | None = None, n: int | None = None,
+              data_seed: int | None = None, steps: int | None = None, batch_size: int | None = None,
+              lr: float | None = None, eval_every: int | None = None, checkpoint_every: int | None = None,
+              resume: bool = False, force: bool = False, progress: bool = True,
+              log: Callable[[str], None] | None = None, **config) -> Run:
     """Train a score network on ``data`` into folder ``out`` (or continue it with ``resume=True``).
 
-    Unset options take :func:`defaults` for the data set. ``config`` holds the
+    Unset options (``None``) take :func:`defaults` for the data set (SDE
+    ``"vp"``, schedule ``"linear"``, ``data_seed`` 0). ``config`` holds the
     remaining :class:`~diffusion.training.TrainConfig` fields (``loss``,
     ``weighting``, ``ema_decay``, ``grad_clip``, ``label_dropout``, ``seed``,
-    ``lr_schedule``, ``warmup``). A folder that already holds a run is never
-    overwritten unless ``force=True``; ``resume=True`` continues it from its
-    last checkpoint, with its own settings (``steps`` may raise the total).
-    Every ``eval_every`` steps the EMA network is evaluated on held-out data
-    (see :func:`_evaluator`); the results go to the checkpoint and the log.
+    ``lr_schedule``, ``warmup``).
+
+    A folder that already holds a run is never overwritten unless
+    ``force=True``. ``resume=True`` continues it from its last checkpoint with
+    its own settings: an explicit option that differs from the stored run
+    (data, network, SDE, learning rate, batch size, loss, ...) is refused;
+    ``steps`` (to extend training), ``checkpoint_every`` and ``eval_every``
+    may change, and each change is recorded in the run's description
+    (``resumes`` in ``run.json``).
+
+    ``run.json`` is written after each checkpoint, from the description stored
+    inside it, so the folder always holds one run: a training stopped before
+    its first checkpoint (a ``force`` run included) leaves the previous files
+    as they were. Every ``eval_every`` steps the EMA network is evaluated on
+    held-out data (see :func:`_evaluator`); the results go to the checkpoint
+    and the log.
     """
     log = log or _say
     out = Path(out)
     ckpt = out / CHECKPOINT
+    _check_out_folder(out)
     if resume:
         if not ckpt.exists():
             raise FileNotFoundError(f"nothing to resume: {ckpt} does not exist (train without --resume first).")
@@ -204,15 +294,30 @@ def train_run(out, data: str | None = None, *, sde: str = "vp", schedule: str = 
         spec = state.get("run")
         if not isinstance(spec, dict) or spec.get("format") != FORMAT:
             raise ValueError(f"{ckpt} has no run description; it cannot be resumed from the command line.")
-        if data is not None and data != spec["data"]:
-            raise ValueError(f"--data {data!r} differs from the run's data set {spec['data']!r}; a resumed run keeps "
-                             "its data (leave --data out, or train a new run in another folder).")
+        given = dict(data=data, n=n, data_seed=data_seed, sde=sde, schedule=schedule, model=model, hidden=hidden,
+                     depth=depth, width=width, embed=embed, conditional=conditional, batch_size=batch_size, lr=lr,
+                     **config)
+        unknown = sorted(set(config) - set(TrainConfig.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown}; see diffusion.training.TrainConfig.")
+        conflicts = _resume_conflicts(spec, state["config"], given)
+        if conflicts:
+            raise ValueError(f"a resumed run keeps its settings, and {ckpt} differs: {'; '.join(conflicts)}; leave "
+                             "these options out, or start a new run (--force, or another --out).")
+        _write_description(out, state)  # run.json describes this checkpoint from now on
         cfg = dict(state["config"])
-        if steps is not None:
-            cfg["steps"] = int(steps)
+        changed = {}
+        for name, value in (("steps", steps), ("checkpoint_every", checkpoint_every)):
+            if value is not None and value != cfg[name]:
+                cfg[name] = changed[name] = value
         cfg = TrainConfig(**cfg)
-        evals = list(state.get("evals", []))
+        if eval_every is not None and eval_every != spec.get("eval_every"):
+            changed["eval_every"] = eval_every
         eval_every = spec.get("eval_every") if eval_every is None else eval_every
+        spec = {**spec, "eval_every": eval_every}
+        if changed:
+            spec["resumes"] = [*spec.get("resumes", []), {"step": int(state["step"]), **changed}]
+        evals = list(state.get("evals", []))
         d = datasets.load(spec["data"], spec["n"], seed=spec["data_seed"], split="train")
         if int(state["step"]) >= cfg.steps:
             log(f"{out}: already trained for {state['step']} steps (pass a larger --steps to train on).")
@@ -224,6 +329,7 @@ def train_run(out, data: str | None = None, *, sde: str = "vp", schedule: str = 
                                   "overwrite it, or choose another --out.")
         if data not in datasets.DATASETS:
             raise ValueError(f"unknown dataset {data!r}; choose one of {list(datasets.DATASETS)}.")
+        sde, schedule, data_seed = sde or "vp", schedule or "linear", 0 if data_seed is None else data_seed
         base = defaults(data)
         opts = {k: (base[k] if v is None else v) for k, v in dict(
             model=model, conditional=conditional, n=n, steps=steps, batch_size=batch_size, lr=lr,
@@ -235,16 +341,13 @@ def train_run(out, data: str | None = None, *, sde: str = "vp", schedule: str = 
         spec = _spec(d, {"kind": sde, "schedule": schedule}, mspec, data_seed, opts["n"])
         eval_every = opts["eval_every"]
         spec["eval_every"] = eval_every
-        cfg = TrainConfig(steps=int(opts["steps"]), batch_size=int(opts["batch_size"]), lr=float(opts["lr"]),
-                          checkpoint_every=int(opts["checkpoint_every"]), **config)
+        cfg = TrainConfig(steps=opts["steps"], batch_size=opts["batch_size"], lr=opts["lr"],
+                          checkpoint_every=opts["checkpoint_every"], **config)
         evals = []
-    if config and resume:
-        raise ValueError(f"a resumed run keeps its training settings; drop {sorted(config)} (or start a new run).")
     if eval_every is not None and not (isinstance(eval_every, int) and eval_every >= 0):
         raise ValueError(f"`eval_every` must be a non-negative integer (0: never), got {eval_every!r}.")
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_FILE).write_text(json.dumps({**spec, "config": asdict(cfg)}, indent=2) + "\n")
     sde_ = make_sde(**spec["sde"])
     torch.manual_seed(cfg.seed)  # the initial weights
     net = build_model(spec["model"])
@@ -252,7 +355,7 @@ def train_run(out, data: str | None = None, *, sde: str = "vp", schedule: str = 
     t0 = time.perf_counter()
     result = train(net, sde_, d.x, cfg, labels=d.labels if getattr(net, "n_classes", None) else None, out=out,
                    resume=resume, progress=progress, evaluate=evaluate, eval_every=eval_every or None, evals=evals,
-                   extra={"run": spec}, log_eval=log)
+                   extra={"run": spec}, log_eval=log, on_checkpoint=lambda state: _write_description(out, state))
     seconds = time.perf_counter() - t0
     run = Run.load(out)
     plot_losses(run, out / "losses.png")
@@ -308,6 +411,13 @@ def sample_run(run: Run, *, method: str = "sra1", steps: int = 100, n: int = 100
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}.")
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"`n` must be a positive integer, got {n!r}.")
+    number = isinstance(guidance, int | float | np.integer | np.floating) and not isinstance(guidance, bool)
+    if not (number and math.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f"`guidance` must be a non-negative number, got {guidance!r}.")
+    if guidance and not run.conditional:
+        raise ValueError(f"--guidance {guidance:g} needs a class-conditional run (classifier-free guidance mixes the "
+                         "conditional and unconditional scores); this run's network is unconditional: drop --guidance, "
+                         "or train with --conditional.")
     if run.conditional and label is None:
         k = run.net.n_classes
         counts = [n // k + (c < n % k) for c in range(k)]
@@ -393,6 +503,8 @@ def likelihood_run(run: Run, *, n: int | None = None, divergence: str | None = N
     with the bin width, the usual discrete bits/dim), and for toy sets with a
     closed-form density the exact data entropy and the KL estimate.
     """
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 2):
+        raise ValueError(f"`n` (--n) must be an integer >= 2 held-out points (a standard error needs two), got {n!r}.")
     held = run.held_out(n if n is not None or run.data == "digits" else 1000, seed=seed)
     div = divergence or ("exact" if held.dim <= 8 else "hutchinson")
     lps, ses = [], []

@@ -215,7 +215,7 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
         dim = _check_int(dim, "dim")
         x_T = sde.prior_sample(n, dim, seed=seed, like=like)
     else:
-        x_T = _start(x_T, n, dim, backend, like)
+        x_T = _start(x_T, n, score.dim if dim is None else dim, backend, like)
         dim = x_T.shape[1]
 
     # the samples come back as arrays without a graph: never record one through a network
@@ -225,6 +225,7 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
 
         grad_off = torch.no_grad()
     with grad_off:
+        score.check(x_T, float(times[0]), what="x_T")  # one evaluation on 3 rows: shape, dtype, finiteness
         nfe, traj, sol = 0, None, None
         if method in SDE_METHODS or method in ODE_METHODS:
             x, nfe, traj, sol, times = _solve_general(sde, score, tg, method, steps, x_T, seed, backend, rtol, atol,
@@ -254,6 +255,13 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
 
 
 def _start(x_T, n, dim, backend, like):
+    if _is_tensor(x_T):
+        dtype, real = x_T.dtype, not (x_T.is_complex() or str(x_T.dtype) == "torch.bool")
+    else:
+        dtype = np.asarray(x_T).dtype
+        real = dtype.kind in "fiu"
+    if not real:
+        raise ValueError(f"`x_T` must hold real numbers, got {dtype}.")
     if backend == "torch":
         import torch
 
@@ -265,6 +273,8 @@ def _start(x_T, n, dim, backend, like):
         x = np.array(x_T, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] != n or (dim is not None and x.shape[1] != dim):
         raise ValueError(f"`x_T` must have shape (n, dim) = ({n}, {dim if dim is not None else 'dim'}), got {tuple(x.shape)}.")
+    if not (bool(x.isfinite().all()) if _is_tensor(x) else bool(np.isfinite(x).all())):
+        raise ValueError("`x_T` contains NaN or infinite values.")
     return x
 
 

@@ -178,7 +178,10 @@ class Score:
 
         def kernel(t, x, p):
             q = p[:n_sde]
-            return to_score(fn(t, x, p[n_sde:]), x, alpha(t, q), sigma(t, q))
+            pred = fn(t, x, p[n_sde:])
+            if pred.shape != x.shape:  # every call (cheap); Score.check names the shapes at the samplers' entry
+                raise ValueError("the score function returned an array of another shape than its input x (n, dim)")
+            return to_score(pred, x, alpha(t, q), sigma(t, q))
 
         self.kernel = ops.jittable(kernel) if "numba" in self.backends else kernel
 
@@ -260,6 +263,48 @@ class Score:
     def v(self, x, t):
         """Velocity prediction ``alpha_t eps - sigma_t x0``."""
         return self.predict(x, t, "v")
+
+    def check(self, x, t=None, *, what: str = "x") -> None:
+        """Evaluate the score once on (up to 3 rows of) ``x`` at ``t`` (default ``T``) and check what it returns.
+
+        A score must return one finite, floating-point row per row of ``x``
+        (shape ``(n, dim)``); anything else (another width, a fixed number of
+        rows, one value per row, integers, NaN) is a one-line ``ValueError``
+        naming the score and the shapes, before a solver broadcasts or
+        compiles it into a wrong answer or a traceback. ``what`` names ``x``
+        in the message (``"x_T"``, ``"the data"``).
+        """
+        name = getattr(self.fn, "__qualname__", type(self.fn).__name__)
+        if self.dim is not None and x.shape[1] != self.dim:
+            raise ValueError(f"{what} has dimension {x.shape[1]} (shape {tuple(x.shape)}) but the score {name} is for "
+                             f"dimension {self.dim}; give {what} of shape (n, {self.dim}).")
+        probe = x[: min(3, x.shape[0])]
+        t = self.sde.T if t is None else float(t)
+        try:
+            if self.fn is self.kernel:  # from_kernel: the kernel reads the full parameters
+                out = self.kernel(t, probe, params_like(self.params, probe))
+            else:
+                out = self.fn(t, probe, params_like(self.user_params, probe))
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise ValueError(f"the score {name} fails on {what} of shape {tuple(probe.shape)} (t={t:g}): "
+                             f"{type(exc).__name__}: {first}; check the dimension of {what}.") from exc
+        shape = tuple(getattr(out, "shape", ()))
+        if shape != tuple(probe.shape):
+            raise ValueError(f"the score {name} returned shape {shape} for {what} of shape {tuple(probe.shape)} "
+                             f"(t={t:g}); it must return one row per row of its input: shape (n, dim).")
+        if _is_tensor(out):
+            floating, finite = out.is_floating_point(), bool(out.isfinite().all()) if out.is_floating_point() else True
+        else:
+            out = np.asarray(out)
+            floating = out.dtype.kind == "f"
+            finite = bool(np.isfinite(out).all()) if floating else True
+        if not floating:
+            raise ValueError(f"the score {name} returned {out.dtype} values; it must return floating-point numbers "
+                             f"of {what}'s type.")
+        if not finite:
+            raise ValueError(f"the score {name} returned NaN or infinite values at t={t:g} on {what}; check the "
+                             "function (or its parameters).")
 
     def check_backend(self, backend: str):
         if backend not in self.backends:

@@ -25,6 +25,7 @@ import copy
 import functools
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -39,7 +40,7 @@ from .score import convert
 from .sdes import DiffusionSDE
 
 __all__ = ["dsm_loss", "ddpm_loss", "ssm_loss", "noisy_ssm_loss", "LOSSES", "EMA", "WEIGHTINGS", "TrainConfig", "train", "save_checkpoint",
-           "load_checkpoint"]
+           "load_checkpoint", "write_atomic"]
 
 WEIGHTINGS = ("sigma2", "likelihood", "none")
 LOSSES = ("dsm", "ddpm", "ssm")
@@ -192,27 +193,41 @@ class TrainConfig:
     lr: float = 2e-3
     lr_schedule: str = "cosine"  # "constant", or "cosine" decay to 0 after a linear warm-up
     warmup: int = 100  # linear warm-up steps of the learning rate
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    label_dropout: float = 0.1  # class-conditional networks: probability of the no-class token
+    ema_decay: float = 0.999  # in [0, 1)
+    grad_clip: float | None = 1.0  # gradient-norm clip; 0 or None: no clipping
+    label_dropout: float = 0.1  # class-conditional networks: probability of the no-class token, in [0, 1)
     checkpoint_every: int = 500
     seed: int = 0
 
     def __post_init__(self):
+        """Check every field (a wrong value would train silently wrong: a negative clip flips the gradients)."""
         if self.loss not in LOSSES:
             raise ValueError(f"`loss` must be one of {LOSSES}, got {self.loss!r}.")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"`weighting` must be one of {WEIGHTINGS}, got {self.weighting!r}.")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"`lr_schedule` must be 'constant' or 'cosine', got {self.lr_schedule!r}.")
-        if not (isinstance(self.warmup, int) and self.warmup >= 0):
-            raise ValueError(f"`warmup` must be a non-negative integer, got {self.warmup!r}.")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"`lr` must be a positive number, got {self.lr!r}.")
-        for name in ("steps", "batch_size", "checkpoint_every"):
+        for name, low in (("steps", 1), ("batch_size", 1), ("checkpoint_every", 1), ("warmup", 0), ("seed", 0)):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {v!r}.")
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low:
+                what = "a positive" if low else "a non-negative"
+                raise ValueError(f"`{name}` must be {what} integer, got {v!r}.")
+            setattr(self, name, int(v))
+        if not (_real(self.lr) and self.lr > 0):
+            raise ValueError(f"`lr` must be a positive finite number, got {self.lr!r}.")
+        if not (_real(self.ema_decay) and 0.0 <= self.ema_decay < 1.0):
+            raise ValueError(f"`ema_decay` must lie in [0, 1), got {self.ema_decay!r}.")
+        if not (self.grad_clip is None or (_real(self.grad_clip) and self.grad_clip >= 0)):
+            raise ValueError(f"`grad_clip` must be a positive finite number (0 or None: no clipping), got "
+                             f"{self.grad_clip!r}.")
+        if not (_real(self.label_dropout) and 0.0 <= self.label_dropout < 1.0):
+            raise ValueError(f"`label_dropout` must lie in [0, 1) (1 would never show the network a label), got "
+                             f"{self.label_dropout!r}.")
+
+
+def _real(v) -> bool:
+    """A finite real number (not a bool)."""
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _lr_factor(step: int, config: TrainConfig) -> float:
@@ -228,14 +243,28 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
 CHECKPOINT = "checkpoint.pt"
 
 
-def save_checkpoint(path, state: dict):
-    """Write ``state`` atomically: to a temporary file in the same folder, then rename over ``path``."""
+def _temp_name(name: str) -> re.Pattern:
+    """Names :func:`write_atomic` gives its temporary files for ``name`` (``tempfile.mkstemp``'s 8 random characters)."""
+    return re.compile(re.escape(name) + r"\.[A-Za-z0-9_]{8}\.tmp")
+
+
+def write_atomic(path, write: Callable) -> None:
+    """Write a file atomically: ``write(fh)`` into a temporary file in the same folder, fsync, rename over ``path``.
+
+    Temporary files of ``path`` left by a killed writer (``path.name.XXXXXXXX.tmp``,
+    this function's own names only) are removed first: one run folder has one writer.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    stale = _temp_name(path.name)
+    for old in path.parent.iterdir():
+        if stale.fullmatch(old.name):
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -243,6 +272,11 @@ def save_checkpoint(path, state: dict):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def save_checkpoint(path, state: dict):
+    """Write ``state`` atomically (:func:`write_atomic`): a reader sees the old checkpoint or the new one, whole."""
+    write_atomic(path, lambda fh: torch.save(state, fh))
 
 
 def load_checkpoint(path) -> dict:
@@ -261,10 +295,22 @@ def load_checkpoint(path) -> dict:
     return state
 
 
+def load_weights(net: torch.nn.Module, weights: dict, source) -> None:
+    """``net.load_state_dict(weights)``, with a one-line error when the weights belong to another network."""
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else (first[0] if first else "")
+        raise ValueError(f"{source} holds the weights of another network than this {type(net).__name__} "
+                         f"({detail[:160]}); load it with the network it was trained with.") from None
+
+
 def train(net: torch.nn.Module, sde: DiffusionSDE, x, config: TrainConfig, *, labels=None, out=None,
           resume: bool = False, progress: bool = True, log: Callable | None = None,
           evaluate: Callable | None = None, eval_every: int | None = None, evals: list | None = None,
-          extra: dict | None = None, log_eval: Callable[[str], None] | None = None) -> dict:
+          extra: dict | None = None, log_eval: Callable[[str], None] | None = None,
+          on_checkpoint: Callable[[dict], None] | None = None) -> dict:
     """Train ``net`` on the rows of ``x``; returns ``{"ema": EMA, "losses": [...], "evals": [...], "step": int}``.
 
     Every ``config.checkpoint_every`` steps (and at the end) the model, EMA,
@@ -279,7 +325,9 @@ def train(net: torch.nn.Module, sde: DiffusionSDE, x, config: TrainConfig, *, la
     and returns a dict of numbers, kept in ``evals`` and the checkpoint and
     printed (through ``log_eval``, default the progress bar). It must not use
     the global torch random state if the run is to resume exactly (the
-    training draws from its own generator).
+    training draws from its own generator). ``on_checkpoint(state)`` is called
+    after each checkpoint is written (files that must describe the checkpoint,
+    such as a run's ``run.json``, are written there).
     """
     if eval_every is not None and evaluate is None:
         raise ValueError("`eval_every` needs `evaluate`, the function that evaluates the network.")
@@ -304,7 +352,7 @@ def train(net: torch.nn.Module, sde: DiffusionSDE, x, config: TrainConfig, *, la
         if ckpt is None:
             raise ValueError("`resume` needs `out`, the run folder holding the checkpoint.")
         state = load_checkpoint(ckpt)
-        net.load_state_dict(state["model"])
+        load_weights(net, state["model"], ckpt)
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -314,9 +362,12 @@ def train(net: torch.nn.Module, sde: DiffusionSDE, x, config: TrainConfig, *, la
     evals = [] if evals is None else evals
 
     def snapshot():
-        save_checkpoint(ckpt, {"model": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                               "scheduler": sched.state_dict(), "step": step, "generator": gen.get_state(),
-                               "config": asdict(config), "losses": losses, "evals": evals, **(extra or {})})
+        state = {"model": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                 "scheduler": sched.state_dict(), "step": step, "generator": gen.get_state(),
+                 "config": asdict(config), "losses": losses, "evals": evals, **(extra or {})}
+        save_checkpoint(ckpt, state)
+        if on_checkpoint is not None:
+            on_checkpoint(state)
 
     def run_evaluation():
         net.eval()
