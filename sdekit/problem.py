@@ -33,10 +33,24 @@ def _normalise_params(params) -> tuple:
             out.append(float(p))
         elif isinstance(p, numbers.Real):
             out.append(float(p))
+        elif isinstance(p, numbers.Complex):
+            raise ValueError(f"`params[{i}]` must be real, got {p!r}; pass real and imaginary parts as two parameters.")
         elif isinstance(p, np.ndarray | list | tuple):
-            a = np.ascontiguousarray(p, dtype=np.float64)
+            try:
+                a = np.asarray(p)
+                if a.dtype.kind == "c" or (a.dtype == object and any(isinstance(v, numbers.Complex)
+                                                                       and not isinstance(v, numbers.Real) for v in a.flat)):
+                    raise ValueError(f"`params[{i}]` must be real, got complex values; pass real and imaginary parts "
+                                     "as two parameters.")
+                a = np.ascontiguousarray(a, dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                if "must be real" in str(exc):
+                    raise
+                raise ValueError(f"`params[{i}]` must be a number or an array of numbers, got {type(p).__name__}.") from None
             out.append(a)
         elif type(p).__module__.startswith("torch"):
+            if p.is_complex():
+                raise ValueError(f"`params[{i}]` must be real, got a {p.dtype} tensor.")
             out.append(p)  # torch tensors are kept for the torch backend
         else:
             raise ValueError(f"`params[{i}]` must be a number or an array, got {type(p).__name__}.")

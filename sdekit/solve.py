@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import numbers
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numba
+import numba.core.caching
 import numpy as np
 
-from . import semilinear
+from . import _bridge, _rng, semilinear
 from .backends import BACKENDS
 from .brownian import BrownianPath
 from .problem import ODE, SDE
@@ -20,6 +24,49 @@ from .semilinear import SemilinearODE
 from .solution import Solution, Stats
 
 __all__ = ["solve"]
+
+
+# --------------------------------------------------------------------------- Numba's on-disk cache
+class _HealingCache(numba.core.caching.FunctionCache):
+    """Numba's per-function disk cache, which discards an unreadable entry (a truncated ``.nbi``/``.nbc``
+    file, say from an interrupted write) and recompiles instead of failing every later call."""
+
+    _warned: set = set()
+
+    def load_overload(self, sig, target_context):
+        try:
+            return super().load_overload(sig, target_context)
+        except Exception as exc:  # noqa: BLE001 - any unreadable entry is discarded and recompiled
+            self._discard(exc)
+            return None
+
+    def _discard(self, exc):
+        cf = self._cache_file
+        stem = cf._index_name[: -len(".nbi")]
+        for name in os.listdir(self._cache_path):
+            if name == cf._index_name or (name.startswith(stem + ".") and name.endswith(".nbc")):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self._cache_path, name))
+        if self._name not in self._warned:
+            self._warned.add(self._name)
+            warnings.warn(
+                f"sdekit: Numba's cache of {self._py_func.__qualname__} in {self._cache_path} was unreadable "
+                f"({type(exc).__name__}: {exc}); discarded it and compiling again.", RuntimeWarning, stacklevel=2,
+            )
+
+
+def heal_cache(dispatcher):
+    """Make a ``cache=True`` dispatcher discard unreadable cache entries (see :class:`_HealingCache`)."""
+    cache = getattr(dispatcher, "_cache", None)
+    if type(cache) is numba.core.caching.FunctionCache:
+        cache.__class__ = _HealingCache
+    return dispatcher
+
+
+for _mod in (_bridge, _rng):
+    for _v in vars(_mod).values():
+        if isinstance(_v, numba.core.dispatcher.Dispatcher):
+            heal_cache(_v)
 
 _FAILURE_TEXT = {
     _adaptive.MAX_STEPS: "max_steps reached",
@@ -74,16 +121,88 @@ def _positive_float(v, name):
     return f
 
 
+def _real_scalar(v, name):
+    """``float(v)``, refusing complex numbers (``float`` of a NumPy complex would drop the imaginary part)."""
+    if isinstance(v, complex | np.complexfloating) or (_is_tensor(v) and v.is_complex()):
+        raise ValueError(f"`{name}` must be real, got {v!r}.")
+    return float(v)
+
+
 def _t_span(t_span):
     try:
-        t0, t1 = (float(v) for v in t_span)
-    except (TypeError, ValueError):
+        t0, t1 = (_real_scalar(v, "t_span") for v in t_span)
+    except (TypeError, ValueError) as exc:
+        if "must be real" in str(exc):
+            raise
         raise ValueError(f"`t_span` must be a pair (t0, t1), got {t_span!r}.") from None
     if not (math.isfinite(t0) and math.isfinite(t1)):
         raise ValueError(f"`t_span` must be finite, got {t_span!r}.")
     if t0 == t1:
         raise ValueError(f"`t_span` must have t0 != t1 (t1 < t0 integrates backwards), got {t_span!r}.")
+    if not math.isfinite(t1 - t0):
+        raise ValueError(f"`t_span` must have a finite length t1 - t0 (it overflows float64), got {t_span!r}.")
     return t0, t1
+
+
+# Step counts are float64-exact integers, so that t0 + k * h hits every grid time.
+MAX_STEPS = 2**53
+
+
+def _n_steps(n_steps, dt, span, name):
+    """The fixed step count from ``n_steps`` or ``dt`` (exactly one given), bounded so that the grid is representable."""
+    if dt is not None:
+        dt = _positive_float(dt, "dt")
+        q = span / dt
+        if not (math.isfinite(q) and q <= MAX_STEPS):
+            raise ValueError(f"dt={dt} gives {q:.3g} steps over the span {span}, more than {MAX_STEPS} (2**53); choose a larger dt.")
+        n_steps = int(round(q))
+        if n_steps < 1 or abs(n_steps * dt - span) > 1e-9 * span:
+            raise ValueError(
+                f"dt={dt} does not divide the span {span}; choose dt = span / n for an integer n, or pass n_steps."
+            )
+    n_steps = _positive_int(n_steps, "n_steps")
+    if n_steps > MAX_STEPS:
+        raise ValueError(f"`n_steps` must be at most 2**53 (float64-exact step indices), got {n_steps}; {name} would never finish.")
+    return n_steps
+
+
+def _check_step(t0, t1, n_steps):
+    """The step must move the time: ``t0 + h != t0`` (else the grid collapses in round-off)."""
+    h = (t1 - t0) / n_steps
+    if h == 0.0 or t0 + h == t0 or t1 - h == t1:
+        raise ValueError(
+            f"the step (t1 - t0) / n_steps = {h:.3g} is below the float64 resolution of t_span ({t0}, {t1}); "
+            "use fewer steps or shift the time origin (t_span closer to 0)."
+        )
+    return h
+
+
+def _times(v, name):
+    """A real, finite, non-empty 1-D float64 array of times (``save_at``, ``t_grid``)."""
+    try:
+        a = np.asarray(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a 1-D sequence of times.") from None
+    if a.dtype.kind == "c":
+        raise ValueError(f"`{name}` must be real times, got complex values.")
+    if a.dtype.kind not in "fiu":
+        try:
+            a = np.array(v, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"`{name}` must be a 1-D sequence of real times, got dtype {a.dtype}.") from None
+    s = np.atleast_1d(np.array(a, dtype=np.float64))
+    if s.ndim != 1 or s.size == 0:
+        raise ValueError(f"`{name}` must be a non-empty 1-D sequence of times, got shape {s.shape}.")
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f"`{name}` times must be finite.")
+    return s
+
+
+def _max_steps(v):
+    v = _positive_int(v, "max_steps")
+    if v >= 2**63:
+        raise ValueError(f"`max_steps` must be below 2**63, got {v}.")
+    return v
 
 
 def _is_tensor(v) -> bool:
@@ -91,17 +210,36 @@ def _is_tensor(v) -> bool:
 
 
 def _x0_array(x0):
-    """``x0`` as float64 NumPy (numba and numpy backends)."""
+    """``x0`` as float64 NumPy (numba and numpy backends); complex, boolean and non-numeric input is refused."""
     if _is_tensor(x0):
         if x0.requires_grad:
             raise ValueError("`x0` requires grad; gradients through solve need backend='torch'.")
         if x0.device.type != "cpu":
             raise ValueError(f"`x0` is on {x0.device}; use backend='torch' for device tensors, or pass x0.cpu().")
+        _x0_tensor_kind(x0)
         x0 = x0.detach().numpy()
+    if x0 is None:
+        raise ValueError("`x0` must be a number or an array of numbers, got None.")
     try:
-        return np.array(x0, dtype=np.float64)
+        a = np.asarray(x0)
     except (TypeError, ValueError):
         raise ValueError(f"`x0` must be a number or an array of numbers, got {type(x0).__name__}.") from None
+    if a.dtype.kind == "c" or (a.dtype == object and any(isinstance(v, complex | np.complexfloating) for v in a.flat)):
+        raise ValueError("`x0` must be real; got complex values (sdekit integrates real states: split real and "
+                         "imaginary parts into two components).")
+    if a.dtype.kind == "b":
+        raise ValueError("`x0` must be real numbers, got booleans; pass x0.astype(float) if that is meant.")
+    try:
+        return np.array(a, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"`x0` must be a number or an array of numbers, got {type(x0).__name__}.") from None
+
+
+def _x0_tensor_kind(x0):
+    if x0.is_complex():
+        raise ValueError(f"`x0` must be real; got a {x0.dtype} tensor (split real and imaginary parts into two components).")
+    if x0.dtype == __import__("torch").bool:
+        raise ValueError("`x0` must be real numbers, got a bool tensor; pass x0.double() if that is meant.")
 
 
 def _torch_device_dtype(x0, device, dtype):
@@ -121,6 +259,7 @@ def _torch_device_dtype(x0, device, dtype):
     if dtype is not None and dtype not in (torch.float32, torch.float64):
         raise ValueError(f"`dtype` must be torch.float32 or torch.float64, got {dtype!r}.")
     if _is_tensor(x0):
+        _x0_tensor_kind(x0)
         if device is not None and x0.device != device:
             raise ValueError(f"`x0` is on {x0.device} but device={device}; move x0 (x0.to(device)) or drop `device`.")
         if x0.is_floating_point():
@@ -151,6 +290,8 @@ def _x0(a, n_paths):
         raise ValueError(f"`x0` must be a scalar, (dim,) or (n_paths, dim); got shape {a.shape}.")
     if a.shape[1] == 0:
         raise ValueError("`x0` must have at least one component.")
+    if a.shape[0] == 0:
+        raise ValueError(f"`x0` has 0 rows (shape {tuple(a.shape)}); pass one row per path, or a 1-D x0 shared by all paths.")
     if a.shape[0] > 1:
         if n_paths is None:
             n_paths = a.shape[0]
@@ -165,44 +306,171 @@ def _x0(a, n_paths):
     return (a if _is_tensor(a) else np.ascontiguousarray(a)), (1 if n_paths is None else n_paths)
 
 
+def broadcasts_to(shape, target) -> bool:
+    """True when an array of ``shape`` broadcasts to ``target`` in the NumPy sense (trailing axes aligned)."""
+    if len(shape) > len(target):
+        return False
+    return all(s in (1, t) for s, t in zip(shape[::-1], target[::-1], strict=False))
+
+
+def check_result(r, name, x_shape, target, extra=""):
+    """``r`` (a user function's result) as a real float64 array broadcast to ``target``; one-line errors otherwise.
+
+    Used on every call by the numpy backend and by the entry probes.
+    """
+    if not isinstance(r, np.ndarray) or r.dtype.kind != "f":
+        if _is_tensor(r):
+            raise ValueError(f"`{name}` returned a torch tensor; use backend='torch', or return a NumPy array.")
+        kind = np.asarray(r).dtype.kind
+        if kind == "c":
+            raise ValueError(
+                f"`{name}` returned complex values; sdekit integrates real states (split real and imaginary parts "
+                "into two components)."
+            )
+        if kind not in "fiub":
+            raise ValueError(f"`{name}` returned {type(r).__name__} of dtype {np.asarray(r).dtype}; return real numbers.")
+        r = np.asarray(r, dtype=np.float64)
+    if r.shape != target and not broadcasts_to(r.shape, target):
+        raise ValueError(
+            f"`{name}` returned shape {r.shape} for x of shape {tuple(x_shape)}; it must broadcast to {target}{extra} "
+            "(one row per path, trailing axes aligned)."
+        )
+    return np.broadcast_to(r, target)
+
+
 def _probe(fn, name, t, x, params, target, extra=""):
-    """Call ``fn`` once on a small batch and check the shape it returns."""
+    """Call ``fn`` once on a small batch and check the shape and type it returns."""
     try:
-        r = np.asarray(fn(t, x, params), dtype=np.float64)
+        r = fn(t, x, params)
     except Exception as exc:  # noqa: BLE001 - re-raised with context
         raise ValueError(
             f"`{name}(t, x, params)` raised {type(exc).__name__}: {exc} when called with t={t} and x of shape "
             f"{x.shape} (a batch of states). Functions receive a batch x of shape (n, dim); "
             "index components as x[:, i]."
         ) from exc
+    return check_result(r, name, x.shape, target, extra)
+
+
+def probe_rows(dim: int, m: int) -> int:
+    """Rows of the probe batch: at least 3 and neither ``dim`` nor ``m``, so that a result with a wrong number of
+    rows can not pass as a per-component (or per-noise) vector by broadcasting."""
+    n = 3
+    while n in (dim, m):
+        n += 1
+    return n
+
+
+def probe_batch(x0, n):
+    """``n`` distinct states near the first rows of ``x0`` (row ``r`` shifted by ``r * 1e-3 * (1 + |x|)``)."""
+    rows = x0[:n] if x0.shape[0] >= n else np.concatenate([x0, np.broadcast_to(x0[-1:], (n - x0.shape[0], x0.shape[1]))])
+    return np.array(rows + 1e-3 * np.arange(n)[:, None] * (1.0 + np.abs(rows)))
+
+
+def _quiet(call, x):
+    """``call(x)``, or None where it raises or is not finite (probes never blame a function for off-domain states)."""
     try:
-        ok = np.broadcast_shapes(r.shape, target) == target
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ValueError(
-            f"`{name}` returned shape {r.shape} for x of shape {x.shape}; it must broadcast to {target}{extra}."
-        )
-    return r
+        with np.errstate(all="ignore"):
+            r = np.asarray(call(x), dtype=np.float64)
+    except Exception:  # noqa: BLE001 - a probe at a perturbed state may leave the function's domain
+        return None
+    return r if np.all(np.isfinite(r)) else None
+
+
+def check_rows_independent(call, name, x, r0, rtol):
+    """Every path's value must depend on its own row only (the backends split the paths into batches).
+
+    ``call(x)`` evaluates the function on the numpy batch ``x`` and returns its value broadcast to the target; ``r0``
+    is ``call(x)``. Each row is compared with the same row evaluated alone.
+    """
+    if not np.all(np.isfinite(r0)):
+        return
+    for i in range(x.shape[0]):
+        ri = _quiet(call, x[i : i + 1])
+        if ri is None:
+            continue
+        if not np.allclose(ri[0], r0[i], rtol=rtol, atol=rtol * float(np.max(np.abs(r0), initial=0.0))):
+            raise ValueError(
+                f"`{name}` mixes paths: its row {i} on a batch differs from its value on that row alone. x holds one "
+                "path per row; index components as x[:, i] (not rows, x[i]) and do not reduce over rows."
+            )
+
+
+def check_diagonal(call, x, g0, rtol):
+    """Diagonal noise: sigma_i may depend on x_i and t only; ``(i, j)`` of a detected dependence on x_j, else None.
+
+    Components are perturbed in groups (by the bits of their index, and the complements): every pair i != j
+    differs in some bit, so 4 ceil(log2 dim) calls see every dependence; a hit is then pinned down per component.
+    """
+    dim = x.shape[1]
+    scale = rtol * max(float(np.max(np.abs(g0), initial=0.0)), 1e-300)
+
+    def moved(S, delta):
+        xq = x.copy()
+        xq[:, S] += delta * (1.0 + np.abs(xq[:, S]))
+        g1 = _quiet(call, xq)
+        if g1 is None:
+            return None
+        return ~np.all(np.abs(g1 - g0) <= rtol * np.maximum(np.abs(g0), np.abs(g1)) + scale, axis=0)
+
+    idx = np.arange(dim)
+    for b in range(max(1, math.ceil(math.log2(dim)))):
+        on = ((idx >> b) & 1) == 1
+        for S in (on, ~on):
+            for delta in (0.25, 0.6):
+                changed = moved(S, delta)
+                if changed is None or not np.any(changed & ~S):
+                    continue
+                i = int(np.argmax(changed & ~S))
+                for j in np.nonzero(S)[0]:
+                    c = moved(np.array([j]), delta)
+                    if c is not None and c[i]:
+                        return i, int(j)
+                return i, int(np.nonzero(S)[0][0])
+    return None
+
+
+def diagonal_error(i, j, dim):
+    return ValueError(
+        f"noise='diagonal' but component {i} of `diffusion` depends on x[:, {j}] (diagonal noise needs sigma_i(t, x_i)); "
+        f"declare noise='general' with noise_dim={dim}, returning the (dim, dim) matrix diag(sigma) per path, and solve "
+        "with 'euler' (Ito) or 'euler_heun' (Stratonovich): 'milstein' and 'sriw1' assume diagonal noise."
+    )
 
 
 def _check_problem_shapes(problem, x0, t0, dim, m):
-    xp = np.array(np.broadcast_to(x0[:2] if x0.shape[0] > 1 else x0, (2, dim)))
+    """Probe the user's functions on a small batch: shapes and types, paths kept apart, the declared noise."""
+    n = probe_rows(dim, m)
+    xp = probe_batch(x0, n)
+    p = problem.params
+    fns = [("rhs", problem.rhs, (n, dim), "")] if not problem.is_sde else [("drift", problem.drift, (n, dim), "")]
+    if problem.is_sde:
+        if problem.matrix_noise:
+            extra = f" (noise={problem.noise!r} with noise_dim={m}: a (dim, m) matrix per path)"
+            fns.append(("diffusion", problem.diffusion, (n, dim, m), extra))
+        else:
+            fns.append(("diffusion", problem.diffusion, (n, dim), f" (noise={problem.noise!r})"))
+    values = {}
+    for name, fn, target, extra in fns:
+        r0 = _probe(fn, name, t0, xp, p, target, extra)
+
+        def call(x, fn=fn, name=name, target=target, extra=extra):
+            return check_result(fn(t0, x, p), name, x.shape, (x.shape[0],) + target[1:], extra)
+
+        check_rows_independent(call, name, xp, r0, 1e-9)
+        values[name] = (r0, call)
     if not problem.is_sde:
-        _probe(problem.rhs, "rhs", t0, xp, problem.params, (2, dim))
         return
-    _probe(problem.drift, "drift", t0, xp, problem.params, (2, dim))
-    if problem.matrix_noise:
-        target, extra = (2, dim, m), f" (noise={problem.noise!r} with noise_dim={m}: a (dim, m) matrix per path)"
-    else:
-        target, extra = (2, dim), f" (noise={problem.noise!r})"
-    g0 = _probe(problem.diffusion, "diffusion", t0, xp, problem.params, target, extra)
+    g0, call = values["diffusion"]
     if problem.noise == "additive":
-        g1 = _probe(problem.diffusion, "diffusion", t0, xp + 1.0, problem.params, target, extra)
-        if not np.allclose(np.broadcast_to(g0, target), np.broadcast_to(g1, target), rtol=1e-12, atol=0.0):
+        g1 = _probe(problem.diffusion, "diffusion", t0, xp + 1.0, p, g0.shape)
+        if not np.allclose(g0, g1, rtol=1e-12, atol=0.0):
             raise ValueError(
                 "noise='additive' but `diffusion` depends on x; declare noise='diagonal', 'scalar' or 'general'."
             )
+    elif problem.noise == "diagonal" and dim > 1:
+        hit = check_diagonal(call, xp, g0, 1e-9)
+        if hit is not None:
+            raise diagonal_error(*hit, dim)
 
 
 def _memory_limit() -> int:
@@ -212,24 +480,64 @@ def _memory_limit() -> int:
         return 8 << 30
 
 
-def _save_points(save_at, t0, t1, grid_h, n_steps):
-    """Saved times and (for fixed steps) their grid indices."""
+def memory_need(backend, *, adaptive, n_save, n_paths, dim, m, n_steps, itemsize=8, matrix_noise=False,
+                default_save=True, n_threads=None):
+    """Bytes a solve allocates at its peak, by backend: an upper estimate of every array it makes.
+
+    Counted: the saved states (torch: the list of states, their stack and one copy for ``cat``/NaN masking), the
+    saved times and grid indices with the temporaries that compute them, the per-path failure records, and the
+    working set: Numba's per-thread sub-batch, Brownian blocks and tree state; NumPy's increments of a batch of
+    paths (all its steps); torch's batch working set.
+    """
+    f8 = 8
+    out = n_save * n_paths * dim * itemsize
+    save = (3 if default_save else 6) * n_save * f8  # times + indices + one temporary (save_at: a few more)
+    paths = 3 * n_paths * f8  # failure times, codes, the expanded x0
+    width = dim * max(m, 1) if matrix_noise else max(dim, m, 1)
+    if backend == "numba":
+        if n_threads is None:
+            import numba
+
+            n_threads = numba.get_num_threads()
+        if adaptive:
+            work = n_threads * (2 * n_save * dim + 16 * dim) * f8
+        else:
+            nb = int(max(1, min(2048, 16384 // max(dim, m, 1))))
+            nb = min(nb, n_paths)
+            levels = max(1, math.ceil(math.log2(max(n_steps, 1)))) + 1
+            blocks = 2 * min(1 << 17, max(1, n_steps) * nb * m) * f8
+            work = n_threads * (blocks + 4 * levels * nb * m * f8 + 24 * nb * width * f8)
+        return out + save + paths + work
+    if backend == "numpy":
+        if adaptive:
+            work = 16 * dim * f8
+        else:
+            per_path = max(1, (n_steps + 1) * max(m, 1) * 2)
+            nb = max(1, min(n_paths, (1 << 23) // per_path))
+            work = 3 * n_steps * nb * m * f8 + 24 * nb * width * f8
+        return out + save + paths + work
+    budget = 1 << 23
+    nb = max(1, min(n_paths, budget // (16 * width)))
+    work = 16 * nb * width * itemsize + 4 * nb * max(m, 1) * min(n_steps, 1 << 12) * itemsize
+    return 3 * out + save + paths + work
+
+
+def _save_points(s, t0, t1, grid_h, n_steps):
+    """Saved times and (for fixed steps) their grid indices; ``s`` is the checked ``save_at`` (or None)."""
     direction = 1.0 if t1 > t0 else -1.0
-    if save_at is None:
+    if s is None:
         if grid_h is None:
             return np.array([t0, t1]), None
-        idx = np.arange(n_steps + 1)
-        return t0 + (t1 - t0) * (idx / n_steps), idx
-    try:
-        s = np.atleast_1d(np.array(save_at, dtype=np.float64))
-    except (TypeError, ValueError):
-        raise ValueError("`save_at` must be a 1-D sequence of times.") from None
-    if s.ndim != 1 or s.size == 0:
-        raise ValueError(f"`save_at` must be a non-empty 1-D sequence of times, got shape {s.shape}.")
+        idx = np.arange(n_steps + 1, dtype=np.int64)
+        t = idx.astype(np.float64)  # t0 + (t1 - t0) * (idx / n), in place: one array besides idx
+        t /= n_steps
+        t *= t1 - t0
+        t += t0
+        return t, idx
     span = abs(t1 - t0)
     tol = 1e-10 * span
     lo, hi = min(t0, t1), max(t0, t1)
-    if not np.all(np.isfinite(s)) or np.any(s < lo - tol) or np.any(s > hi + tol):
+    if np.any(s < lo - tol) or np.any(s > hi + tol):
         raise ValueError(f"`save_at` times must lie in t_span ({t0}, {t1}).")
     if np.any(np.diff(s) * direction <= 0):
         order = "increasing" if direction > 0 else "decreasing (t_span runs backwards)"
@@ -245,7 +553,29 @@ def _save_points(save_at, t0, t1, grid_h, n_steps):
             f"save_at time {bad} is not on the step grid (t0={t0}, dt={abs(grid_h)}); fixed-step methods "
             "save only at grid times. Choose n_steps so that every save_at time is a multiple of dt."
         )
-    return t0 + (t1 - t0) * (k / n_steps), k
+    t = k.astype(np.float64)
+    t /= n_steps
+    t *= t1 - t0
+    t += t0
+    return t, k
+
+
+def _check_memory(backend, scheme, problem, n_save, n_paths, dim, m, n_steps, dtype, device, default_save):
+    """Refuse a solve whose arrays (every one it allocates, see :func:`memory_need`) exceed half the memory."""
+    itemsize = 8 if dtype is None else dtype.itemsize
+    need = memory_need(backend, adaptive=scheme.adaptive, n_save=n_save, n_paths=n_paths, dim=dim, m=m,
+                       n_steps=n_steps or 0, itemsize=itemsize, matrix_noise=bool(problem.is_sde and problem.matrix_noise),
+                       default_save=default_save)
+    limit, where = _memory_limit(), "memory"
+    if device is not None and device.type == "cuda":
+        import torch
+
+        limit, where = torch.cuda.mem_get_info(device)[0] // 2, f"free memory on {device}"
+    if need > limit:
+        raise ValueError(
+            f"storing {n_save} time points for {n_paths} paths of dim {dim} (with the solve's work arrays) needs "
+            f"{need / 2**30:.1f} GiB (more than half the {where}); pass save_at with fewer times (e.g. save_at=[t1])."
+        )
 
 
 def solve(
@@ -366,7 +696,7 @@ def solve(
             raise ValueError(f"{scheme.name} chooses its own steps; drop `n_steps`/`dt` and set `rtol`/`atol`.")
         rtol = 1e-6 if rtol is None else _positive_float(rtol, "rtol")
         atol = 1e-9 if atol is None else _positive_float(atol, "atol")
-        max_steps = _positive_int(max_steps, "max_steps")
+        max_steps = _max_steps(max_steps)
         h = None
         if compile:
             raise ValueError("`compile` applies to fixed-step methods; dopri5 decides its steps at run time.")
@@ -375,15 +705,8 @@ def solve(
             raise ValueError(f"`rtol`/`atol` apply to adaptive methods ('dopri5'); {scheme.name} uses fixed steps.")
         if (n_steps is None) == (dt is None):
             raise ValueError(f"{scheme.name} uses fixed steps: give exactly one of `n_steps` or `dt`.")
-        if dt is not None:
-            dt = _positive_float(dt, "dt")
-            n_steps = int(round(span / dt))
-            if n_steps < 1 or abs(n_steps * dt - span) > 1e-9 * span:
-                raise ValueError(
-                    f"dt={dt} does not divide the span {span}; choose dt = span / n for an integer n, or pass n_steps."
-                )
-        n_steps = _positive_int(n_steps, "n_steps")
-        h = (t1 - t0) / n_steps
+        n_steps = _n_steps(n_steps, dt, span, "the solve")
+        h = _check_step(t0, t1, n_steps)
 
     if problem.is_sde:
         if brownian is not None:
@@ -424,19 +747,10 @@ def solve(
         torch_backend.check_problem(problem, x0a, params_t, t0, dim, m)
     else:
         _check_problem_shapes(problem, x0a, t0, dim, m)
-    save_t, save_idx = _save_points(save_at, t0, t1, h, n_steps)
-    itemsize = 8 if dtype is None else dtype.itemsize
-    need = save_t.size * n_paths * dim * itemsize
-    limit, where = _memory_limit(), "memory"
-    if device is not None and device.type == "cuda":
-        import torch
-
-        limit, where = torch.cuda.mem_get_info(device)[0] // 2, f"free memory on {device}"
-    if need > limit:
-        raise ValueError(
-            f"storing {save_t.size} time points for {n_paths} paths of dim {dim} needs {need / 2**30:.1f} GiB "
-            f"(more than half the {where}); pass save_at with fewer times (e.g. save_at=[t1])."
-        )
+    s_at = None if save_at is None else _times(save_at, "save_at")
+    n_save = s_at.size if s_at is not None else (2 if scheme.adaptive else n_steps + 1)
+    _check_memory(backend, scheme, problem, n_save, n_paths, dim, m, n_steps, dtype, device, save_at is None)
+    save_t, save_idx = _save_points(s_at, t0, t1, h, n_steps)
     step, tab, n_f, n_g = step_plan(scheme, problem, dim)
     if backend == "torch":
         out = None  # the backend returns a tensor
@@ -501,9 +815,12 @@ def _solve_semilinear(problem, x0, t_span, method, n_steps, t_grid, n_paths, sav
     if t_grid is None:
         if n_steps is None:
             raise ValueError(f"{method} needs `n_steps` (uniform steps) or `t_grid` (the step times).")
-        n_steps = _positive_int(n_steps, "n_steps")
+        n_steps = _n_steps(n_steps, None, abs(t1 - t0), method)
+        _check_step(t0, t1, n_steps)
     elif n_steps is not None:
         raise ValueError("give `n_steps` or `t_grid`, not both.")
+    else:
+        t_grid = _times(t_grid, "t_grid")
     grid = semilinear._grid(t0, t1, n_steps, t_grid)
     n = grid.size - 1
     xa, n_paths = _x0(_x0_tensor(x0, device, dtype) if backend == "torch" else _x0_array(x0), n_paths)
@@ -518,16 +835,30 @@ def _solve_semilinear(problem, x0, t_span, method, n_steps, t_grid, n_paths, sav
             if _is_tensor(v):
                 raise ValueError(f"`params[{i}]` is a torch tensor; solve with backend='torch'.")
         params = problem.params
-        _probe(problem.nonlinear, "nonlinear", t0, np.array(xa[:2]), params, (min(2, xa.shape[0]), dim))
-        x = np.array(np.broadcast_to(xa, (n_paths, dim)))
+        xp = probe_batch(xa, probe_rows(dim, 0))
+        r0 = _probe(problem.nonlinear, "nonlinear", t0, xp, params, xp.shape)
+        check_rows_independent(lambda v: check_result(problem.nonlinear(t0, v, params), "nonlinear", v.shape, v.shape),
+                               "nonlinear", xp, r0, 1e-9)
+        x = None
+    n_save = (n + 1) if save_at is None else None
     if save_at is None:
         save_idx = np.arange(n + 1)
     else:
-        s = np.atleast_1d(np.asarray(save_at, dtype=np.float64))
+        s = _times(save_at, "save_at")
+        n_save = s.size
         save_idx = np.array([int(np.argmin(np.abs(grid - v))) for v in s])
         off = np.abs(grid[save_idx] - s)
         if s.ndim != 1 or np.any(off > 1e-10 * abs(t1 - t0)) or np.any(np.diff(save_idx) <= 0):
             raise ValueError("`save_at` times must be distinct points of the step grid, in the order of integration.")
+    itemsize = 8 if dtype is None else dtype.itemsize
+    need = 2 * n_save * n_paths * dim * itemsize + 8 * (4 * grid.size + 3 * n_paths) + 16 * n_paths * dim * itemsize
+    if need > _memory_limit():
+        raise ValueError(
+            f"storing {n_save} time points for {n_paths} paths of dim {dim} needs {need / 2**30:.1f} GiB (more than half "
+            "the memory); pass save_at with fewer times (e.g. save_at=[t1])."
+        )
+    if x is None:
+        x = np.array(np.broadcast_to(xa, (n_paths, dim)))
     saved, fail_t = semilinear.run(problem, x, grid, method, save_idx, backend, params,
                                    "torch" if backend == "torch" else "numpy")
     if backend == "torch":

@@ -83,10 +83,10 @@ def test_brownian_mismatches():
 
 def test_functions_returning_the_wrong_shape():
     bad = sk.SDE(lambda t, x, p: np.zeros(5), lambda t, x, p: 1.0, noise="additive")
-    with pytest.raises(ValueError, match=r"`drift` returned shape \(5,\) for x of shape \(2, 1\); it must broadcast"):
+    with pytest.raises(ValueError, match=r"`drift` returned shape \(5,\) for x of shape \(3, 1\); it must broadcast"):
         _solve(problem=bad)
-    bad_g = sk.SDE(lambda t, x, p: -x, lambda t, x, p: np.ones((2, 3)), noise="general", noise_dim=2)
-    with pytest.raises(ValueError, match=r"`diffusion` returned shape \(2, 3\).*noise_dim=2"):
+    bad_g = sk.SDE(lambda t, x, p: -x, lambda t, x, p: np.ones((3, 3)), noise="general", noise_dim=2)
+    with pytest.raises(ValueError, match=r"`diffusion` returned shape \(3, 3\).*noise_dim=2"):
         _solve(problem=bad_g, x0=[1.0, 1.0])
 
 

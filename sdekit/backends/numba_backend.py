@@ -20,6 +20,9 @@ do not depend on the thread count or the split.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import inspect
 import math
 import numbers
 import warnings
@@ -29,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 from numba import njit, types
-from numba.core.errors import NumbaError, NumbaIRAssumptionWarning
+from numba.core.errors import NumbaError, NumbaIRAssumptionWarning, TypingError
 from numba.extending import overload
 
 from .. import _bridge
@@ -66,6 +69,17 @@ _erk = njit(_steps.erk)
 
 
 # --------------------------------------------------------------------------- kernels
+def _cached_kernel(sig, **options):
+    """``njit(sig, cache=True, **options)`` whose disk cache discards an unreadable entry and recompiles."""
+    def deco(fn):
+        heal_cache = importlib.import_module("..solve", __package__).heal_cache
+        d = heal_cache(njit(cache=True, **options)(fn))
+        d.compile(sig)
+        d.disable_compile()
+        return d
+    return deco
+
+
 @njit(inline="always")
 def _commit(x, xn, t_end, lo, failed, fail_t):
     """Copy the new states into ``x``; a path that turns non-finite is frozen at NaN."""
@@ -102,7 +116,7 @@ def _block_signature(fn_f, fn_g):
     )
 
 
-@njit(_block_signature(FN1, FN1), cache=True, nogil=True)
+@_cached_kernel(_block_signature(FN1, FN1), nogil=True)
 def _block_diagonal(sid, f, g, p, tab, x, k0, k1, t0, h, dw, hh, save_idx, si, out, lo, failed, fail_t):
     """Steps ``k0..k1-1`` of a sub-batch with diagonal-shaped noise (or an ODE); returns the next save slot.
 
@@ -144,7 +158,7 @@ def _block_diagonal(sid, f, g, p, tab, x, k0, k1, t0, h, dw, hh, save_idx, si, o
     return si
 
 
-@njit(_block_signature(FN2, FN3), cache=True, nogil=True)
+@_cached_kernel(_block_signature(FN2, FN3), nogil=True)
 def _block_matrix(sid, f, g, p, tab, x, k0, k1, t0, h, dw, hh, save_idx, si, out, lo, failed, fail_t):
     """Steps ``k0..k1-1`` of a sub-batch with (n, dim, m) diffusion; returns the next save slot."""
     for k in range(k0, k1):
@@ -166,11 +180,11 @@ def _block_matrix(sid, f, g, p, tab, x, k0, k1, t0, h, dw, hh, save_idx, si, out
 _integrate_path = njit(_adaptive.integrate_path)
 
 
-@njit(
+@_cached_kernel(
     types.void(FN2, _FLAT, _F64_2, types.float64[::1], types.float64[::1], types.float64[::1], _F64_2,
                types.float64, types.float64, _F64_2, types.int64, types.int64, types.float64, types.float64,
                types.int64, types.float64[::1], _F64_3, types.float64[::1], types.int64[::1], types.int64[::1]),
-    cache=True, nogil=True,
+    nogil=True,
 )
 def _adaptive_range(f, p, A, b, e, c, P, t0, t1, x0, lo, hi, rtol, atol, max_steps, save_t, out, fail_t,
                     codes, totals):
@@ -193,7 +207,7 @@ def _adaptive_range(f, p, A, b, e, c, P, t0, t1, x0, lo, hi, rtol, atol, max_ste
             codes[i] = code
 
 
-@njit(_F64_1(types.float64, _F64_1, _FLAT), cache=True)
+@_cached_kernel(_F64_1(types.float64, _F64_1, _FLAT))
 def _zero_diffusion(t, x, p):
     return np.zeros(x.shape[0])
 
@@ -270,6 +284,76 @@ def _ov_as_flat(r, n, dim):
     return copy
 
 
+def bad_shape(r, target):
+    """True unless ``r`` broadcasts to ``target`` in the NumPy sense (trailing axes aligned, each 1 or equal)."""
+    shape = np.shape(r)
+    if len(shape) > len(target):
+        return True
+    return any(s not in (1, t) for s, t in zip(shape[::-1], target[::-1], strict=False))
+
+
+@overload(bad_shape, inline="always")
+def _ov_bad_shape(r, target):
+    if isinstance(r, types.Array) and isinstance(r.dtype, types.Complex) or isinstance(r, types.Complex):
+        raise TypingError("sdekit-complex: the function returns complex values")
+    rd, nd = getattr(r, "ndim", 0), len(target)
+    if rd == 0:
+        return lambda r, target: False
+    if rd > nd:
+        return lambda r, target: True
+    off = nd - rd
+
+    def impl(r, target):
+        s = r.shape
+        for i in range(rd):
+            if s[i] != 1 and s[i] != target[off + i]:
+                return True
+        return False
+    return impl
+
+
+# Error slots appended to the flat params: per adapter [flag, rows of the call, ndim, shape[:3]].
+ERR_SLOT = 6
+
+
+def _flag(flat, base, n, r):
+    """Record a rejected result: ``flat[base:base + ERR_SLOT] = [1, n, r.ndim, r.shape[:3]]``."""
+    shape = np.shape(r)
+    flat[base : base + 3] = (1.0, n, len(shape))
+    for i in range(min(3, len(shape))):
+        flat[base + 3 + i] = shape[i]
+
+
+@overload(_flag, inline="always")
+def _ov_flag(flat, base, n, r):
+    rd = getattr(r, "ndim", 0)
+
+    def impl(flat, base, n, r):
+        flat[base] = 1.0
+        flat[base + 1] = n
+        flat[base + 2] = rd
+        if rd > 0:
+            s = r.shape
+            for i in range(min(3, rd)):
+                flat[base + 3 + i] = s[i]
+    return impl
+
+
+def shape_error(flat, n_params, names, dim, m, forms):
+    """The ValueError for the first adapter that flagged a result it could not broadcast (None if none did)."""
+    for slot, name in enumerate(names):
+        base = n_params + ERR_SLOT * slot
+        if flat[base]:
+            n, nd = int(flat[base + 1]), int(flat[base + 2])
+            shape = tuple(int(v) for v in flat[base + 3 : base + 3 + min(nd, 3)]) + (("...",) if nd > 3 else ())
+            target = (n, dim, m) if forms[slot] == "3d" else (n, dim)
+            return ValueError(
+                f"`{name}` returned shape {shape} for x of shape ({n}, {dim}); it must broadcast to {target} "
+                "(one row per path, trailing axes aligned)."
+            )
+    return None
+
+
 def flatten_params(params) -> tuple[np.ndarray, tuple]:
     """``(flat float64 array, layout)``; the layout fixes the unpacker's code."""
     parts, layout = [], []
@@ -283,6 +367,10 @@ def flatten_params(params) -> tuple[np.ndarray, tuple]:
             layout.append(a.shape)
     flat = np.concatenate(parts) if parts else np.zeros(0)
     return np.ascontiguousarray(flat), tuple(layout)
+
+
+def _layout_size(layout) -> int:
+    return int(sum(1 if s == () else int(np.prod(s)) for s in layout))
 
 
 def _unpacker(layout):
@@ -302,49 +390,161 @@ def _unpacker(layout):
     return njit(ns["unpack"])
 
 
+# --------------------------------------------------------------------------- frozen globals
+def _fingerprint(v):
+    """A comparable snapshot of a value Numba freezes into compiled code (numbers, arrays, tuples), else None."""
+    if isinstance(v, bool | numbers.Number | np.generic):
+        return ("n", type(v).__name__, repr(v))
+    if isinstance(v, np.ndarray):
+        if v.dtype.kind not in "biufc":
+            return None
+        return ("a", v.dtype.str, v.shape, hashlib.blake2b(np.ascontiguousarray(v).tobytes(), digest_size=16).digest())
+    if isinstance(v, tuple) and v:
+        parts = tuple(_fingerprint(e) for e in v)
+        return None if any(p is None for p in parts) else ("t", parts)
+    return None
+
+
+def _code_names(code):
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if inspect.iscode(c):
+            names |= _code_names(c)
+    return names
+
+
+def frozen_values(fn, depth: int = 3):
+    """``({name: fingerprint}, dispatchers)``: the numeric globals and closure values ``fn`` reads (and those of
+    the functions it calls, ``depth`` levels down), which Numba compiles in as constants, and the Numba
+    dispatchers met on the way (they must recompile when a value changes)."""
+    values: dict = {}
+    dispatchers: list = []
+    seen: set = set()
+
+    def visit(f, prefix, level):
+        if isinstance(f, numba.core.dispatcher.Dispatcher):
+            if id(f) in seen:
+                return
+            seen.add(id(f))
+            dispatchers.append(f)
+            f = f.py_func
+        if not inspect.isfunction(f) or id(f) in seen or level > depth:
+            return
+        seen.add(id(f))
+        g = f.__globals__
+        items = [(n, g[n]) for n in sorted(_code_names(f.__code__)) if n in g]
+        for n, cell in zip(f.__code__.co_freevars, f.__closure__ or (), strict=False):
+            try:
+                items.append((n, cell.cell_contents))
+            except ValueError:
+                continue
+        for n, v in items:
+            fp = _fingerprint(v)
+            if fp is not None:
+                values[prefix + n] = fp
+            elif inspect.isfunction(v) or isinstance(v, numba.core.dispatcher.Dispatcher):
+                visit(v, f"{prefix}{n}.", level + 1)
+
+    visit(fn, "", 0)
+    return values, dispatchers
+
+
+def _describe(fp):
+    return fp[2] if fp and fp[0] == "n" else "an array" if fp and fp[0] == "a" else "a tuple" if fp else "nothing"
+
+
 _ADAPTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def adapter(problem, name: str, form: str, dim: int, m: int, layout):
+def adapter(problem, name: str, form: str, dim: int, m: int, layout, slot: int = 0):
     """Compile ``problem.<name>`` into an adapter of type ``form`` ("flat", "2d", "3d").
 
     Cached per user function (a new problem built from the same functions
-    reuses it) and per shape/params layout; param values are read at run time.
+    reuses it), per shape/params layout and per snapshot of the numeric
+    globals and closure values the function reads: Numba compiles those in as
+    constants, so when one changes the adapter is rebuilt (with a warning that
+    suggests ``params``, which are read at run time). The adapter checks the
+    shape of every result; a result that does not broadcast to the target is
+    flagged in the error slots after the params (``slot``) and read out by
+    :func:`shape_error`.
     """
     fn = getattr(problem, name)
-    key = (form, dim, m, layout)
+    key = (form, dim, m, layout, slot)
     cache = _ADAPTERS.setdefault(fn, {})
+    frozen, dispatchers = frozen_values(fn)
     if key in cache:
-        return cache[key]
-    user = fn if isinstance(fn, numba.core.dispatcher.Dispatcher) else njit(fn)
+        old, ad = cache[key]
+        if old == frozen:
+            return ad
+        changed = sorted(k for k in frozen.keys() | old.keys() if frozen.get(k) != old.get(k))
+        what = ", ".join(f"`{k}` ({_describe(old.get(k))} -> {_describe(frozen.get(k))})" for k in changed[:3])
+        warnings.warn(
+            f"`{name}` reads {what}, changed since Numba compiled it (Numba freezes globals and closure values); "
+            "recompiling. Pass values that change through `params` (read at run time, no recompilation).",
+            RuntimeWarning, stacklevel=4,
+        )
+        for d in dispatchers:
+            d.recompile()
+        for k in [k for k in cache if cache[k][0] != frozen]:
+            del cache[k]
+        _USER.pop(fn, None)
+    user = _USER.get(fn)
+    if user is None:
+        user = fn if isinstance(fn, numba.core.dispatcher.Dispatcher) else njit(fn)
+        _USER[fn] = user
     unpack = _unpacker(layout)
+    base = _layout_size(layout) + ERR_SLOT * slot
     try:
         if form == "3d":
             @njit(_F64_3(types.float64, _F64_2, _FLAT))
             def ad(t, x, flat):
-                out = np.empty((x.shape[0], dim, m))
-                fill(out, user(t, x, unpack(flat)))
+                n = x.shape[0]
+                out = np.empty((n, dim, m))
+                r = user(t, x, unpack(flat))
+                if bad_shape(r, (n, dim, m)):
+                    _flag(flat, base, n, r)
+                    out[...] = np.nan
+                else:
+                    fill(out, r)
                 return out
         elif form == "2d":
             @njit(_F64_2(types.float64, _F64_2, _FLAT))
             def ad(t, x, flat):
-                out = np.empty((x.shape[0], dim))
-                fill(out, user(t, x, unpack(flat)))
+                n = x.shape[0]
+                out = np.empty((n, dim))
+                r = user(t, x, unpack(flat))
+                if bad_shape(r, (n, dim)):
+                    _flag(flat, base, n, r)
+                    out[...] = np.nan
+                else:
+                    fill(out, r)
                 return out
         else:
             @njit(_F64_1(types.float64, _F64_1, _FLAT))
             def ad(t, x, flat):
                 n = x.shape[0] // dim
-                return as_flat(user(t, x.reshape((n, dim)), unpack(flat)), n, dim)
+                r = user(t, x.reshape((n, dim)), unpack(flat))
+                if bad_shape(r, (n, dim)):
+                    _flag(flat, base, n, r)
+                    return np.full(n * dim, np.nan)
+                return as_flat(r, n, dim)
     except NumbaError as exc:
+        if "sdekit-complex" in str(exc):
+            raise ValueError(
+                f"`{name}` returns complex values; sdekit integrates real states (split real and imaginary parts "
+                "into two components)."
+            ) from None
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         first = next((ln for ln in lines if not ln.startswith(("Failed in", "During", "File"))), lines[0] if lines else "")
         raise ValueError(
             f"`{name}` could not be compiled by Numba: {first} Write it with NumPy operations and "
             "sdekit.ops functions, or pass backend='numpy', which runs any Python function."
         ) from exc
-    cache[key] = ad
+    cache[key] = (frozen, ad)
     return ad
+
+
+_USER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 # --------------------------------------------------------------------------- drivers
@@ -377,20 +577,36 @@ def _block_steps(nb: int, m: int, n_steps: int) -> int:
 
 
 def prepare(plan):
-    """Compile (or fetch) the adapters of ``plan.problem``; errors name the function."""
+    """Compile (or fetch) the adapters of ``plan.problem``; errors name the function.
+
+    Returns ``(f, g, flat, check)``: ``flat`` holds the params and, after them, the adapters' error slots;
+    ``check(flat)`` raises the shape error an adapter flagged (each thread works on its own copy of ``flat``).
+    """
     flat, layout = flatten_params(plan.problem.params)
+    n_params = flat.size
     pr, dim, m = plan.problem, plan.dim, plan.m
     if plan.scheme.adaptive:
-        return adapter(pr, "rhs", "2d", dim, 0, layout), None, flat
-    if not pr.is_sde:
-        return adapter(pr, "rhs", "flat", dim, 0, layout), _zero_diffusion, flat
-    if pr.matrix_noise:
-        return adapter(pr, "drift", "2d", dim, m, layout), adapter(pr, "diffusion", "3d", dim, m, layout), flat
-    return adapter(pr, "drift", "flat", dim, m, layout), adapter(pr, "diffusion", "flat", dim, m, layout), flat
+        names, forms = ("rhs",), ("2d",)
+    elif not pr.is_sde:
+        names, forms = ("rhs",), ("flat",)
+    elif pr.matrix_noise:
+        names, forms = ("drift", "diffusion"), ("2d", "3d")
+    else:
+        names, forms = ("drift", "diffusion"), ("flat", "flat")
+    ads = [adapter(pr, nm, fm, dim, m, layout, slot) for slot, (nm, fm) in enumerate(zip(names, forms, strict=True))]
+    f, g = ads[0], (ads[1] if len(ads) > 1 else (None if plan.scheme.adaptive else _zero_diffusion))
+    flat = np.concatenate([flat, np.zeros(ERR_SLOT * len(names))])
+
+    def check(fl):
+        err = shape_error(fl, n_params, names, dim, m, forms)
+        if err is not None:
+            raise err
+
+    return f, g, flat, check
 
 
 def run_fixed(plan):
-    f, g, flat = prepare(plan)
+    f, g, flat, check = prepare(plan)
     kernel = _block_matrix if plan.problem.is_sde and plan.problem.matrix_noise else _block_diagonal
     sid = SCHEME_ID[plan.step]
     tab, m, n, dim = plan.tab, plan.m, plan.n_steps, plan.dim
@@ -403,6 +619,7 @@ def run_fixed(plan):
     save_idx = np.ascontiguousarray(plan.save_idx, dtype=np.int64)
 
     def work(lo, hi):
+        fl = flat.copy()
         for b in range(lo, hi, nb_max):
             nb = min(nb_max, hi - b)
             kb = _block_steps(nb, m, n)
@@ -421,14 +638,15 @@ def run_fixed(plan):
                 k1 = min(n, k0 + kb)
                 if m:
                     _bridge.fill(state, k0, k1, m0, L, h0, plan.reverse, levy, dw, hh)
-                si = kernel(sid, f, g, flat, tab, x, k0, k1, plan.t0, plan.h, dw, hh, save_idx, si, plan.out, b,
+                si = kernel(sid, f, g, fl, tab, x, k0, k1, plan.t0, plan.h, dw, hh, save_idx, si, plan.out, b,
                             failed, plan.failure_time)
+                check(fl)
 
     _run_parallel(work, _ranges(plan.n_paths, nb_max, numba.get_num_threads()))
 
 
 def run_adaptive(plan):
-    f, _, flat = prepare(plan)
+    f, _, flat, check = prepare(plan)
     tab = plan.scheme.tableau
     e = np.ascontiguousarray(tab.b - tab.b_err)
     ranges = _ranges(plan.n_paths, 16, numba.get_num_threads())
@@ -436,9 +654,11 @@ def run_adaptive(plan):
     slot = {r: i for i, r in enumerate(ranges)}
 
     def work(lo, hi):
-        _adaptive_range(f, flat, tab.A, tab.b, e, tab.c, tab.dense, plan.t0, plan.t1, plan.x0, lo, hi, plan.rtol,
+        fl = flat.copy()
+        _adaptive_range(f, fl, tab.A, tab.b, e, tab.c, tab.dense, plan.t0, plan.t1, plan.x0, lo, hi, plan.rtol,
                         plan.atol, plan.max_steps, plan.save_t, plan.out, plan.failure_time, plan.codes,
                         totals[slot[(lo, hi)]])
+        check(fl)
 
     _run_parallel(work, ranges)
     return tuple(int(v) for v in totals.sum(axis=0))

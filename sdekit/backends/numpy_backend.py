@@ -12,10 +12,16 @@ import numpy as np
 from ..schemes import _adaptive
 
 
-def wrap(fn, target):
-    """``fn`` with its result broadcast to the canonical shape ``target(n)``."""
+def wrap(fn, target, name):
+    """``fn`` with its result checked (real, broadcastable; on every call) and broadcast to the shape ``target(n)``."""
+    from ..solve import check_result
+
     def wrapped(t, x, p):
-        return np.broadcast_to(fn(t, x, p), target(x.shape[0]))
+        r = fn(t, x, p)
+        shape = target(x.shape[0])
+        if isinstance(r, np.ndarray) and r.shape == shape and r.dtype.kind == "f":
+            return r
+        return check_result(r, name, x.shape, shape)
 
     return wrapped
 
@@ -33,16 +39,16 @@ def _batches(n_paths, n_steps, m):
 
 def run_fixed(plan):
     dim, m = plan.dim, plan.m
-    f = wrap(plan.problem.drift, lambda n: (n, dim))
+    f = wrap(plan.problem.drift, lambda n: (n, dim), "drift" if m else "rhs")
     if not m:
         g = _zero_diffusion
     elif plan.problem.matrix_noise:
-        g = wrap(plan.problem.diffusion, lambda n: (n, dim, m))
+        g = wrap(plan.problem.diffusion, lambda n: (n, dim, m), "diffusion")
     else:
-        g = wrap(plan.problem.diffusion, lambda n: (n, dim))
+        g = wrap(plan.problem.diffusion, lambda n: (n, dim), "diffusion")
     p, tab, h, n = plan.problem.params, plan.tab, plan.h, plan.n_steps
     x0 = plan.x0
-    save = list(plan.save_idx)
+    save = plan.save_idx  # an int64 array (a list would hold one Python object per saved time)
     for lo, hi in _batches(plan.n_paths, n, m):
         nb = hi - lo
         x = np.array(np.broadcast_to(x0[lo:hi] if x0.shape[0] > 1 else x0, (nb, dim)), order="C")
@@ -53,7 +59,7 @@ def run_fixed(plan):
             dws = hhs = np.zeros((n, nb, 0))
         failed = np.zeros(nb, dtype=bool)
         si = 0
-        if save and save[0] == 0:
+        if save.size and save[0] == 0:
             plan.out[0, lo:hi] = x
             si = 1
         for k in range(n):
@@ -73,7 +79,7 @@ def run_adaptive(plan):
     tab = plan.scheme.tableau
     e = tab.b - tab.b_err
     dim = plan.dim
-    f = wrap(plan.problem.rhs, lambda n: (n, dim))
+    f = wrap(plan.problem.rhs, lambda n: (n, dim), "rhs")
     counts = np.zeros(3, dtype=np.int64)
     totals = np.zeros(3, dtype=np.int64)
     x0 = plan.x0

@@ -27,6 +27,7 @@ kernels over all paths. Nothing loops over paths in Python.
 
 from __future__ import annotations
 
+import importlib
 import math
 import numbers
 import types
@@ -52,6 +53,11 @@ def _tensor_result(r, name, x, target):
         )
     if not isinstance(r, torch.Tensor):
         raise ValueError(f"`{name}` returned {type(r).__name__}; it must return a torch tensor or a number.")
+    if r.is_complex():
+        raise ValueError(
+            f"`{name}` returned a {r.dtype} tensor; sdekit integrates real states (split real and imaginary parts "
+            "into two components)."
+        )
     if r.device != x.device:
         raise ValueError(f"`{name}` returned a tensor on {r.device}, but the state is on {x.device}. {_DEVICE_HINT}")
     if r.dtype != x.dtype:
@@ -63,17 +69,26 @@ def _tensor_result(r, name, x, target):
 
 
 def wrap(fn, name, target_fn):
-    """``fn`` with its result broadcast to ``target_fn(n)`` (the solve's probe checked device and dtype)."""
+    """``fn`` with its result checked on every call (type, dtype, device, shape) and broadcast to ``target_fn(n)``."""
     def wrapped(t, x, p):
         r = fn(t, x, p)
         target = target_fn(x.shape[0])
-        if not isinstance(r, torch.Tensor) or r.shape != target:
-            if not isinstance(r, torch.Tensor):
-                r = _tensor_result(r, name, x, target)
-            r = r.expand(target)
+        if not isinstance(r, torch.Tensor) or r.shape != target or r.dtype != x.dtype:
+            r = _tensor_result(r, name, x, target)
+            if r.shape != target:
+                if not _broadcasts(tuple(r.shape), target):
+                    raise ValueError(
+                        f"`{name}` returned shape {tuple(r.shape)} for x of shape {tuple(x.shape)}; it must broadcast "
+                        f"to {target} (one row per path, trailing axes aligned)."
+                    )
+                r = r.expand(target)
         return r
 
     return wrapped
+
+
+def _broadcasts(shape, target) -> bool:
+    return len(shape) <= len(target) and all(s in (1, t) for s, t in zip(shape[::-1], target[::-1], strict=False))
 
 
 def _zero_diffusion(t, x, p):
@@ -98,6 +113,8 @@ def params_on(params, device, dtype):
         if isinstance(v, np.ndarray):
             out.append(torch.as_tensor(v, dtype=dtype, device=device))
         elif isinstance(v, torch.Tensor):
+            if v.is_complex():
+                raise ValueError(f"`params[{i}]` must be real, got a {v.dtype} tensor.")
             _check_tensor(v, f"`params[{i}]`", device, dtype)
             out.append(v)
         else:
@@ -118,37 +135,57 @@ def _probe(fn, name, t, x, params, target, extra=""):
             f"{hint}"
         ) from exc
     r = _tensor_result(r, name, x, target)
-    try:
-        ok = torch.broadcast_shapes(r.shape, target) == torch.Size(target)
-    except RuntimeError:
-        ok = False
-    if not ok:
+    if not _broadcasts(tuple(r.shape), target):
         raise ValueError(
             f"`{name}` returned shape {tuple(r.shape)} for x of shape {tuple(x.shape)}; "
-            f"it must broadcast to {target}{extra}."
+            f"it must broadcast to {target}{extra} (one row per path, trailing axes aligned)."
         )
-    return r
+    return r.expand(target)
 
 
 def check_problem(problem, x0, params, t0, dim, m):
-    """Call the user's functions once on a small batch of the solve's device and dtype."""
-    xp = x0[:2].detach() if x0.shape[0] > 1 else x0.detach().expand(2, dim)
-    xp = xp.clone()
+    """Call the user's functions on a small batch of the solve's device and dtype (the checks of the numpy entry:
+    shapes and types, paths kept apart, additive noise independent of x, diagonal noise componentwise)."""
+    mod = importlib.import_module("..solve", __package__)  # the probes shared with the numpy entry
+    n = mod.probe_rows(dim, m)
+    x0n = x0.detach().cpu().numpy().astype(np.float64)
+    xp_np = mod.probe_batch(x0n, n)
+    rtol = 1e-9 if x0.dtype == torch.float64 else 1e-4
+
+    def as_tensor(v):
+        return torch.as_tensor(v, dtype=x0.dtype, device=x0.device)
+
+    fns = [("rhs", problem.rhs, (n, dim), "")] if not problem.is_sde else [("drift", problem.drift, (n, dim), "")]
+    if problem.is_sde:
+        if problem.matrix_noise:
+            extra = f" (noise={problem.noise!r} with noise_dim={m}: a (dim, m) matrix per path)"
+            fns.append(("diffusion", problem.diffusion, (n, dim, m), extra))
+        else:
+            fns.append(("diffusion", problem.diffusion, (n, dim), f" (noise={problem.noise!r})"))
+    values = {}
+    xp = as_tensor(xp_np)
+    for name, fn, target, extra in fns:
+        r0 = _probe(fn, name, t0, xp, params, target, extra).detach().cpu().double().numpy()
+
+        def call(v, fn=fn, name=name, target=target, extra=extra):
+            tv = as_tensor(v)
+            return _probe(fn, name, t0, tv, params, (tv.shape[0],) + target[1:], extra).detach().cpu().double().numpy()
+
+        mod.check_rows_independent(call, name, xp_np, r0, rtol)
+        values[name] = (r0, call)
     if not problem.is_sde:
-        _probe(problem.rhs, "rhs", t0, xp, params, (2, dim))
         return
-    _probe(problem.drift, "drift", t0, xp, params, (2, dim))
-    if problem.matrix_noise:
-        target, extra = (2, dim, m), f" (noise={problem.noise!r} with noise_dim={m}: a (dim, m) matrix per path)"
-    else:
-        target, extra = (2, dim), f" (noise={problem.noise!r})"
-    g0 = _probe(problem.diffusion, "diffusion", t0, xp, params, target, extra)
+    g0, call = values["diffusion"]
     if problem.noise == "additive":
-        g1 = _probe(problem.diffusion, "diffusion", t0, xp + 1.0, params, target, extra)
-        if not torch.allclose(g0.expand(target), g1.expand(target), rtol=1e-6, atol=0.0):
+        g1 = call(xp_np + 1.0)
+        if not np.allclose(g0, g1, rtol=rtol, atol=0.0):
             raise ValueError(
                 "noise='additive' but `diffusion` depends on x; declare noise='diagonal', 'scalar' or 'general'."
             )
+    elif problem.noise == "diagonal" and dim > 1:
+        hit = mod.check_diagonal(call, xp_np, g0, rtol)
+        if hit is not None:
+            raise mod.diagonal_error(*hit, dim)
 
 
 def batch_size(plan) -> int:
@@ -275,12 +312,22 @@ def _stepper(plan, f, g):
     return run
 
 
+class _Times:
+    """Step start times ``t0 + k h``: Python floats (eager) or 0-d float64 tensors (compiled: no recompile per t),
+    made per step (a list of them would cost a Python object per step)."""
+
+    def __init__(self, plan):
+        self.t0, self.h = plan.t0, plan.h
+        self.grid = None
+        if plan.compile:
+            self.grid = torch.arange(plan.n_steps, dtype=torch.float64, device=plan.device) * plan.h + plan.t0
+
+    def __getitem__(self, k):
+        return self.t0 + k * self.h if self.grid is None else self.grid[k]
+
+
 def _times(plan):
-    """Step start times: Python floats (eager) or 0-d float64 tensors (compiled: no recompile per t)."""
-    ts = [plan.t0 + k * plan.h for k in range(plan.n_steps)]
-    if not plan.compile:
-        return ts
-    return torch.tensor(ts, dtype=torch.float64, device=plan.device).unbind(0)
+    return _Times(plan)
 
 
 def run_fixed(plan):
@@ -288,7 +335,7 @@ def run_fixed(plan):
     p, h, n = plan.params_t, plan.h, plan.n_steps
     stepper = _stepper(plan, f, g)
     times = _times(plan)
-    save = [int(k) for k in plan.save_idx]
+    save = plan.save_idx  # an int64 array: no Python object per saved time
     nb_max = batch_size(plan)
     outs = []
     never = n + 1
@@ -300,7 +347,7 @@ def run_fixed(plan):
         fail_step = torch.full((nb,), never, dtype=torch.int64, device=plan.device)
         saved = []
         si = 0
-        if save and save[0] == 0:
+        if save.size and save[0] == 0:
             saved.append(x)
             si = 1
         blocks = _Blocks(plan, lo, hi)
