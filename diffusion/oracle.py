@@ -7,7 +7,8 @@ with marginal coefficients ``(alpha_t, sigma_t)`` has the mixture marginal
 
 so the score, the Laplacian of ``log p_t`` (the exact divergence of the
 probability-flow drift), Tweedie's denoised mean and the class-conditional
-quantities are all available in closed form (REFERENCE §5).
+quantities are all available in closed form (the Gaussian marginal of a linear-Gaussian
+model: Bishop 2006, eq. 2.115; Tweedie's formula: Efron 2011).
 
 Every covariance is factored once, ``Sigma_k = U_k diag(d_k) U_k^T``; then
 ``C_k = U_k diag(alpha^2 d_k + sigma^2) U_k^T`` for every ``t`` and each
@@ -519,7 +520,8 @@ class GaussianMixture:
         The mean over ``n_directions`` random unit directions (keyed by ``seed``) of
         ``sup_z |F_n(z) - F(z)|`` for the projected samples against :meth:`projected_cdf`.
         For ``n`` exact samples its expectation is the Kolmogorov mean
-        ``sqrt(pi/2) ln 2 / sqrt(n) = 0.8687 / sqrt(n)`` (the noise floor, REFERENCE §6), and
+        ``sqrt(pi/2) ln 2 / sqrt(n) = 0.8687 / sqrt(n)`` (the noise floor: the mean of Kolmogorov's
+        limit law; Marsaglia, Tsang & Wang 2003), and
         the spread of each slice's statistic is ``0.2603 / sqrt(n)``.
         """
         x = x.detach().cpu().numpy() if _is_tensor(x) else np.asarray(x, dtype=np.float64)

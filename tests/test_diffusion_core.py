@@ -31,7 +31,7 @@ def test_coefficients_are_consistent_with_the_marginals(sde):
 
 
 def test_reference_formulas():
-    """REFERENCE §4 closed forms at t = 0.5."""
+    """The closed forms of Song et al. (2021), appendix B, at t = 0.5."""
     vp, sub, ve = SDES["vp"], SDES["subvp"], SDES["ve"]
     B = 0.1 * 0.5 + 0.5 * 19.9 * 0.25
     assert vp.alpha(0.5) == pytest.approx(math.exp(-B / 2), rel=1e-15)
@@ -105,7 +105,7 @@ def gaussian_score(sde, mu=1.5, s0=0.3, dim=2):
 
 
 def gaussian_flow(sde, x_T, t, mu=1.5, s0=0.3):
-    """Exact probability-flow map from T to t for Gaussian data (REFERENCE §5)."""
+    """Exact probability-flow map from T to t for Gaussian data (Song et al. 2021, eq. 13)."""
     std = lambda u: math.sqrt(sde.alpha(u) ** 2 * s0**2 + sde.sigma(u) ** 2)  # noqa: E731
     return sde.alpha(t) * mu + std(t) / std(sde.T) * (x_T - sde.alpha(sde.T) * mu)
 
@@ -134,7 +134,7 @@ def test_parameterisations_round_trip_and_give_the_same_score(sde, param):
 
 
 def test_parameterisation_identities():
-    """eps = -sigma s, x0 is Tweedie's mean, v = alpha eps - sigma x0 (REFERENCE §4)."""
+    """eps = -sigma s, x0 is Tweedie's mean, v = alpha eps - sigma x0 (Efron 2011; Salimans & Ho 2022)."""
     sde = SDES["vp"]
     sc = gaussian_score(sde)
     x, t = np.array([[0.3, -1.2]]), 0.6

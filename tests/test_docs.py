@@ -197,3 +197,12 @@ def test_links_and_citations_resolve(path):
     assert not missing, f"{path.relative_to(ROOT)} links to missing files: {missing}"
     outside = re.findall(r"\.\./shared/\S*|\bREFERENCE(?:\.md)?\b", text)
     assert not outside, f"{path.relative_to(ROOT)} cites files that are not in the repository: {outside}"
+
+
+def test_sources_cite_the_literature():
+    """Docstrings and comments cite papers, not notes outside the repository (users don't have them)."""
+    unshipped = re.compile(r"\.\./shared/|\bREFERENCE(?:\.md|\s*§)")
+    hits = [f"{p.relative_to(ROOT)}:{i}" for folder in ("sdekit", "diffusion", "benchmarks", "tests")
+            for p in sorted((ROOT / folder).rglob("*.py")) if p != Path(__file__).resolve()
+            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if unshipped.search(line)]
+    assert not hits, f"cite the literature (author, year, equation) instead of a file users lack: {hits}"

@@ -1,4 +1,4 @@
-"""Training objectives against their closed-form minimisers (REFERENCE §5), EMA, and the networks."""
+"""Training objectives against their closed-form minimisers (Vincent 2011; Ho et al. 2020), EMA, and the networks."""
 
 import math
 
@@ -48,7 +48,7 @@ def gaussian_data(n, mu, v, dim=2, seed=0):
 
 @pytest.mark.parametrize("weighting", ["sigma2", "likelihood", "none"])
 def test_dsm_minimiser_is_the_gaussian_score(weighting):
-    """VE at a fixed noise sigma: the DSM optimum is s*(x) = -(x - mu)/(v + sigma^2) (REFERENCE §5)."""
+    """VE at a fixed noise sigma: the DSM optimum is s*(x) = -(x - mu)/(v + sigma^2) (Vincent 2011)."""
     sde, t, mu, v, n = diffusion.VESDE(), 0.3, torch.tensor([1.0, -2.0], dtype=F64), 0.5, 100_000
     x0 = gaussian_data(n, mu, v)
     model = Affine(2)
@@ -74,7 +74,7 @@ def test_dsm_through_other_parameterisations(param):
 
 
 def test_l_simple_minimiser_is_the_optimal_noise_prediction():
-    """eps*(x, t) = -sigma_t grad log p_t(x) = sigma_t (x - alpha_t mu)/(alpha_t^2 v + sigma_t^2) (REFERENCE §4)."""
+    """eps*(x, t) = -sigma_t grad log p_t(x) = sigma_t (x - alpha_t mu)/(alpha_t^2 v + sigma_t^2) (Ho et al. 2020, §3.2)."""
     sde = diffusion.VPSDE(T=0.5)  # with n_steps = 1 every draw is at t = T = 0.5
     mu, v, n = torch.tensor([1.0, 0.0], dtype=F64), 0.3, 100_000
     x0 = gaussian_data(n, mu, v, seed=4)
