@@ -3,7 +3,8 @@
 Each is an :class:`ExactProblem`: an SDE or ODE plus its exact solution on a
 given Brownian path, so strong errors compare every scheme with the truth on
 the *same* path. Formulas: Kloeden & Platen (1992), ch. 4 (Ornstein–Uhlenbeck, geometric
-Brownian motion) and Rößler (2010), §7 (the commuting linear system).
+Brownian motion, §4.4 for the Lamperti-solvable problems) and Rößler (2010), §7 (the commuting
+linear system).
 """
 
 from __future__ import annotations
