@@ -12,7 +12,7 @@ import numpy as np
 from ..schemes import _adaptive
 
 
-def wrap(fn, target, name):
+def wrap(fn, target, name="drift"):
     """``fn`` with its result checked (real, broadcastable; on every call) and broadcast to the shape ``target(n)``."""
     from ..solve import check_result
 
