@@ -120,10 +120,11 @@ def test_resume_applies_and_records_the_options_that_may_change(run_copy):
                                                                            "checkpoint_every": 3}]
 
 
-def test_a_size_of_another_network_is_refused():
+def test_a_size_of_another_network_is_refused(tmp_path):
     """--width sizes the U-Net: it was dropped silently when the network is an MLP."""
     with pytest.raises(ValueError, match="--width does not apply to the mlp network"):
-        train_run("unused", "moons", width=8, steps=2, progress=False, log=_quiet)
+        train_run(tmp_path / "run", "moons", width=8, steps=2, progress=False, log=_quiet)
+    assert not (tmp_path / "run").exists()
 
 
 # --------------------------------------------------------------------------- consistent run folders
