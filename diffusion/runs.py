@@ -199,8 +199,7 @@ _RUN_DEFINING = {"data": ("spec", "data"), "n": ("spec", "n"), "data_seed": ("sp
                  "sde": ("sde", "kind"), "schedule": ("sde", "schedule"), "model": ("model", "kind"),
                  "hidden": ("model", "hidden"), "depth": ("model", "depth"), "width": ("model", "width"),
                  "embed": ("model", "embed"), "conditional": ("model", "n_classes")}
-# Options a resumed run may change (applied, and recorded in run.json under "resumes").
-_CHANGEABLE = ("steps", "checkpoint_every", "eval_every")
+# steps, checkpoint_every and eval_every may change on resume (applied, and recorded in run.json under "resumes").
 
 
 def _option(name: str) -> str:
