@@ -255,7 +255,7 @@ def test_parameter_tensors_need_the_torch_backend():
 @pytest.mark.parametrize(
     "drift, match",
     [
-        (lambda t, x, p: torch.zeros(x.shape[0], 3, dtype=x.dtype), r"drift.*shape \(2, 3\).*\(2, 1\)"),
+        (lambda t, x, p: torch.zeros(x.shape[0], 3, dtype=x.dtype), r"drift.*shape \(3, 3\).*\(3, 1\)"),
         (lambda t, x, p: x.float(), "drift.*float32.*float64"),
         (lambda t, x, p: x.to("meta"), "drift.*meta.*device"),
         (lambda t, x, p: np.zeros((x.shape[0], 1)), "NumPy array.*torch tensor"),
