@@ -112,6 +112,8 @@ def _positive_int(v, name):
 
 
 def _positive_float(v, name):
+    if isinstance(v, complex | np.complexfloating):
+        raise ValueError(f"`{name}` must be a positive real number, got {v!r}.")
     try:
         f = float(v)
     except (TypeError, ValueError):

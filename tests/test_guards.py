@@ -187,6 +187,7 @@ def test_changed_global_of_a_numba_function_recompiles():
         (dict(n_steps=None, dt=5e-324), r"dt=5e-324 gives .* steps"),
         (dict(t_span=(1e20, 1e20 + 1e6), n_steps=2**40), r"below the float64 resolution"),
         (dict(save_at=np.array([0.5 + 1.0j])), r"`save_at` must be real times"),
+        (dict(n_steps=None, dt=np.complex128(0.125 + 1j)), r"`dt` must be a positive real number"),
         (dict(method="dopri5", problem=sk.ODE(lambda t, x, p: -x), max_steps=10**30), r"`max_steps` must be below 2\*\*63"),
         (dict(problem=sk.SDE(lambda t, x, p: -x * (1 + 0j), lambda t, x, p: 0.1, noise="additive"), backend="numpy"),
          r"`drift` returned complex values"),
