@@ -378,11 +378,17 @@ def _quiet(call, x):
     return r if np.all(np.isfinite(r)) else None
 
 
-def check_rows_independent(call, name, x, r0, rtol):
+# Relative tolerance of the row-independence probe. A batch and a single row take different BLAS kernels, so a
+# function that computes in float32 inside (a network cast to float32) differs between the two by ~1e-6 relative;
+# taking rows from a neighbouring path changes the value by ~1e-3 relative (probe rows differ by that much).
+ROW_RTOL = 1e-5
+
+
+def check_rows_independent(call, name, x, r0, rtol=ROW_RTOL):
     """Every path's value must depend on its own row only (the backends split the paths into batches).
 
     ``call(x)`` evaluates the function on the numpy batch ``x`` and returns its value broadcast to the target; ``r0``
-    is ``call(x)``. Each row is compared with the same row evaluated alone.
+    is ``call(x)``. Each row is compared with the same row evaluated alone, to ``rtol`` (default :data:`ROW_RTOL`).
     """
     if not np.all(np.isfinite(r0)):
         return
@@ -458,7 +464,7 @@ def _check_problem_shapes(problem, x0, t0, dim, m):
         def call(x, fn=fn, name=name, target=target, extra=extra):
             return check_result(fn(t0, x, p), name, x.shape, (x.shape[0],) + target[1:], extra)
 
-        check_rows_independent(call, name, xp, r0, 1e-9)
+        check_rows_independent(call, name, xp, r0)
         values[name] = (r0, call)
     if not problem.is_sde:
         return

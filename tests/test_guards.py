@@ -69,6 +69,24 @@ def test_wrong_number_of_rows_is_refused_at_the_entry():
         sk.solve(sk.ODE(lambda t, x, p: -x[0]), np.arange(8.0).reshape(4, 2), (0.0, 1.0), method="rk4", n_steps=4)
 
 
+def test_a_float32_network_is_not_taken_for_mixing_paths():
+    """A network computing in float32 rounds a batch and a single row differently (~1e-6): that is no mixing."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 512), torch.nn.Tanh(), torch.nn.Linear(512, 512), torch.nn.Tanh(),
+                              torch.nn.Linear(512, 2))
+    x0 = torch.randn(64, 2, dtype=torch.float64)
+    with torch.no_grad():
+        for scale in (1.0, 2.0, 3.0):
+            sol = sk.solve(sk.ODE(lambda t, x, p: net(x.float()).double()), x0 * scale, (0.0, 1.0), method="rk4",
+                           n_steps=4, backend="torch")
+            assert sol.success
+        # the same network reading row 0 for every path is still refused
+        with pytest.raises(ValueError, match="mixes paths"):
+            sk.solve(sk.ODE(lambda t, x, p: net(x[:1].float()).double().expand(x.shape[0], 2)), x0, (0.0, 1.0),
+                     method="rk4", n_steps=4, backend="torch")
+
+
 def _rows3(t, x, p):
     return -x[:3]  # right on the 3-row probe, wrong on every larger batch
 

@@ -171,7 +171,7 @@ def check_problem(problem, x0, params, t0, dim, m):
             tv = as_tensor(v)
             return _probe(fn, name, t0, tv, params, (tv.shape[0],) + target[1:], extra).detach().cpu().double().numpy()
 
-        mod.check_rows_independent(call, name, xp_np, r0, rtol)
+        mod.check_rows_independent(call, name, xp_np, r0, max(rtol, mod.ROW_RTOL))
         values[name] = (r0, call)
     if not problem.is_sde:
         return
