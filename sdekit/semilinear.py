@@ -52,7 +52,6 @@ DPM-Solver++, arXiv:2211.01095. Zhang & Chen (2023), DEIS, ICLR.
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable
 from math import factorial
 
@@ -213,21 +212,6 @@ def step_orders(method: str, lam) -> np.ndarray:
     return q
 
 
-_JITTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _compiled(fn):
-    """``numba.njit(fn)``, made once per function object (a new dispatcher would compile again)."""
-    import numba
-
-    if isinstance(fn, numba.core.dispatcher.Dispatcher):
-        return fn
-    jit = _JITTED.get(fn)
-    if jit is None:
-        jit = _JITTED[fn] = numba.njit(fn)
-    return jit
-
-
 def _grid(t0, t1, n_steps, t_grid):
     if t_grid is None:
         return t0 + (t1 - t0) * (np.arange(n_steps + 1) / n_steps)
@@ -285,7 +269,9 @@ def run(problem: SemilinearODE, x0, grid: np.ndarray, method: str, save_idx, bac
     orders = step_orders(method, lam)
     D = problem.nonlinear
     if backend == "numba":
-        D = _compiled(D)
+        from .backends.numba_backend import jit_user
+
+        D = jit_user(D, "nonlinear")[0]
     is_torch = xp == "torch"
     if is_torch:
         import torch

@@ -189,6 +189,24 @@ def test_changed_global_of_a_numba_function_recompiles():
     assert abs(b - np.exp(-2.0)) < 1e-5
 
 
+def test_changed_global_of_a_semilinear_nonlinearity_recompiles():
+    global K
+    K = 1.0
+    sl = sk.SemilinearODE(lambda t, p: -t, lambda t, p: t, lambda t, x, p: K * np.cos(x))
+
+    def run(backend):
+        return sk.solve(sl, np.ones((4, 1)), (0.1, 1.0), method="exp_ab2", n_steps=16, backend=backend).x[-1]
+
+    a = run("numba")
+    K = 2.5
+    with pytest.warns(RuntimeWarning, match="`nonlinear` reads `K`"):
+        b = run("numba")
+    ref = run("numpy")
+    K = 1.0
+    assert np.abs(a - b).max() > 1e-3  # the change matters
+    np.testing.assert_allclose(b, ref, rtol=1e-12)
+
+
 # --------------------------------------------------------------------------- case 6: non-real and out-of-range input
 @pytest.mark.parametrize(
     "kwargs, match",

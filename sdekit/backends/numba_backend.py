@@ -454,44 +454,55 @@ def _describe(fp):
 
 
 _ADAPTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_USER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def jit_user(fn, name: str):
+    """``(dispatcher, rebuilt)``: ``njit(fn)`` (``fn`` itself if it is a dispatcher), made once per function and
+    made again when a numeric global or closure value it reads has changed since (see :func:`frozen_values`).
+
+    Numba compiles such values in as constants; on a change this warns once, naming the variable and suggesting
+    ``params`` (read at run time, no recompilation), and recompiles the dispatchers met on the way.
+    """
+    frozen, dispatchers = frozen_values(fn)
+    entry = _USER.get(fn)
+    if entry is not None and entry[0] == frozen:
+        return entry[1], False
+    if entry is not None:
+        old = entry[0]
+        changed = sorted(k for k in frozen.keys() | old.keys() if frozen.get(k) != old.get(k))
+        what = ", ".join(f"`{k}` ({_describe(old.get(k))} -> {_describe(frozen.get(k))})" for k in changed[:3])
+        warnings.warn(
+            f"`{name}` reads {what}, changed since Numba compiled it (Numba freezes globals and closure values); "
+            "recompiling. Pass values that change through `params` (read at run time, no recompilation).",
+            RuntimeWarning, stacklevel=5,
+        )
+        for d in dispatchers:
+            d.recompile()
+    user = fn if isinstance(fn, numba.core.dispatcher.Dispatcher) else njit(fn)
+    _USER[fn] = (frozen, user)
+    return user, entry is not None
 
 
 def adapter(problem, name: str, form: str, dim: int, m: int, layout, slot: int = 0):
     """Compile ``problem.<name>`` into an adapter of type ``form`` ("flat", "2d", "3d").
 
     Cached per user function (a new problem built from the same functions
-    reuses it), per shape/params layout and per snapshot of the numeric
-    globals and closure values the function reads: Numba compiles those in as
-    constants, so when one changes the adapter is rebuilt (with a warning that
-    suggests ``params``, which are read at run time). The adapter checks the
-    shape of every result; a result that does not broadcast to the target is
-    flagged in the error slots after the params (``slot``) and read out by
-    :func:`shape_error`.
+    reuses it) and per shape/params layout; param values are read at run
+    time. When a numeric global or closure value the function reads changes,
+    :func:`jit_user` rebuilds it and the adapters are made again. The adapter
+    checks the shape of every result; a result that does not broadcast to the
+    target is flagged in the error slots after the params (``slot``) and read
+    out by :func:`shape_error`.
     """
     fn = getattr(problem, name)
     key = (form, dim, m, layout, slot)
+    user, rebuilt = jit_user(fn, name)
     cache = _ADAPTERS.setdefault(fn, {})
-    frozen, dispatchers = frozen_values(fn)
+    if rebuilt:
+        cache.clear()
     if key in cache:
-        old, ad = cache[key]
-        if old == frozen:
-            return ad
-        changed = sorted(k for k in frozen.keys() | old.keys() if frozen.get(k) != old.get(k))
-        what = ", ".join(f"`{k}` ({_describe(old.get(k))} -> {_describe(frozen.get(k))})" for k in changed[:3])
-        warnings.warn(
-            f"`{name}` reads {what}, changed since Numba compiled it (Numba freezes globals and closure values); "
-            "recompiling. Pass values that change through `params` (read at run time, no recompilation).",
-            RuntimeWarning, stacklevel=4,
-        )
-        for d in dispatchers:
-            d.recompile()
-        for k in [k for k in cache if cache[k][0] != frozen]:
-            del cache[k]
-        _USER.pop(fn, None)
-    user = _USER.get(fn)
-    if user is None:
-        user = fn if isinstance(fn, numba.core.dispatcher.Dispatcher) else njit(fn)
-        _USER[fn] = user
+        return cache[key]
     unpack = _unpacker(layout)
     base = _layout_size(layout) + ERR_SLOT * slot
     try:
@@ -540,11 +551,8 @@ def adapter(problem, name: str, form: str, dim: int, m: int, layout, slot: int =
             f"`{name}` could not be compiled by Numba: {first} Write it with NumPy operations and "
             "sdekit.ops functions, or pass backend='numpy', which runs any Python function."
         ) from exc
-    cache[key] = (frozen, ad)
+    cache[key] = ad
     return ad
-
-
-_USER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 # --------------------------------------------------------------------------- drivers
