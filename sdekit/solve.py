@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import math
 import numbers
 import os
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
-import numba
-import numba.core.caching
 import numpy as np
 
 from . import _bridge, _rng, semilinear
+from ._jitcache import heal_module
 from .backends import BACKENDS
 from .brownian import BrownianPath
 from .problem import ODE, SDE
@@ -26,47 +23,8 @@ from .solution import Solution, Stats
 __all__ = ["solve"]
 
 
-# --------------------------------------------------------------------------- Numba's on-disk cache
-class _HealingCache(numba.core.caching.FunctionCache):
-    """Numba's per-function disk cache, which discards an unreadable entry (a truncated ``.nbi``/``.nbc``
-    file, say from an interrupted write) and recompiles instead of failing every later call."""
-
-    _warned: set = set()
-
-    def load_overload(self, sig, target_context):
-        try:
-            return super().load_overload(sig, target_context)
-        except Exception as exc:  # noqa: BLE001 - any unreadable entry is discarded and recompiled
-            self._discard(exc)
-            return None
-
-    def _discard(self, exc):
-        cf = self._cache_file
-        stem = cf._index_name[: -len(".nbi")]
-        for name in os.listdir(self._cache_path):
-            if name == cf._index_name or (name.startswith(stem + ".") and name.endswith(".nbc")):
-                with contextlib.suppress(OSError):
-                    os.remove(os.path.join(self._cache_path, name))
-        if self._name not in self._warned:
-            self._warned.add(self._name)
-            warnings.warn(
-                f"sdekit: Numba's cache of {self._py_func.__qualname__} in {self._cache_path} was unreadable "
-                f"({type(exc).__name__}: {exc}); discarded it and compiling again.", RuntimeWarning, stacklevel=2,
-            )
-
-
-def heal_cache(dispatcher):
-    """Make a ``cache=True`` dispatcher discard unreadable cache entries (see :class:`_HealingCache`)."""
-    cache = getattr(dispatcher, "_cache", None)
-    if type(cache) is numba.core.caching.FunctionCache:
-        cache.__class__ = _HealingCache
-    return dispatcher
-
-
-for _mod in (_bridge, _rng):
-    for _v in vars(_mod).values():
-        if isinstance(_v, numba.core.dispatcher.Dispatcher):
-            heal_cache(_v)
+for _mod in (_rng, _bridge):
+    heal_module(_mod)
 
 _FAILURE_TEXT = {
     _adaptive.MAX_STEPS: "max_steps reached",

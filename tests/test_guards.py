@@ -2,6 +2,7 @@
 probed, frozen globals recompile, memory is estimated in full and a damaged Numba cache heals itself."""
 
 import importlib
+import importlib.util
 import os
 import pickle
 import shutil
@@ -338,3 +339,50 @@ def test_truncated_numba_cache_file_is_discarded_and_recompiled(tmp_path):
         if name.startswith("_bridge.increments-") and name.endswith(".nbc"):
             with open(os.path.join(dst, name), "rb") as fh:
                 pickle.loads(fh.read())
+
+
+_TINY = """
+from numba import njit
+
+@njit(cache=True)
+def plus_one(x):
+    return x + 1.0
+"""
+
+
+def _load_tiny(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_kernel_cache_is_keyed_on_every_source_the_kernels_compile_in(tmp_path, monkeypatch):
+    """Numba stamps a cache entry with the defining file only; sdekit's kernels inline the steps, the adaptive
+    integrator and the Brownian tree from other files, so an edit there must make the cached kernels stale."""
+    from sdekit import _jitcache
+    from sdekit.backends import numba_backend
+
+    files = [os.path.join(ROOT, "sdekit", p) for p in _jitcache.KERNEL_SOURCES]
+    assert all(os.path.exists(f) for f in files)
+    assert _jitcache.DIGEST == _jitcache.source_digest(files)
+    copies = []
+    for f in files:
+        shutil.copy(f, tmp_path / os.path.basename(f))
+        copies.append(str(tmp_path / os.path.basename(f)))
+    before = _jitcache.source_digest(copies)
+    with open(copies[2], "a") as fh:  # schemes/_steps.py edited alone
+        fh.write("# edited\n")
+    assert _jitcache.source_digest(copies) != before
+    for kernel in (numba_backend._block_diagonal, numba_backend._block_matrix, numba_backend._adaptive_range):
+        assert kernel._cache._cache_file._source_stamp[1] == _jitcache.DIGEST
+    # the mechanism on a tiny cached function: same digest -> cache hit; another digest -> stale, compiled again
+    src = tmp_path / "tiny_kernel.py"
+    src.write_text(_TINY)
+    first = _jitcache.heal_cache(_load_tiny(src, "tiny_kernel_a").plus_one)
+    assert first(1.0) == 2.0 and first.stats.cache_misses
+    same = _jitcache.heal_cache(_load_tiny(src, "tiny_kernel_b").plus_one)
+    assert same(1.0) == 2.0 and same.stats.cache_hits and not same.stats.cache_misses
+    monkeypatch.setattr(_jitcache, "DIGEST", "another-source")
+    other = _jitcache.heal_cache(_load_tiny(src, "tiny_kernel_c").plus_one)
+    assert other(1.0) == 2.0 and other.stats.cache_misses and not other.stats.cache_hits

@@ -21,7 +21,6 @@ do not depend on the thread count or the split.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
 import math
 import numbers
@@ -36,6 +35,7 @@ from numba.core.errors import NumbaError, NumbaIRAssumptionWarning, TypingError
 from numba.extending import overload
 
 from .. import _bridge
+from .._jitcache import heal_cache
 from ..schemes import _adaptive, _steps
 
 # Numba's internal IR checks warn about our overloads' inlined code; the warnings are not actionable.
@@ -72,7 +72,6 @@ _erk = njit(_steps.erk)
 def _cached_kernel(sig, **options):
     """``njit(sig, cache=True, **options)`` whose disk cache discards an unreadable entry and recompiles."""
     def deco(fn):
-        heal_cache = importlib.import_module("..solve", __package__).heal_cache
         d = heal_cache(njit(cache=True, **options)(fn))
         d.compile(sig)
         d.disable_compile()
