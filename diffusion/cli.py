@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sdekit.cli import check_writable
+
 from . import datasets
 from .grids import GRIDS
 from .sampling import METHODS
@@ -53,31 +55,6 @@ def _choice(options, what):
         return text
 
     return check
-
-
-def _check_writable(path, option: str) -> None:
-    """Refuse, before any long work, an output file ``path`` that cannot be written (one line naming ``option``).
-
-    An existing ``path`` must be a file; its nearest existing ancestor must be a
-    folder we can create files in (probed with a temporary file, which also holds
-    for root and read-only mounts).
-    """
-    import tempfile
-
-    p = Path(path).absolute()
-    if p.is_dir():
-        raise ValueError(f"{option} {path} is a folder; give a file name there.")
-    parent = p.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"{option} {path} cannot be written: {parent} is a file, not a folder; choose another path.")
-    try:
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as exc:
-        raise ValueError(f"{option} {path} cannot be written ({exc.strerror or exc} in {parent}); choose a "
-                         "writable path.") from None
 
 
 # --------------------------------------------------------------------------- verbs
@@ -117,10 +94,10 @@ def _sample(args) -> int:
     from .runs import Run, evaluate_samples, plot_samples, sample_run
 
     out = Path(args.out) if args.out else Path(args.run) / "samples.png"
-    _check_writable(out, "--out")
-    _check_writable(out.with_suffix(".npz"), "--out (its samples file)")
+    check_writable(out, "--out")
+    check_writable(out.with_suffix(".npz"), "--out (its samples file)")
     if args.json:
-        _check_writable(args.json, "--json")
+        check_writable(args.json, "--json")
     run = Run.load(args.run, ema=not args.no_ema)
     n = args.n or (100 if run.data == "digits" else 5000)
     x, labels, last = sample_run(run, method=args.method, steps=args.steps, n=n, grid=args.grid, seed=args.seed,
@@ -150,7 +127,7 @@ def _likelihood(args) -> int:
     from .runs import Run, likelihood_run
 
     if args.json:
-        _check_writable(args.json, "--json")
+        check_writable(args.json, "--json")
     run = Run.load(args.run, ema=not args.no_ema)
     r = likelihood_run(run, n=args.n, divergence=args.divergence, n_probes=args.probes, rtol=args.rtol,
                        atol=args.atol, seed=args.seed)

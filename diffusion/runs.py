@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from sdekit.cli import check_writable
 
 from . import datasets, metrics
 from .likelihood import log_likelihood
@@ -229,23 +230,6 @@ def _resume_conflicts(spec: dict, config: dict, given: dict) -> list:
     return out
 
 
-def _check_out_folder(out: Path) -> None:
-    """A run folder we can write: an existing folder, or a path whose nearest existing ancestor is a writable folder."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a run folder; choose a folder.")
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValueError(f"--out {out} cannot be created: {probe} is a file, not a folder; choose another --out.")
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as exc:
-        raise ValueError(f"--out {out} cannot be written ({exc.strerror or exc} in {probe}); choose a writable "
-                         "folder.") from None
-
-
 def _write_description(out: Path, state: dict) -> None:
     """``run.json``: the checkpoint's own description (written atomically, after the checkpoint it describes)."""
     text = json.dumps({**state["run"], "config": state["config"]}, indent=2) + "\n"
@@ -285,7 +269,7 @@ def train_run(out, data: str | None = None, *, sde: str | None = None, schedule:
     log = log or _say
     out = Path(out)
     ckpt = out / CHECKPOINT
-    _check_out_folder(out)
+    check_writable(out, "--out", folder=True)
     if resume:
         if not ckpt.exists():
             raise FileNotFoundError(f"nothing to resume: {ckpt} does not exist (train without --resume first).")

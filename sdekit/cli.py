@@ -27,7 +27,7 @@ def _int_at_least(low: int):
     return check
 
 
-def _check_writable(path, option: str, *, folder: bool = False) -> None:
+def check_writable(path, option: str, *, folder: bool = False) -> None:
     """Refuse, before any long work, an output ``path`` that cannot be written (one line naming ``option``).
 
     The nearest existing ancestor must be a folder we can create files in (probed
@@ -59,7 +59,7 @@ def _demo(args) -> int:
     from . import convergence, problems, solve
 
     try:
-        _check_writable(args.out, "--out", folder=True)
+        check_writable(args.out, "--out", folder=True)
         os.makedirs(args.out, exist_ok=True)
     except (ValueError, OSError) as exc:
         print(f"sdekit demo: error: {exc}", file=sys.stderr)
@@ -116,7 +116,7 @@ def _converge(args) -> int:
     try:
         for path, option in ((args.plot, "--plot"), (args.work_plot, "--work-plot"), (args.csv, "--csv")):
             if path:
-                _check_writable(path, option)
+                check_writable(path, option)
         ex = problems.get_problem(args.problem)
         methods = [m for m in args.methods.split(",") if m]
         st = convergence.study(ex, methods, args.steps, n_paths=args.paths, seed=args.seed, reference=args.reference,
