@@ -403,11 +403,15 @@ def diagonal_error(i, j, dim):
     )
 
 
-def _check_problem_shapes(problem, x0, t0, dim, m):
-    """Probe the user's functions on a small batch: shapes and types, paths kept apart, the declared noise."""
+def check_functions(problem, x0, dim, m, evaluate, rtol=1e-9):
+    """Probe the user's functions on a small batch near ``x0``: shapes and types, paths kept apart, the declared noise.
+
+    ``evaluate(fn, name, x, target, extra)`` calls ``fn`` on the NumPy batch ``x`` the way a backend does (its
+    device and dtype) and returns the checked value as a float64 NumPy array broadcast to ``target``. ``rtol`` is
+    the backend's rounding level, used by the additive and diagonal checks (rows: at least :data:`ROW_RTOL`).
+    """
     n = probe_rows(dim, m)
     xp = probe_batch(x0, n)
-    p = problem.params
     fns = [("rhs", problem.rhs, (n, dim), "")] if not problem.is_sde else [("drift", problem.drift, (n, dim), "")]
     if problem.is_sde:
         if problem.matrix_noise:
@@ -417,26 +421,31 @@ def _check_problem_shapes(problem, x0, t0, dim, m):
             fns.append(("diffusion", problem.diffusion, (n, dim), f" (noise={problem.noise!r})"))
     values = {}
     for name, fn, target, extra in fns:
-        r0 = _probe(fn, name, t0, xp, p, target, extra)
 
         def call(x, fn=fn, name=name, target=target, extra=extra):
-            return check_result(fn(t0, x, p), name, x.shape, (x.shape[0],) + target[1:], extra)
+            return evaluate(fn, name, x, (x.shape[0],) + target[1:], extra)
 
-        check_rows_independent(call, name, xp, r0)
+        r0 = call(xp)
+        check_rows_independent(call, name, xp, r0, max(rtol, ROW_RTOL))
         values[name] = (r0, call)
     if not problem.is_sde:
         return
     g0, call = values["diffusion"]
     if problem.noise == "additive":
-        g1 = _probe(problem.diffusion, "diffusion", t0, xp + 1.0, p, g0.shape)
-        if not np.allclose(g0, g1, rtol=1e-12, atol=0.0):
+        if not np.allclose(g0, call(xp + 1.0), rtol=rtol, atol=0.0):
             raise ValueError(
                 "noise='additive' but `diffusion` depends on x; declare noise='diagonal', 'scalar' or 'general'."
             )
     elif problem.noise == "diagonal" and dim > 1:
-        hit = check_diagonal(call, xp, g0, 1e-9)
+        hit = check_diagonal(call, xp, g0, rtol)
         if hit is not None:
             raise diagonal_error(*hit, dim)
+
+
+def _check_problem_shapes(problem, x0, t0, dim, m):
+    """The entry probe of the numba and numpy backends (float64 NumPy calls)."""
+    p = problem.params
+    check_functions(problem, x0, dim, m, lambda fn, name, x, target, extra: _probe(fn, name, t0, x, p, target, extra))
 
 
 def _memory_limit() -> int:

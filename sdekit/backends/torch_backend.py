@@ -144,48 +144,16 @@ def _probe(fn, name, t, x, params, target, extra=""):
 
 
 def check_problem(problem, x0, params, t0, dim, m):
-    """Call the user's functions on a small batch of the solve's device and dtype (the checks of the numpy entry:
-    shapes and types, paths kept apart, additive noise independent of x, diagonal noise componentwise)."""
+    """The entry probe of :func:`sdekit.solve` on a small batch of the solve's device and dtype."""
     mod = importlib.import_module("..solve", __package__)  # the probes shared with the numpy entry
-    n = mod.probe_rows(dim, m)
-    x0n = x0[:n].detach().cpu().double().numpy()  # only the rows the probe uses leave the device
-    xp_np = mod.probe_batch(x0n, n)
-    rtol = 1e-7 if x0.dtype == torch.float64 else 1e-2  # float32 (TF32 convolutions on GPU) differs by batch
+    x0n = x0[: mod.probe_rows(dim, m)].detach().cpu().double().numpy()  # only the probe's rows leave the device
 
-    def as_tensor(v):
-        return torch.as_tensor(v, dtype=x0.dtype, device=x0.device)
+    def evaluate(fn, name, x, target, extra):
+        tx = torch.as_tensor(x, dtype=x0.dtype, device=x0.device)
+        return _probe(fn, name, t0, tx, params, target, extra).detach().cpu().double().numpy()
 
-    fns = [("rhs", problem.rhs, (n, dim), "")] if not problem.is_sde else [("drift", problem.drift, (n, dim), "")]
-    if problem.is_sde:
-        if problem.matrix_noise:
-            extra = f" (noise={problem.noise!r} with noise_dim={m}: a (dim, m) matrix per path)"
-            fns.append(("diffusion", problem.diffusion, (n, dim, m), extra))
-        else:
-            fns.append(("diffusion", problem.diffusion, (n, dim), f" (noise={problem.noise!r})"))
-    values = {}
-    xp = as_tensor(xp_np)
-    for name, fn, target, extra in fns:
-        r0 = _probe(fn, name, t0, xp, params, target, extra).detach().cpu().double().numpy()
-
-        def call(v, fn=fn, name=name, target=target, extra=extra):
-            tv = as_tensor(v)
-            return _probe(fn, name, t0, tv, params, (tv.shape[0],) + target[1:], extra).detach().cpu().double().numpy()
-
-        mod.check_rows_independent(call, name, xp_np, r0, max(rtol, mod.ROW_RTOL))
-        values[name] = (r0, call)
-    if not problem.is_sde:
-        return
-    g0, call = values["diffusion"]
-    if problem.noise == "additive":
-        g1 = call(xp_np + 1.0)
-        if not np.allclose(g0, g1, rtol=rtol, atol=0.0):
-            raise ValueError(
-                "noise='additive' but `diffusion` depends on x; declare noise='diagonal', 'scalar' or 'general'."
-            )
-    elif problem.noise == "diagonal" and dim > 1:
-        hit = mod.check_diagonal(call, xp_np, g0, rtol)
-        if hit is not None:
-            raise mod.diagonal_error(*hit, dim)
+    # float32 (and TF32 convolutions on GPU) round differently by batch
+    mod.check_functions(problem, x0n, dim, m, evaluate, rtol=1e-7 if x0.dtype == torch.float64 else 1e-2)
 
 
 def batch_size(plan) -> int:
