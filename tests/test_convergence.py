@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from cli_checks import one_line_error
 from scipy.stats import norm
 
 from sdekit import convergence, problems
@@ -169,24 +170,15 @@ def _converge(*args):
                           timeout=300)
 
 
-def _one_line_error(r, *needles):
-    """Exit status 2 and one error line (after argparse's usage, for a malformed option), no traceback."""
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert "Traceback" not in r.stderr and (len(lines) == 1 or lines[0].startswith("usage:")), r.stderr
-    for n in needles:
-        assert n in lines[-1], r.stderr
-
-
 def test_converge_refuses_one_path_and_unwritable_outputs_before_solving(tmp_path):
     """One path has no standard error (the old command printed an interval of zero width); an output that cannot
     be written is refused before the study runs, not after it."""
-    _one_line_error(_converge("--problem", "gbm", "--paths", 1, "--no-progress"), "--paths", ">= 2")
+    one_line_error(_converge("--problem", "gbm", "--paths", 1, "--no-progress"), "--paths", ">= 2")
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     for option in ("--plot", "--work-plot", "--csv"):
         r = _converge("--problem", "gbm", "--steps", "8..16", "--paths", 20, "--no-progress", option,
                       blocker / "out.png")
-        _one_line_error(r, option, "is a file, not a folder")
+        one_line_error(r, option, "is a file, not a folder")
         assert "strong order" not in r.stdout  # nothing was solved
-    _one_line_error(_converge("--problem", "gbm", "--paths", 20, "--plot", tmp_path), "--plot", "is a folder")
+    one_line_error(_converge("--problem", "gbm", "--paths", 20, "--plot", tmp_path), "--plot", "is a folder")

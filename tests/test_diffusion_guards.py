@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from cli_checks import one_line_error
 
 import diffusion
 from diffusion.models import UNet
@@ -27,15 +28,6 @@ from diffusion.training import CHECKPOINT, TrainConfig, save_checkpoint, train
 def _cli(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "diffusion", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout)
-
-
-def _one_line_error(r, *needles):
-    """Exit status 2, one line on stderr (after argparse's usage for a malformed option), no traceback."""
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert "Traceback" not in r.stderr and (len(lines) == 1 or lines[0].startswith("usage:")), r.stderr
-    for n in needles:
-        assert n in lines[-1], r.stderr
 
 
 def _quiet(text):
@@ -281,9 +273,9 @@ def _main(capsys, *args):
 
 def test_cli_refusals_are_one_line(run_copy, tmp_path, capsys):
     r = _cli("sample", "--run", run_copy, "--guidance", 5, "--steps", 2, "--n", 10, "--method", "euler")
-    _one_line_error(r, "--guidance 5 needs a class-conditional run")
+    one_line_error(r, "--guidance 5 needs a class-conditional run")
     r = _cli("train", "--out", run_copy, "--resume", "--lr", "1e-9", "--batch-size", 4, "--no-progress")
-    _one_line_error(r, "--lr 1e-09 (the run has 0.002)", "--batch-size 4 (the run has 32)")
+    one_line_error(r, "--lr 1e-09 (the run has 0.002)", "--batch-size 4 (the run has 32)")
 
     blocker = tmp_path / "a_file"
     blocker.write_text("")
