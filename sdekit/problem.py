@@ -57,6 +57,20 @@ def _normalise_params(params) -> tuple:
     return tuple(out)
 
 
+class Params:
+    """The ``params`` attribute of a problem: normalised (and checked) on every assignment.
+
+    A later ``problem.params = ...`` is held to the same rules as the constructor's argument, so that a bare
+    number, a complex value or a non-numeric object is refused there in one line, not deep inside a solve.
+    """
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else obj.__dict__["_params"]
+
+    def __set__(self, obj, value):
+        obj.__dict__["_params"] = _normalise_params(value)
+
+
 class SDE:
     """A stochastic differential equation dX = mu(t, X) dt + sigma(t, X) dW.
 
@@ -93,6 +107,7 @@ class SDE:
     """
 
     is_sde = True
+    params = Params()
 
     def __init__(
         self,
@@ -163,6 +178,7 @@ class ODE:
 
     is_sde = False
     noise = None
+    params = Params()
 
     def __init__(self, rhs: Callable, *, params: tuple = ()):
         _check_callable(rhs, "rhs")

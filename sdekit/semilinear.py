@@ -57,7 +57,7 @@ from math import factorial
 
 import numpy as np
 
-from .problem import ODE, _check_callable, _normalise_params
+from .problem import ODE, Params, _check_callable, _normalise_params
 
 __all__ = ["SemilinearODE", "amplification", "exponential_weights", "step_orders"]
 
@@ -93,6 +93,7 @@ class SemilinearODE:
 
     is_sde = False
     noise = None
+    params = Params()
 
     def __init__(self, log_factor: Callable, clock: Callable, nonlinear: Callable, *,
                  log_factor_rate: Callable | None = None, clock_rate: Callable | None = None, params: tuple = ()):

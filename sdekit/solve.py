@@ -625,8 +625,10 @@ def solve(
     """
     if isinstance(problem, SemilinearODE):
         if method in semilinear.ORDERS:
+            if rtol is not None or atol is not None:
+                raise ValueError(f"`rtol`/`atol` apply to adaptive methods ('dopri5'); {method} uses fixed steps.")
             return _solve_semilinear(problem, x0, t_span, method, n_steps, t_grid, n_paths, save_at, backend, device,
-                                     dtype, seed, brownian, compile)
+                                     dtype, seed, brownian, compile, dt)
         problem = problem.as_ode()
     if not isinstance(problem, SDE | ODE):
         raise ValueError(
@@ -772,7 +774,7 @@ def _solution(plan, stats, backend):
 
 
 def _solve_semilinear(problem, x0, t_span, method, n_steps, t_grid, n_paths, save_at, backend, device, dtype, seed,
-                      brownian, compile_):
+                      brownian, compile_, dt=None):
     """``solve`` for the exponential integrators (one evaluation of D per step on the whole batch)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}.")
@@ -787,13 +789,13 @@ def _solve_semilinear(problem, x0, t_span, method, n_steps, t_grid, n_paths, sav
     t0, t1 = _t_span(t_span)
     if n_paths is not None:
         n_paths = _positive_int(n_paths, "n_paths")
+    if sum(v is not None for v in (n_steps, dt, t_grid)) > 1:
+        raise ValueError("give one of `n_steps`, `dt` (uniform steps) or `t_grid` (the step times), not several.")
     if t_grid is None:
-        if n_steps is None:
-            raise ValueError(f"{method} needs `n_steps` (uniform steps) or `t_grid` (the step times).")
-        n_steps = _n_steps(n_steps, None, abs(t1 - t0), method)
+        if n_steps is None and dt is None:
+            raise ValueError(f"{method} needs `n_steps` or `dt` (uniform steps), or `t_grid` (the step times).")
+        n_steps = _n_steps(n_steps, dt, abs(t1 - t0), method)
         _check_step(t0, t1, n_steps)
-    elif n_steps is not None:
-        raise ValueError("give `n_steps` or `t_grid`, not both.")
     else:
         t_grid = _times(t_grid, "t_grid")
     grid = semilinear._grid(t0, t1, n_steps, t_grid)
