@@ -111,3 +111,18 @@ def test_reverse_time_stratonovich_against_independent_milstein():
     # strong order 1: the error at h = 1.2 / 1024 is about 1e-2 (the backward run grows errors by ~e^{1.5})
     assert np.abs(r.x[1] - mid).max() < 3e-2
     assert np.abs(r.x[2] - x).max() < 3e-2
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_dopri5_first_step_underflow_fails_that_path_only(backend):
+    """A path whose very first step is below float64 resolution of t fails with 'step size underflow'; the others
+    finish. Path 0: x' = -t x at t = 1e8 (rate 1e8: Hairer's initial step ~1e-8 * rtol^(1/5) < 10 eps t); path 1:
+    x' = 0. The torch backend raised TypeError here (no step had been tried yet)."""
+    pr = ODE(lambda t, x, p: -t * x * (x[:, 1:2] > 0))
+    x0 = np.array([[1.0, 1.0], [1.0, -1.0]])
+    r = solve(pr, x0, (1e8, 1e8 + 1e-3), method="dopri5", backend=backend)
+    assert r.status == "failure" and "step size underflow" in r.message
+    np.testing.assert_array_equal(r.failed, [True, False])
+    x = np.asarray(r.x)
+    assert np.isnan(x[-1, 0]).all()
+    np.testing.assert_array_equal(x[-1, 1], [1.0, -1.0])

@@ -395,15 +395,18 @@ def _integrate_batch(f, p, A, b, e, c, P, plan, x):
         r = torch.where(live, r, torch.zeros_like(r))
         return r
 
-    k0 = f(t, x, p)
-    nfev = 1
-    sc = atol + rtol * x.detach().abs()
-    d0, d1 = float(norm(x, sc).max()), float(norm(k0, sc).max())
-    h0 = _adaptive.first_trial_step(d0, d1, span)
-    f1 = f(t + direction * h0, x + (direction * h0) * k0, p)
-    nfev += 1
-    d2 = float(norm(f1 - k0, sc).max()) / h0
-    habs = _adaptive.initial_step(h0, d1, d2, span)
+    def start():
+        """Hairer's initial step of the live paths; also each path's scaled norms of f (n1) and its change (n2)."""
+        k0 = f(t, x, p)
+        sc = atol + rtol * x.detach().abs()
+        n1 = norm(k0, sc)
+        h0 = _adaptive.first_trial_step(float(norm(x, sc).max()), float(n1.max()), span)
+        f1 = f(t + direction * h0, x + (direction * h0) * k0, p)
+        n2 = norm(f1 - k0, sc) / h0
+        return k0, n1, n2, _adaptive.initial_step(h0, float(n1.max()), float(n2.max()), span)
+
+    k0, n1, n2, habs = start()
+    nfev = 2
     err_prev = 1e-4
     h_acc = habs
     errs = None
@@ -431,6 +434,13 @@ def _integrate_batch(f, p, A, b, e, c, P, plan, x):
             # The paths that force the step down (error above tolerance or non-finite, else the one that
             # sets the step size) fail here, as they would on their own; the others go on from the last
             # accepted step size.
+            if errs is None:  # no step tried yet: the paths that set the initial step fail, the others start again
+                fail(((n1 >= n1.max()) | (n2 >= n2.max())) & live, _adaptive.STEP_UNDERFLOW)
+                if bool(live.any()):
+                    K[0], n1, n2, habs = start()
+                    h_acc = habs
+                    nfev += 2
+                continue
             culprits = (~torch.isfinite(errs) | (errs > 1.0)) & live
             if not bool(culprits.any()):  # the last step was accepted: the path that controls the step size
                 culprits = (errs >= errs.max()) & live
