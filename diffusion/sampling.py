@@ -40,7 +40,10 @@ score evaluation. ``nfe`` counts score evaluations per sample, exactly.
 
 Randomness: the prior draw, the Brownian path and the chains' normals all
 come from sdekit's counter-based generator, keyed by ``seed``: the same seed
-gives the same samples on every backend and batch split.
+gives the same samples on every backend, and the first ``m`` of ``n`` samples
+are the ``m`` samples drawn alone, for every method except ``pc``, whose
+corrector step size averages score and noise norms over the batch (so each
+sample depends on the others).
 """
 
 from __future__ import annotations

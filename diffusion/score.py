@@ -36,7 +36,7 @@ import numpy as np
 
 from sdekit import ops
 
-from .sdes import DiffusionSDE
+from .sdes import DiffusionSDE, same_process
 
 __all__ = ["Score", "PARAMETERISATIONS", "classifier_guidance", "classifier_free_guidance", "convert"]
 
@@ -317,10 +317,24 @@ class Score:
         return f"Score(parameterisation={self.parameterisation!r}, sde={self.sde!r}, dim={self.dim})"
 
 
+def _finite(v, name) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a finite number, got {v!r}.") from None
+    if not np.isfinite(f):
+        raise ValueError(f"`{name}` must be a finite number, got {v!r}.")
+    return f
+
+
 def _combine(a: Score, b: Score, wa: float, wb: float) -> Score:
     """The score ``wa * a + wb * b`` (same SDE), as a new kernel on the joint parameters."""
-    if a.sde is not b.sde and type(a.sde) is not type(b.sde):
-        raise ValueError("both scores must refer to the same diffusion SDE.")
+    if not same_process(a.sde, b.sde):
+        # each kernel reads its own SDE's coefficients: a sum over two processes is the score of neither
+        raise ValueError(f"both scores must refer to the same diffusion SDE, got {a.sde!r} and {b.sde!r}; build them "
+                         "with one SDE.")
+    if a.dim is not None and b.dim is not None and a.dim != b.dim:
+        raise ValueError(f"both scores must have the same dimension, got {a.dim} and {b.dim}.")
     na = len(a.params)
     ka, kb = a.kernel, b.kernel
 
@@ -342,7 +356,7 @@ def classifier_guidance(score: Score, classifier_grad: Score, scale: float) -> S
     for name, v in (("score", score), ("classifier_grad", classifier_grad)):
         if not isinstance(v, Score):
             raise ValueError(f"`{name}` must be a diffusion.Score, got {type(v).__name__}.")
-    return _combine(score, classifier_grad, 1.0, float(scale))
+    return _combine(score, classifier_grad, 1.0, _finite(scale, "scale"))
 
 
 def classifier_free_guidance(conditional: Score, unconditional: Score, weight: float) -> Score:
@@ -353,5 +367,5 @@ def classifier_free_guidance(conditional: Score, unconditional: Score, weight: f
     for name, v in (("conditional", conditional), ("unconditional", unconditional)):
         if not isinstance(v, Score):
             raise ValueError(f"`{name}` must be a diffusion.Score, got {type(v).__name__}.")
-    w = float(weight)
+    w = _finite(weight, "weight")
     return _combine(conditional, unconditional, 1.0 + w, -w)

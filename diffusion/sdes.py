@@ -429,7 +429,7 @@ class VESDE(DiffusionSDE):
     ``sigma_t^2 = sigma(t)^2 - sigma_min^2`` (so ``sigma_0 = 0``). Song et al.'s
     code uses ``sigma(t)`` itself, i.e. data already smoothed by ``sigma_min``;
     the two differ by less than ``sigma_min^2`` in variance. The prior is
-    ``N(0, sigma_max^2 I)``. Defaults ``sigma_min = 0.01``, ``sigma_max = 50``,
+    ``N(0, sigma(T)^2 I)``: ``N(0, sigma_max^2 I)`` at the default ``T = 1``. Defaults ``sigma_min = 0.01``, ``sigma_max = 50``,
     ``eps = 1e-5``.
     """
 
@@ -442,7 +442,9 @@ class VESDE(DiffusionSDE):
         self.T, self.eps = _positive(T, "T"), _positive(eps, "eps")
         if self.eps >= self.T:
             raise ValueError(f"`eps` ({eps}) must be smaller than T ({self.T}).")
-        self.prior_std = self.sigma_max
+        # the prior is N(0, sigma(T)^2 I) with sigma(T) = sigma_min (sigma_max/sigma_min)^T (Song et al. 2021):
+        # sigma_max at the default T = 1; a prior of sigma_max at another T would not be p_T at all
+        self.prior_std = self.sigma_max if self.T == 1.0 else self.sigma_min * math.exp(self.params[2] * self.T)
 
     def _log_snr_from_sigma(self, s):
         return -ops.log(s)
