@@ -122,6 +122,10 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
            return_trajectory: bool = False) -> Samples:
     """Draw ``n`` samples by integrating the reverse dynamics of ``sde`` from ``T`` to ``eps``.
 
+    An option the chosen method or grid does not read (``eta``, ``snr``,
+    ``step_size``, ``corrector_steps``, ``rho``, ``rtol``, ``atol``,
+    ``prediction``) must keep its default: otherwise a ``ValueError`` names it.
+
     Parameters
     ----------
     sde : DiffusionSDE
@@ -197,6 +201,17 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
         raise ValueError("dopri5 chooses its own steps; drop `grid` (it applies to fixed-step methods).")
     if method != "ddim" and eta != 0.0:
         raise ValueError("`eta` applies to method='ddim' only.")
+    # an option the chosen method or grid does not read is refused rather than silently ignored
+    for name, value, default, applies, where in (
+            ("snr", snr, 0.16, method == "pc", "method='pc'"),
+            ("step_size", step_size, 0.1, method == "ald", "method='ald'"),
+            ("corrector_steps", corrector_steps, 1, method in ("pc", "ald"), "method='pc' or 'ald'"),
+            ("rho", rho, 7.0, grid == "karras", "grid='karras'"),
+            ("rtol", rtol, 1e-5, method == "dopri5", "method='dopri5'"),
+            ("atol", atol, 1e-5, method == "dopri5", "method='dopri5'")):
+        if not applies and not (np.isscalar(value) and value == default):
+            raise ValueError(f"`{name}` applies to {where} only (it would be ignored by method={method!r}, "
+                             f"grid={grid!r}); drop it.")
     if prediction not in ("x0", "eps"):
         raise ValueError(f"`prediction` must be 'x0' or 'eps', got {prediction!r}.")
     if prediction != "x0" and method not in EXP_METHODS:

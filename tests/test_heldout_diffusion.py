@@ -102,3 +102,19 @@ def test_nfe_is_the_number_of_score_calls(gm, sde):
                 calls[0] = 0
                 r = sample(sde, score, n, method=method, steps=steps, grid=grid, seed=1, backend="numpy")
                 assert r.nfe == calls[0], (method, grid, steps, r.nfe, calls[0])
+
+
+@pytest.mark.parametrize("method, option", [("sra1", {"snr": 0.3}), ("heun", {"step_size": 0.2}),
+                                            ("ddpm", {"corrector_steps": 3}), ("ddim", {"rho": 3.0}),
+                                            ("rk4", {"rtol": 1e-8}), ("dpmpp_2m", {"atol": 1e-8})])
+def test_options_the_method_ignores_are_refused(gm, method, option):
+    """snr/step_size/corrector_steps/rho/rtol/atol were silently ignored by the methods and grids that do not read
+    them (sample(method='rk4', rtol=1e-8) is not more accurate); a one-line ValueError names the option."""
+    sde = VPSDE()
+    name = next(iter(option))
+    with pytest.raises(ValueError, match=f"`{name}` applies to"):
+        sample(sde, gm.score_fn(sde), 3, method=method, steps=2, backend="numpy", **option)
+    # where they apply they are accepted
+    ok = {"snr": "pc", "step_size": "ald", "corrector_steps": "pc", "rtol": "dopri5", "atol": "dopri5"}
+    kw = {"grid": "karras"} if name == "rho" else {}
+    sample(sde, gm.score_fn(sde), 3, method=ok.get(name, method), steps=2, backend="numpy", **kw, **option)
