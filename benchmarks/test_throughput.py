@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    .venv/bin/python -m pytest benchmarks/test_throughput.py --benchmark-enable --benchmark-only -p no:cacheprovider
+    .venv/bin/python -m pytest benchmarks/test_throughput.py -n 0 --benchmark-enable --benchmark-only -p no:cacheprovider
 
 Naming the file overrides pyproject's ``testpaths``, and ``--benchmark-only``
 overrides the ``--benchmark-skip`` in its ``addopts``, so these benchmarks run
