@@ -51,9 +51,13 @@ STEPS = [256, 512, 1024, 2048, 4096]
 @pytest.mark.parametrize("backend", ["numba", "torch"])
 @pytest.mark.parametrize("method, noise, calculus", CASES)
 def test_strong_order(method, noise, calculus, backend):
-    exact = EXACT[(noise, calculus)]()
+    _assert_declared_strong_order(EXACT[(noise, calculus)](), method, STEPS, 1000, backend)
+
+
+def _assert_declared_strong_order(exact, method, steps, n_paths, backend):
+    """The fitted strong order's 95% bootstrap interval contains or exceeds the declared order, and is narrower than 0.4."""
     declared = sk.get_scheme(method, exact.problem).order_for(exact.problem)
-    st = convergence.strong_study(exact, [method], STEPS, n_paths=1000, seed=7, n_boot=500, backend=backend)
+    st = convergence.strong_study(exact, [method], steps, n_paths=n_paths, seed=7, n_boot=500, backend=backend)
     fit = st.fits[method]
     assert fit.contains_or_exceeds(declared), f"{method} on {exact.name}: {fit} vs declared {declared}"
     assert fit.ci_high - fit.ci_low < 0.4, f"interval too wide: {fit}"
@@ -95,12 +99,7 @@ def test_every_nonlinear_capable_noise_class_is_covered():
 @pytest.mark.slow
 @pytest.mark.parametrize("method, noise, calculus, backend", NONLINEAR_CASES)
 def test_strong_order_with_diffusion_nonlinear_in_x(method, noise, calculus, backend):
-    exact = NONLINEAR[(noise, calculus)]()
-    declared = sk.get_scheme(method, exact.problem).order_for(exact.problem)
-    st = convergence.strong_study(exact, [method], NONLINEAR_STEPS, n_paths=500, seed=7, n_boot=500, backend=backend)
-    fit = st.fits[method]
-    assert fit.contains_or_exceeds(declared), f"{method} on {exact.name}: {fit} vs declared {declared}"
-    assert fit.ci_high - fit.ci_low < 0.4, f"interval too wide: {fit}"
+    _assert_declared_strong_order(NONLINEAR[(noise, calculus)](), method, NONLINEAR_STEPS, 500, backend)
 
 
 @pytest.mark.parametrize("calculus", ["ito", "stratonovich"])
