@@ -36,7 +36,7 @@ def test_diagonal_noise_that_couples_components_is_refused(backend):
 
 
 def test_diagonal_noise_that_couples_components_is_refused_on_torch():
-    torch = pytest.importorskip("torch")
+    import torch
     sde = sk.SDE(lambda t, x, p: -x, lambda t, x, p: 0.1 * torch.flip(x, (1,)), noise="diagonal")
     with pytest.raises(ValueError, match=r"component 0 of `diffusion` depends on x\[:, 1\]"):
         sk.solve(sde, [1.0, 2.0], (0.0, 1.0), method="euler", n_steps=8, seed=1, backend="torch")
@@ -72,7 +72,7 @@ def test_wrong_number_of_rows_is_refused_at_the_entry():
 
 def test_a_float32_network_is_not_taken_for_mixing_paths():
     """A network computing in float32 rounds a batch and a single row differently (~1e-6): that is no mixing."""
-    torch = pytest.importorskip("torch")
+    import torch
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(2, 512), torch.nn.Tanh(), torch.nn.Linear(512, 512), torch.nn.Tanh(),
                               torch.nn.Linear(512, 2))
@@ -94,8 +94,6 @@ def _rows3(t, x, p):
 
 @pytest.mark.parametrize("backend", ["numba", "numpy", "torch"])
 def test_every_call_checks_the_shape(backend):
-    if backend == "torch":
-        pytest.importorskip("torch")
     x0 = np.ones((2048, 2))
     with pytest.raises(ValueError, match=r"`rhs` returned shape \(3, 2\) for x of shape \((2048|\d+), 2\)"):
         sk.solve(sk.ODE(_rows3), x0, (0.0, 1.0), method="rk4", n_steps=4, backend=backend)
@@ -248,7 +246,7 @@ def test_complex_params_are_refused():
 
 
 def test_complex_tensors_are_refused():
-    torch = pytest.importorskip("torch")
+    import torch
     ode = sk.ODE(lambda t, x, p: -x)
     with pytest.raises(ValueError, match=r"`x0` must be real"):
         sk.solve(ode, torch.ones(2, dtype=torch.complex128), (0.0, 1.0), method="rk4", n_steps=4, backend="torch")
