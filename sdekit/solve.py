@@ -198,7 +198,9 @@ def _x0_array(x0):
 def _x0_tensor_kind(x0):
     if x0.is_complex():
         raise ValueError(f"`x0` must be real; got a {x0.dtype} tensor (split real and imaginary parts into two components).")
-    if x0.dtype == __import__("torch").bool:
+    import torch
+
+    if x0.dtype == torch.bool:
         raise ValueError("`x0` must be real numbers, got a bool tensor; pass x0.double() if that is meant.")
 
 
@@ -456,7 +458,7 @@ def _memory_limit() -> int:
 
 
 def memory_need(backend, *, adaptive, n_save, n_paths, dim, m, n_steps, itemsize=8, matrix_noise=False,
-                default_save=True, n_threads=None):
+                default_save=True, n_threads=None, device=None):
     """Bytes a solve allocates at its peak, by backend: an upper estimate of every array it makes.
 
     Counted: the saved states (torch: the list of states, their stack and one copy for ``cat``/NaN masking), the
@@ -477,22 +479,25 @@ def memory_need(backend, *, adaptive, n_save, n_paths, dim, m, n_steps, itemsize
         if adaptive:
             work = n_threads * (2 * n_save * dim + 16 * dim) * f8
         else:
-            nb = int(max(1, min(2048, 16384 // max(dim, m, 1))))
-            nb = min(nb, n_paths)
+            from .backends import numba_backend
+
+            nb = min(numba_backend.sub_batch(dim, m), n_paths)
             levels = max(1, math.ceil(math.log2(max(n_steps, 1)))) + 1
-            blocks = 2 * min(1 << 17, max(1, n_steps) * nb * m) * f8
+            blocks = 2 * numba_backend.block_steps(nb, m, max(1, n_steps)) * nb * m * f8
             work = n_threads * (blocks + 4 * levels * nb * m * f8 + 24 * nb * width * f8)
         return out + save + paths + work
     if backend == "numpy":
         if adaptive:
             work = 16 * dim * f8
         else:
-            per_path = max(1, (n_steps + 1) * max(m, 1) * 2)
-            nb = max(1, min(n_paths, (1 << 23) // per_path))
+            from .backends import numpy_backend
+
+            nb = numpy_backend.batch_paths(n_paths, n_steps, m)
             work = 3 * n_steps * nb * m * f8 + 24 * nb * width * f8
         return out + save + paths + work
-    budget = 1 << 23
-    nb = max(1, min(n_paths, budget // (16 * width)))
+    from .backends import torch_backend
+
+    nb = torch_backend.paths_per_batch(n_paths, width, device)
     work = 16 * nb * width * itemsize + 4 * nb * max(m, 1) * min(n_steps, 1 << 12) * itemsize
     return 3 * out + save + paths + work
 
@@ -540,7 +545,7 @@ def _check_memory(backend, scheme, problem, n_save, n_paths, dim, m, n_steps, dt
     itemsize = 8 if dtype is None else dtype.itemsize
     need = memory_need(backend, adaptive=scheme.adaptive, n_save=n_save, n_paths=n_paths, dim=dim, m=m,
                        n_steps=n_steps or 0, itemsize=itemsize, matrix_noise=bool(problem.is_sde and problem.matrix_noise),
-                       default_save=default_save)
+                       default_save=default_save, device=device)
     limit, where = _memory_limit(), "memory"
     if device is not None and device.type == "cuda":
         import torch

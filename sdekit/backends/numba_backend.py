@@ -578,7 +578,7 @@ def sub_batch(dim: int, m: int) -> int:
     return int(max(1, min(2048, 16384 // max(dim, m, 1))))
 
 
-def _block_steps(nb: int, m: int, n_steps: int) -> int:
+def block_steps(nb: int, m: int, n_steps: int) -> int:
     """Steps per block: the block's increments stay within about 1 MiB."""
     return int(max(1, min(n_steps, (1 << 17) // max(1, nb * m))))
 
@@ -629,7 +629,7 @@ def run_fixed(plan):
         fl = flat.copy()
         for b in range(lo, hi, nb_max):
             nb = min(nb_max, hi - b)
-            kb = _block_steps(nb, m, n)
+            kb = block_steps(nb, m, n)
             x = np.array(np.broadcast_to(plan.x0[b : b + nb] if plan.x0.shape[0] > 1 else plan.x0, (nb, dim)), order="C")
             dw = np.zeros((kb, nb, m))
             hh = np.zeros((kb, nb, m))

@@ -30,9 +30,14 @@ def _zero_diffusion(t, x, p):
     return np.zeros_like(x)
 
 
-def _batches(n_paths, n_steps, m):
+def batch_paths(n_paths: int, n_steps: int, m: int) -> int:
+    """Paths per batch: all steps' increments of a batch stay within about 64 MiB."""
     per_path = max(1, (n_steps + 1) * max(m, 1) * 2)
-    nb = max(1, min(n_paths, (1 << 23) // per_path))
+    return max(1, min(n_paths, (1 << 23) // per_path))
+
+
+def _batches(n_paths, n_steps, m):
+    nb = batch_paths(n_paths, n_steps, m)
     for lo in range(0, n_paths, nb):
         yield lo, min(n_paths, lo + nb)
 

@@ -156,11 +156,16 @@ def check_problem(problem, x0, params, t0, dim, m):
     mod.check_functions(problem, x0n, dim, m, evaluate, rtol=1e-7 if x0.dtype == torch.float64 else 1e-2)
 
 
+def paths_per_batch(n_paths: int, width: int, device) -> int:
+    """Paths per batch for states of ``width`` numbers: the whole solve unless its working set would be large."""
+    budget = (1 << 27) if device is not None and device.type == "cuda" else (1 << 23)
+    return int(max(1, min(n_paths, budget // (16 * width))))
+
+
 def batch_size(plan) -> int:
-    """Paths per batch: the whole solve unless its working set would be large."""
+    """Paths per batch of ``plan`` (see :func:`paths_per_batch`)."""
     width = max(plan.dim, plan.m, 1) * (max(plan.m, 1) if plan.problem.is_sde and plan.problem.matrix_noise else 1)
-    budget = (1 << 27) if plan.device.type == "cuda" else (1 << 23)
-    return int(max(1, min(plan.n_paths, budget // (16 * width))))
+    return paths_per_batch(plan.n_paths, width, plan.device)
 
 
 # --------------------------------------------------------------------------- fixed steps
