@@ -7,6 +7,7 @@ Public API::
     time_change          a problem in a new time variable (non-uniform grids, reverse time)
     BrownianPath         seeded, refinable Brownian paths
     solve                integrate a problem, returns a Solution
+    Stepper              one fixed step of a scheme at a time (for hand-written time loops)
     Solution, Stats      results
     list_schemes, get_scheme, Scheme
     ops                  math functions that work on every backend
@@ -22,10 +23,11 @@ from .schemes import Scheme, get_scheme, list_schemes
 from .semilinear import SemilinearODE
 from .solution import Solution, Stats
 from .solve import solve
+from .stepping import Stepper
 from .transform import time_change
 
 __all__ = [
     "SDE", "ODE", "BrownianPath", "solve", "Solution", "Stats", "Scheme", "get_scheme", "list_schemes", "ops",
-    "problems", "convergence", "SemilinearODE", "time_change", "BACKENDS",
+    "problems", "convergence", "SemilinearODE", "time_change", "BACKENDS", "Stepper",
 ]
 __version__ = "0.1.0"

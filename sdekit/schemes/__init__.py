@@ -9,11 +9,21 @@ matrix noise and ``"commutative"`` for general noise declared commutative.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import tableaus as tb
 from . import _steps
 
-__all__ = ["Scheme", "SCHEMES", "get_scheme", "list_schemes"]
+__all__ = ["Scheme", "SCHEMES", "StepPlan", "get_scheme", "list_schemes"]
+
+
+class StepPlan(NamedTuple):
+    """What a backend runs for one scheme on one problem: the step, its packed coefficients, evaluations per step."""
+
+    step: object
+    tab: object
+    n_drift: int
+    n_diffusion: int
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,10 @@ class Scheme:
     @property
     def noise_types(self) -> tuple:
         return tuple(self.strong_order)
+
+    def plan(self, problem, dim: int) -> StepPlan:
+        """The step function, its packed coefficients ``tab`` and the evaluation counts per step on ``problem``."""
+        return StepPlan(*step_plan(self, problem, dim))
 
     def order_for(self, problem) -> float:
         """Declared strong order on ``problem`` (ODE order for ODEs)."""
