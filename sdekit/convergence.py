@@ -18,14 +18,13 @@ exact sub-samples of each other), so errors differ only by the discretisation:
   fit lies in the asymptotic range;
 * work: wall time of each solve and function evaluations per path.
 
-Results are a plain :class:`Study` record, with tables (text, markdown,
-CSV) and plots (error vs step; work-precision) saved to PNG or SVG.
+Results are a plain :class:`Study` record of errors, standard errors, fits
+and work; :mod:`sdekit.report` turns it into tables (text, markdown, CSV) and
+plots (error vs step; work-precision) saved to PNG or SVG.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -39,8 +38,7 @@ from .schemes import get_scheme
 from .solve import solve
 
 __all__ = [
-    "OrderFit", "Study", "StrongStudy", "study", "fit_order", "fit_weak_order", "strong_study", "weak_errors",
-    "parse_steps",
+    "OrderFit", "Study", "study", "fit_order", "fit_weak_order", "parse_steps",
 ]
 
 
@@ -185,18 +183,6 @@ class Study:
         d = self.weak[method]
         return d.std(axis=1, ddof=1) / np.sqrt(d.shape[1]) if d.shape[1] > 1 else np.zeros(d.shape[0])
 
-    # Names of the first version of this module.
-    @property
-    def fits(self) -> dict:
-        return self.strong_fits
-
-    @property
-    def errors(self) -> dict:
-        return self.strong
-
-    mean_error = strong_error
-    std_error = strong_se
-
     # -- tables -----------------------------------------------------------------------------
     def records(self) -> list[dict]:
         """One plain dict per (method, step count)."""
@@ -213,110 +199,25 @@ class Study:
                 })
         return out
 
-    def _fit_lines(self, fits, label):
-        lines = []
-        for m in self.methods:
-            f = fits.get(m)
-            if f is None:
-                lines.append(f"{label} order {m}: not fitted (errors within their Monte Carlo noise)")
-                continue
-            local = " ".join(f"{v:.2f}" for v in f.local_slopes)
-            status = "asymptotic" if f.asymptotic else "NOT asymptotic: local slopes still drift, use finer steps"
-            lines.append(f"{label} order {m}: {f} ({f.confidence:.0%} interval); local slopes {local} ({status})")
-        return lines
-
     def table(self, fmt: str = "text") -> str:
-        """The errors as a table: ``fmt`` is ``"text"``, ``"markdown"`` or ``"csv"``."""
-        recs = self.records()
-        if fmt == "csv":
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=list(recs[0]))
-            w.writeheader()
-            w.writerows(recs)
-            return buf.getvalue()
-        if fmt not in ("text", "markdown"):
-            raise ValueError(f"`fmt` must be 'text', 'markdown' or 'csv', got {fmt!r}.")
-        head = ["method", "steps", "dt", "strong error ± se", "weak error ± se", "evals/path", "ns/path-step"]
-        rows = [[r["method"], str(r["steps"]), f"{r['dt']:.3g}", f"{r['strong_error']:.3e} ± {r['strong_se']:.1e}",
-                 f"{r['weak_error']:+.3e} ± {r['weak_se']:.1e}", f"{r['evals_per_path']:.0f}",
-                 f"{r['ns_per_path_step']:.1f}"] for r in recs]
-        title = (f"{self.problem}: {self.n_paths} paths, reference {self.reference}, weak functional phi = "
-                 f"{self.phi}, backend {self.backend}")
-        fits = self._fit_lines(self.strong_fits, "strong") + self._fit_lines(self.weak_fits, "weak")
-        if self.reference_error is not None:
-            fits.append(f"reference error (vs. the same method on half the steps): {self.reference_error:.2e}")
-        if fmt == "markdown":
-            lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            lines += ["| " + " | ".join(r) + " |" for r in rows]
-            return "\n".join(lines + [""] + [f"- {f}" for f in fits])
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-        fmt_row = "  ".join(f"{{:>{w}}}" for w in widths).format
-        return "\n".join([title, fmt_row(*head)] + [fmt_row(*r) for r in rows] + fits)
+        """The errors as a table: ``fmt`` is ``"text"``, ``"markdown"`` or ``"csv"`` (see :func:`sdekit.report.table`)."""
+        from . import report
+
+        return report.table(self, fmt)
 
     def save_csv(self, path) -> None:
-        with open(path, "w", newline="") as fh:
-            fh.write(self.table("csv"))
+        """Write :meth:`table` in CSV to ``path``."""
+        from . import report
 
-    # -- plots ------------------------------------------------------------------------------
+        report.save_csv(self, path)
+
     def plot(self, path, kind: str = "errors"):
-        """Save a figure (PNG or SVG by extension) and return it.
+        """Save a figure (PNG or SVG by extension) and return it (see :func:`sdekit.report.plot`)."""
+        from . import report
 
-        ``kind="errors"``: log-log strong and weak error against the step
-        size, error bars of 2 standard errors, reference slopes (weak errors
-        within 2 standard errors of zero are drawn hollow: they are not fitted);
-        ``kind="work"``: work-precision, strong error against wall time and
-        against function evaluations per path.
-        """
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        if kind not in ("errors", "work"):
-            raise ValueError(f"`kind` must be 'errors' or 'work', got {kind!r}.")
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-        if kind == "errors":
-            self._plot_errors(axes[0], "strong")
-            self._plot_errors(axes[1], "weak")
-        else:
-            for ax, what in zip(axes, ("seconds", "evals"), strict=True):
-                for m in self.methods:
-                    x = self.seconds[m] if what == "seconds" else self.evals[m]
-                    ax.errorbar(x, self.strong_error(m), yerr=2 * self.strong_se(m), marker="o", label=m)
-                ax.set(xscale="log", yscale="log", ylabel="strong error",
-                       xlabel="wall time of the solve [s]" if what == "seconds" else "function evaluations per path",
-                       title=f"{self.problem}: work-precision")
-                ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return fig
-
-    def _plot_errors(self, ax, which):
-        import matplotlib.ticker
-
-        fits = self.strong_fits if which == "strong" else self.weak_fits
-        for m in self.methods:
-            err = self.strong_error(m) if which == "strong" else np.abs(self.weak_error(m))
-            se = self.strong_se(m) if which == "strong" else self.weak_se(m)
-            f = fits.get(m)
-            label = f"{m} (order {f.order:.2f})" if f is not None else m
-            line = ax.errorbar(self.dts, err, yerr=2 * se, marker="o", capsize=2, label=label)
-            noise = err <= 2 * se  # within the Monte Carlo noise: drawn hollow, not fitted
-            if which == "weak" and noise.any():
-                ax.plot(self.dts[noise], err[noise], "o", color=line[0].get_color(), mfc="white", zorder=3)
-        first = self.strong_error(self.methods[0]) if which == "strong" else np.abs(self.weak_error(self.methods[0]))
-        if first[0] > 0:
-            for p, ls in [(0.5, ":"), (1.0, "--"), (1.5, "-."), (2.0, "-")]:
-                ax.plot(self.dts, first[0] * (self.dts / self.dts[0]) ** p, "k", ls=ls, lw=0.8, alpha=0.5,
-                        label=f"slope {p}")
-        ylabel = "strong error E|X - X_ref|" if which == "strong" else f"weak error |E phi(X) - E phi(X_ref)|, phi={self.phi}"
-        ax.set(xscale="log", yscale="log", xlabel="step size dt", ylabel=ylabel, title=f"{self.problem}: {which}")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.legend(fontsize=7)
+        return report.plot(self, path, kind)
 
 
-StrongStudy = Study  # the first version's name
 
 
 # --------------------------------------------------------------------------- running a study
@@ -521,19 +422,3 @@ def _z(confidence):
     from scipy.stats import norm
 
     return float(norm.ppf(0.5 + confidence / 2))
-
-
-# --------------------------------------------------------------------------- first-version helpers
-def strong_study(exact: ExactProblem, methods, steps, *, n_paths=1000, seed=0, backend="numba",
-                 n_boot=1000) -> Study:
-    """Strong errors of each method at each step count against the exact solution (see :func:`study`)."""
-    return study(exact, methods, steps, n_paths=n_paths, seed=seed, backend=backend, n_boot=n_boot)
-
-
-def weak_errors(exact: ExactProblem, method, steps, phi, *, n_paths=20000, seed=0, backend="numba"):
-    """Weak errors ``E phi(X_T) - E phi(X_T^exact)`` with common random numbers.
-
-    Returns ``(steps, errors, standard_errors)``; see :func:`study`.
-    """
-    st = study(exact, [method], steps, n_paths=n_paths, seed=seed, phi=phi, backend=backend, n_boot=10)
-    return st.steps, st.weak_error(method), st.weak_se(method)

@@ -57,8 +57,8 @@ def test_strong_order(method, noise, calculus, backend):
 def _assert_declared_strong_order(exact, method, steps, n_paths, backend):
     """The fitted strong order's 95% bootstrap interval contains or exceeds the declared order, and is narrower than 0.4."""
     declared = sk.get_scheme(method, exact.problem).order_for(exact.problem)
-    st = convergence.strong_study(exact, [method], steps, n_paths=n_paths, seed=7, n_boot=500, backend=backend)
-    fit = st.fits[method]
+    st = convergence.study(exact, [method], steps, n_paths=n_paths, seed=7, n_boot=500, backend=backend)
+    fit = st.strong_fits[method]
     assert fit.contains_or_exceeds(declared), f"{method} on {exact.name}: {fit} vs declared {declared}"
     assert fit.ci_high - fit.ci_low < 0.4, f"interval too wide: {fit}"
 
@@ -163,8 +163,8 @@ def test_milstein_counts_the_diffusion_evaluations_it_makes(noise, calculus, per
 def test_ode_order_on_the_gaussian_flow(method, backend):
     exact = problems.gaussian_pf_ode()
     declared = sk.get_scheme(method, exact.problem).order_for(exact.problem)
-    st = convergence.strong_study(exact, [method], [32, 64, 128, 256], n_paths=3, n_boot=10, backend=backend)
-    fit = st.fits[method]
+    st = convergence.study(exact, [method], [32, 64, 128, 256], n_paths=3, n_boot=10, backend=backend)
+    fit = st.strong_fits[method]
     # Deterministic: no sampling interval; the local slopes must all sit at the order.
     assert np.all(np.abs(fit.local_slopes - declared) < 0.1), fit.local_slopes
 
@@ -198,7 +198,8 @@ def test_weak_order_on_gbm_mean(method, steps):
     """Weak order with common random numbers: E X_T - E X_T^exact on the same paths."""
     exact = problems.gbm(a=1.0, b=0.5)
     declared = sk.get_scheme(method, exact.problem).weak_order["scalar"]
-    steps, err, se = convergence.weak_errors(exact, method, steps, lambda x: x, n_paths=100000, seed=4)
+    st = convergence.study(exact, [method], steps, n_paths=100000, seed=4, n_boot=10)
+    steps, err, se = st.steps, st.weak_error(method), st.weak_se(method)
     assert np.all(np.abs(err) > 10 * se), (err, se)  # the bias stands well above the Monte Carlo noise
     fit = convergence.fit_weak_order(1.0 / steps, err, se)
     assert fit.contains_or_exceeds(declared), str(fit)

@@ -62,6 +62,6 @@ def test_ou_moments(method, p):
 def test_ou_strong_order_on_the_same_path(method, declared, p):
     theta, mu, sigma, x0, T = p
     exact = problems.ornstein_uhlenbeck(theta, mu, sigma, x0, T)
-    st_ = convergence.strong_study(exact, [method], [32, 64, 128, 256], n_paths=400, seed=5, n_boot=300)
-    fit = st_.fits[method]
+    st_ = convergence.study(exact, [method], [32, 64, 128, 256], n_paths=400, seed=5, n_boot=300)
+    fit = st_.strong_fits[method]
     assert fit.contains_or_exceeds(declared), str(fit)
