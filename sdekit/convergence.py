@@ -127,8 +127,8 @@ def fit_weak_order(dts, errors, std_errors, *, z=1.96) -> OrderFit:
     x = np.log(h)
     p0 = np.polyfit(x, np.log(e), 1)
 
-    def model(hh, logc, p, b):
-        return np.exp(logc) * hh**p * (1.0 + b * hh)
+    def model(dt, logc, p, b):
+        return np.exp(logc) * dt**p * (1.0 + b * dt)
 
     popt, pcov = curve_fit(model, h, e, p0=[p0[1], p0[0], 0.0], sigma=s, absolute_sigma=True, maxfev=10000)
     order, se = popt[1], float(np.sqrt(pcov[1, 1]))
@@ -345,17 +345,17 @@ def study(problem, methods, steps, *, x0=None, t_span=None, n_paths: int = 1000,
 
     if prob.is_sde:
         m = prob.noise_dim(x0.size)
-        bm = BrownianPath.for_steps(seed, (min(t0, t1), max(t0, t1)), int(steps[0]), n_paths=n_paths, noise_dim=m,
+        brownian = BrownianPath.for_steps(seed, (min(t0, t1), max(t0, t1)), int(steps[0]), n_paths=n_paths, noise_dim=m,
                                     levy_area=True)
         for n in list(steps) + ([reference_steps] if reference != "exact" else []):
-            if dyadic_level(int(n), bm.base_steps) is None:
+            if dyadic_level(int(n), brownian.base_steps) is None:
                 raise ValueError(
                     f"step count {n} is not {steps[0]} times a power of two; every step count of a study must "
                     f"refine the coarsest one ({steps[0]}), so that one Brownian path serves them all."
                 )
-        kw = {"brownian": bm}
+        kw = {"brownian": brownian}
     else:
-        bm, kw = None, {"n_paths": n_paths}
+        brownian, kw = None, {"n_paths": n_paths}
 
     def run(method, n):
         t = time.perf_counter()
@@ -371,7 +371,7 @@ def study(problem, methods, steps, *, x0=None, t_span=None, n_paths: int = 1000,
                unit="solve", leave=False)
     reference_error = None
     if reference == "exact":
-        ref = exact(bm, x0, (t0, t1)) if prob.is_sde else np.broadcast_to(exact(None, x0, (t0, t1)), (n_paths, x0.size))
+        ref = exact(brownian, x0, (t0, t1)) if prob.is_sde else np.broadcast_to(exact(None, x0, (t0, t1)), (n_paths, x0.size))
         ref_label = "exact"
     else:
         ref, _, _ = run(reference, reference_steps)

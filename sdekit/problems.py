@@ -54,9 +54,9 @@ def _linear_additive_exact(A, B, mu, ref_level):
     """
     A, B, mu = np.atleast_2d(A), np.atleast_2d(B), np.atleast_1d(mu)
 
-    def exact(bm: BrownianPath, x0_, t_span):
+    def exact(brownian: BrownianPath, x0_, t_span):
         t0, t1 = t_span
-        n = bm.base_steps * 2**ref_level
+        n = brownian.base_steps * 2**ref_level
         h = (t1 - t0) / n
         ta = t0 + h * np.arange(n)
         if A.shape[0] == 1:
@@ -69,12 +69,12 @@ def _linear_additive_exact(A, B, mu, ref_level):
                 E[k] = E[k + 1] @ step
         M = E @ B  # (n, d, m)
         N = E @ (A @ B) * h
-        integral = np.empty((bm.n_paths, A.shape[0]))
-        chunk = max(1, (1 << 22) // (n * bm.noise_dim))  # bounded memory: about 64 MB of increments at a time
-        for lo in range(0, bm.n_paths, chunk):
-            hi = min(bm.n_paths, lo + chunk)
-            dw, hh = bm.increments(n, paths=range(lo, hi))
-            integral[lo:hi] = np.einsum("kdm,kpm->pd", M, dw) - np.einsum("kdm,kpm->pd", N, 0.5 * dw - hh)
+        integral = np.empty((brownian.n_paths, A.shape[0]))
+        chunk = max(1, (1 << 22) // (n * brownian.noise_dim))  # bounded memory: about 64 MB of increments at a time
+        for lo in range(0, brownian.n_paths, chunk):
+            hi = min(brownian.n_paths, lo + chunk)
+            dw, levy_area = brownian.increments(n, paths=range(lo, hi))
+            integral[lo:hi] = np.einsum("kdm,kpm->pd", M, dw) - np.einsum("kdm,kpm->pd", N, 0.5 * dw - levy_area)
         return mu + (np.asarray(x0_) - mu) @ expm(A * (t1 - t0)).T + integral
 
     return exact
@@ -122,9 +122,9 @@ def gbm(a=1.5, b=0.8, x0=1.0, T=1.0, calculus="ito") -> ExactProblem:
     sde = SDE(lambda t, x, p: p[0] * x, lambda t, x, p: p[1] * x, noise="scalar", calculus=calculus, params=(a, b))
     drift = a - 0.5 * b * b if calculus == "ito" else a
 
-    def exact(bm, x0_, t_span):
+    def exact(brownian, x0_, t_span):
         t0, t1 = t_span
-        return np.asarray(x0_) * np.exp(drift * (t1 - t0) + b * bm.W(t1))
+        return np.asarray(x0_) * np.exp(drift * (t1 - t0) + b * brownian.W(t1))
 
     a_ito = a if calculus == "ito" else a + 0.5 * b * b
 
@@ -144,9 +144,9 @@ def diagonal_gbm(a=(1.0, -0.5), b=(0.6, 0.9), x0=(1.0, 2.0), T=1.0, calculus="it
               params=(a_, b_))
     drift = a_ - 0.5 * b_**2 if calculus == "ito" else a_
 
-    def exact(bm, x0_, t_span):
+    def exact(brownian, x0_, t_span):
         t0, t1 = t_span
-        return np.asarray(x0_) * np.exp(drift * (t1 - t0) + b_ * bm.W(t1))
+        return np.asarray(x0_) * np.exp(drift * (t1 - t0) + b_ * brownian.W(t1))
 
     return ExactProblem(f"diagonal_gbm_{calculus}", sde, np.asarray(x0, float), (0.0, T), exact)
 
@@ -169,9 +169,9 @@ def commuting_linear(dim=3, m=2, T=1.0, calculus="ito") -> ExactProblem:
     corr = 0.5 * sum(Bk @ Bk for Bk in B) if calculus == "ito" else 0.0
     x0 = np.linspace(1.0, 0.5, dim)
 
-    def exact(bm, x0_, t_span):
+    def exact(brownian, x0_, t_span):
         t0, t1 = t_span
-        w = bm.W(t1)  # (n_paths, m)
+        w = brownian.W(t1)  # (n_paths, m)
         out = np.empty((w.shape[0], dim))
         base = (A - corr) * (t1 - t0)
         for i in range(w.shape[0]):
@@ -283,9 +283,9 @@ def lamperti(kind="sinh", noise="scalar", calculus="ito", b=None, kappa=None, x0
               calculus=calculus, noise_dim=B.shape[1] if noise == "general" else None,
               commutative=noise == "general", params=(kappa_, b2, B if noise == "general" else b_))
 
-    def exact(bm, x0_, t_span_):
+    def exact(brownian, x0_, t_span_):
         t0, t1 = t_span_
-        dW = bm.W(t1) - bm.W(t0)  # (n_paths, m)
+        dW = brownian.W(t1) - brownian.W(t0)  # (n_paths, m)
         y = F(np.asarray(x0_, float)) + kappa_ * (0.5 * (t1 * t1 - t0 * t0)) + dW @ B.T
         return Finv(y)
 
@@ -313,7 +313,7 @@ def gaussian_pf_ode(theta=1.0, sigma=1.0, m0=0.5, v0=0.25, T=1.0, x0=(1.2, -0.3)
         v = v0 * np.exp(-2 * theta * t) + sigma**2 * (1 - np.exp(-2 * theta * t)) / (2 * theta)
         return m + (np.asarray(x0_) - m0) * np.sqrt(v / v0)
 
-    def exact(bm, x0_, t_span):
+    def exact(brownian, x0_, t_span):
         t0, t1 = t_span
         # Flow map from t0 to t1: invert to time 0, then push forward.
         m_a = m0 * np.exp(-theta * t0)
