@@ -4,14 +4,38 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import _bridge
 from ._rng import seed_to_key
 
-__all__ = ["BrownianPath", "dyadic_level"]
+__all__ = ["BrownianBlock", "BrownianPath", "dyadic_level"]
+
+# Increments per NumPy block (~1 MiB of float64) and per torch block (~32 MiB: fewer kernel launches and thread starts).
+_NUMPY_BLOCK_NUMBERS = 1 << 17
+_TORCH_BLOCK_NUMBERS = 1 << 22
+
+
+class BrownianBlock(NamedTuple):
+    """Consecutive steps of a Brownian path in integration order, as read by :meth:`BrownianPath.blocks`.
+
+    Attributes
+    ----------
+    first_step : int
+        Index, in integration order, of the block's first step.
+    dw : numpy.ndarray or torch.Tensor
+        Increments, shape ``(k, n, noise_dim)``: ``dw[j]`` is the increment of step ``first_step + j``.
+    levy_area : numpy.ndarray or torch.Tensor or None
+        Space-time Lévy areas of the same steps and shape, or None when the path has no Lévy area.
+    """
+
+    first_step: int
+    dw: Any
+    levy_area: Any
 
 
 def dyadic_level(n_steps: int, base_steps: int) -> int | None:
@@ -150,6 +174,97 @@ class BrownianPath:
             return int(lo), int(hi)
         raise ValueError(f"`paths` must be None, a range or a slice, got {type(paths).__name__}.")
 
+    def blocks(self, n_steps: int, *, paths=None, reverse: bool = False, block_steps: int | None = None, device=None,
+               dtype=None, generator: str | None = None, reuse_buffers: bool = False) -> Iterator[BrownianBlock]:
+        """The increments on the grid of ``n_steps`` steps, block by block in integration order.
+
+        This is how every backend reads a path: a block holds a few consecutive
+        steps of all the requested paths, and memory stays bounded by the block
+        size whatever ``n_steps``. The tree walk is carried from one block to the
+        next, so a whole reading costs one bridge split per step.
+
+        Parameters
+        ----------
+        n_steps : int
+            Number of steps of the grid; ``base_steps * 2**k`` for some ``k >= 0``.
+        paths : range or slice, optional
+            Contiguous path indices to read (default: all ``n_paths``); the
+            numbers of a path do not depend on which others are read with it.
+        reverse : bool
+            Read from ``t1`` to ``t0``: step ``k`` is then the forward step
+            ``n_steps - 1 - k`` and its increment is negated,
+            ``dw[k] = W(t_{k+1}) - W(t_k)`` along the direction of integration;
+            the space-time Lévy area is not negated.
+        block_steps : int, optional
+            Most steps per block. The default bounds a block to about 1 MiB of
+            increments for NumPy and 32 MiB for torch tensors. The torch tree
+            yields whole subtrees, so its blocks may be shorter.
+        device, dtype : optional
+            Either one makes the blocks torch tensors on ``device`` (default CPU)
+            in ``dtype`` (default ``torch.float64``): on CPU the compiled tree
+            fills them, split by paths over Numba's threads; elsewhere the same
+            tree runs as torch kernels. The numbers agree to round-off.
+            Without them the blocks are NumPy float64 arrays.
+        generator : {"numba", "torch"}, optional
+            Force the tensor generator (``"numba"`` only makes CPU tensors).
+        reuse_buffers : bool
+            Let the next block overwrite the arrays of the previous one (no
+            allocation per block). Only for a consumer that keeps no reference to
+            a block, nor to a result computed from it in place (such as an
+            autograd graph), once it asks for the next.
+
+        Yields
+        ------
+        BrownianBlock
+            ``(first_step, dw, levy_area)``; ``dw`` and ``levy_area`` have shape
+            ``(k, n, noise_dim)`` with ``n = len(paths)``; ``levy_area`` is None
+            when the path has no Lévy area. Concatenated over the blocks they are
+            :meth:`increments` exactly.
+        """
+        level = self.level(n_steps)
+        first_path, end_path = self._paths(paths)
+        if block_steps is not None and (not isinstance(block_steps, numbers.Integral) or block_steps < 1):
+            raise ValueError(f"`block_steps` must be a positive integer or None, got {block_steps!r}.")
+        lanes = (end_path - first_path) * self.noise_dim
+        if device is not None or dtype is not None or generator is not None:
+            return self._tensor_blocks(n_steps, first_path, end_path, reverse, block_steps, lanes, device, dtype,
+                                       generator, reuse_buffers)
+        steps = block_steps or _NUMPY_BLOCK_NUMBERS // lanes
+        return self._numpy_blocks(n_steps, level, first_path, end_path, bool(reverse), max(1, min(n_steps, steps)),
+                                  reuse_buffers)
+
+    def _numpy_blocks(self, n_steps, level, first_path, end_path, reverse, block_steps, reuse_buffers):
+        n_paths, noise_dim = end_path - first_path, self.noise_dim
+        walk = _bridge.new_state(n_paths, noise_dim, level)
+        _bridge.start_paths(walk, self._key, first_path, n_paths)
+        dw = area = None
+        for first_step in range(0, n_steps, block_steps):
+            k = min(block_steps, n_steps - first_step)
+            if dw is None or not reuse_buffers or dw.shape[0] != k:
+                dw = np.empty((k, n_paths, noise_dim))
+                area = np.empty((k, n_paths, noise_dim)) if self.levy_area else None
+            _bridge.fill(walk, first_step, first_step + k, self.base_steps, level, self.cell_length, reverse,
+                         self.levy_area, dw, dw if area is None else area)
+            yield BrownianBlock(first_step, dw, area)
+
+    def _tensor_blocks(self, n_steps, first_path, end_path, reverse, block_steps, lanes, device, dtype, generator,
+                       reuse_buffers):
+        import torch
+
+        from . import _torch_bridge
+
+        max_elems = (block_steps or _TORCH_BLOCK_NUMBERS // lanes) * lanes
+        source = _torch_bridge.blocks(self, n_steps, first_path, end_path, reverse=reverse,
+                                      device=torch.device("cpu" if device is None else device), generator=generator,
+                                      dtype=torch.float64 if dtype is None else dtype, max_elems=max(lanes, max_elems),
+                                      reuse=reuse_buffers)
+        first_step = 0
+        for dw, area in source:
+            if dtype is not None:
+                dw, area = dw.to(dtype), None if area is None else area.to(dtype)
+            yield BrownianBlock(first_step, dw, area)
+            first_step += dw.shape[0]
+
     def increments(self, n_steps: int, *, paths=None, reverse: bool = False, device=None, dtype=None,
                    generator: str | None = None):
         """Increments on the grid of ``n_steps`` steps.
@@ -162,27 +277,19 @@ class BrownianPath:
         on CPU by the compiled tree, elsewhere by the same tree in torch
         kernels (``generator="numba"`` or ``"torch"`` forces one; both give the
         same numbers up to round-off). Without them it is a NumPy array.
+        This is :meth:`blocks` read in one go.
         """
-        lvl = self.level(n_steps)
-        lo, hi = self._paths(paths)
-        nb, m = hi - lo, self.noise_dim
-        if device is not None or dtype is not None or generator is not None:
+        tensors = device is not None or dtype is not None or generator is not None
+        parts = list(self.blocks(n_steps, paths=paths, reverse=reverse, block_steps=None if tensors else n_steps,
+                                 device=device, dtype=dtype, generator=generator))
+        if len(parts) == 1:
+            dw, area = parts[0].dw, parts[0].levy_area
+        else:
             import torch
 
-            from . import _torch_bridge
-
-            dev = torch.device("cpu" if device is None else device)
-            dt = torch.float64 if dtype is None else dtype
-            parts = list(_torch_bridge.blocks(self, n_steps, lo, hi, reverse=reverse, device=dev, generator=generator,
-                                              dtype=dt))
-            dw = torch.cat([b[0] for b in parts]).to(dt)
-            return (dw, torch.cat([b[1] for b in parts]).to(dt)) if self.levy_area else dw
-        dw = np.empty((n_steps, nb, m))
-        hh = np.empty((n_steps, nb, m))
-        _bridge.increments(
-            self._key, lo, nb, m, self.base_steps, lvl, self.cell_length, bool(reverse), self.levy_area, dw, hh
-        )
-        return (dw, hh) if self.levy_area else dw
+            dw = torch.cat([part.dw for part in parts])
+            area = torch.cat([part.levy_area for part in parts]) if self.levy_area else None
+        return (dw, area) if self.levy_area else dw
 
     def on_grid(self, n_steps: int, *, paths=None) -> np.ndarray:
         """W on the grid of ``n_steps`` steps: shape ``(n_steps + 1, n, noise_dim)``."""

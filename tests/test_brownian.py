@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 import sdekit as sk
@@ -147,3 +148,47 @@ def test_bad_queries():
         bm.W(1.5)
     with pytest.raises(ValueError, match="contiguous range"):
         bm.increments(3, paths=range(0, 10))
+
+
+@pytest.mark.parametrize("levy", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("block_steps", [None, 1, 5, 24])
+@pytest.mark.parametrize("paths", [None, range(3, 11), slice(0, 1)])
+def test_blocks_concatenate_to_the_increments(levy, reverse, block_steps, paths):
+    bm = sk.BrownianPath(21, t_span=(-1.0, 2.0), n_paths=11, noise_dim=2, base_steps=3, levy_area=levy)
+    whole = bm.increments(24, paths=paths, reverse=reverse)
+    dw, area = whole if levy else (whole, None)
+    blocks = list(bm.blocks(24, paths=paths, reverse=reverse, block_steps=block_steps))
+    assert [b.first_step for b in blocks] == list(np.cumsum([0] + [b.dw.shape[0] for b in blocks[:-1]]))
+    assert all(b.dw.shape[0] <= (block_steps or 24) for b in blocks)
+    np.testing.assert_array_equal(np.concatenate([b.dw for b in blocks]), dw)
+    if levy:
+        np.testing.assert_array_equal(np.concatenate([b.levy_area for b in blocks]), area)
+    else:
+        assert all(b.levy_area is None for b in blocks)
+
+
+def test_reused_block_buffers_hold_the_same_numbers():
+    bm = sk.BrownianPath(22, n_paths=6, base_steps=5, levy_area=True)
+    dw, area = bm.increments(40)
+    for b in bm.blocks(40, block_steps=6, reuse_buffers=True):
+        np.testing.assert_array_equal(b.dw, dw[b.first_step : b.first_step + b.dw.shape[0]])
+        np.testing.assert_array_equal(b.levy_area, area[b.first_step : b.first_step + b.dw.shape[0]])
+
+
+@pytest.mark.parametrize("generator", ["numba", "torch"])
+@pytest.mark.parametrize("levy", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_torch_cpu_blocks_equal_numpy_blocks(generator, levy, reverse):
+    bm = sk.BrownianPath(23, t_span=(0.0, 3.0), n_paths=9, noise_dim=2, base_steps=3, levy_area=levy)
+    ref = list(bm.blocks(96, paths=range(2, 9), reverse=reverse))
+    got = list(bm.blocks(96, paths=range(2, 9), reverse=reverse, block_steps=8, device="cpu", generator=generator))
+    assert all(isinstance(b.dw, torch.Tensor) and b.dw.dtype == torch.float64 for b in got)
+    for name in ("dw", "levy_area") if levy else ("dw",):
+        expected = np.concatenate([getattr(b, name) for b in ref])
+        np.testing.assert_allclose(torch.cat([getattr(b, name) for b in got]).numpy(), expected, rtol=0, atol=1e-15)
+
+
+def test_bad_block_steps():
+    with pytest.raises(ValueError, match="block_steps"):
+        sk.BrownianPath(1).blocks(4, block_steps=0)
