@@ -9,17 +9,21 @@ Public API::
     TimeGrid, time_grid           uniform / quadratic / log-SNR / Karras grids
     reverse_sde, probability_flow, probability_flow_semilinear   reverse dynamics as sdekit problems
     sample, Samples, METHODS      sampling with any integrator
+    Ancestral, Exponential, PredictorCorrector, AnnealedLangevin, Adaptive, METHOD_OPTIONS
+                                  option records of the sampler families (sample(..., options=...))
     log_likelihood, bits_per_dim, dequantize
 
-Submodules: ``diffusion.models`` (score networks), ``diffusion.training`` (losses, EMA,
+Submodules: ``diffusion.formulas`` (reverse drift, flow velocity, x0/eps predictions, d lambda/dt,
+written once), ``diffusion.models`` (score networks), ``diffusion.training`` (losses, EMA,
 training loop with checkpoints), ``diffusion.datasets`` (toy sets and the digits).
 """
 
 from .grids import GRIDS, TimeGrid, time_grid
 from .likelihood import Likelihood, bits_per_dim, dequantize, log_likelihood
+from .options import Adaptive, Ancestral, AnnealedLangevin, Exponential, PredictorCorrector
 from .oracle import GaussianMixture
 from .reverse import probability_flow, probability_flow_semilinear, reverse_sde
-from .sampling import METHODS, Samples, list_methods, sample
+from .sampling import METHOD_OPTIONS, METHODS, Samples, list_methods, sample
 from .score import PARAMETERISATIONS, Score, classifier_free_guidance, classifier_guidance, convert
 from .sdes import VESDE, VPSDE, DiffusionSDE, SubVPSDE
 
@@ -27,5 +31,6 @@ __all__ = [
     "VPSDE", "SubVPSDE", "VESDE", "DiffusionSDE", "Score", "PARAMETERISATIONS", "convert", "classifier_guidance",
     "classifier_free_guidance", "GRIDS", "TimeGrid", "time_grid", "reverse_sde", "probability_flow",
     "probability_flow_semilinear", "sample", "Samples", "METHODS", "list_methods",
+    "METHOD_OPTIONS", "Ancestral", "Exponential", "PredictorCorrector", "AnnealedLangevin", "Adaptive",
     "log_likelihood", "Likelihood", "bits_per_dim", "dequantize", "GaussianMixture",
 ]

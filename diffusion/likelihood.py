@@ -33,6 +33,7 @@ import numpy as np
 import sdekit
 from sdekit import ops
 
+from .reverse import probability_flow
 from .score import Score, _is_tensor
 from .sdes import _stream_seed
 
@@ -97,17 +98,6 @@ def dequantize(k, *, bins: int = 256, low: float = -1.0, high: float = 1.0, seed
     return low + (k + u) * w, w
 
 
-def _pf_parts(score):
-    k, n, s = score.sde.kernels, len(score.sde.params), score.kernel
-    f, g2 = k.f, k.g2
-
-    def velocity(t, x, p):
-        q = p[:n]
-        return f(t, q) * x - 0.5 * g2(t, q) * s(t, x, p)
-
-    return ops.jittable(velocity)
-
-
 def log_likelihood(sde, score: Score, x, *, divergence="exact", n_probes: int = 1, probe: str = "rademacher",
                    prior="standard", eps: float | None = None, rtol: float = 1e-6, atol: float = 1e-8,
                    seed: int = 0, backend: str | None = None) -> Likelihood:
@@ -156,8 +146,8 @@ def log_likelihood(sde, score: Score, x, *, divergence="exact", n_probes: int = 
     if score.dim is not None and dim != score.dim:
         raise ValueError(f"`x` has dimension {dim} (shape {xa.shape}) but the score is for dimension {score.dim}; "
                          f"give data of shape (n, {score.dim}).")
-    velocity = _pf_parts(score)
-    n_sp = len(score.params)
+    velocity = probability_flow(score).rhs  # the probability-flow velocity kernel v(t, x, score.params)
+    n_score_params = len(score.params)
 
     if isinstance(divergence, tuple):
         div_kernel, div_params = divergence
@@ -167,7 +157,7 @@ def log_likelihood(sde, score: Score, x, *, divergence="exact", n_probes: int = 
 
         def rhs(t, z, p):
             y = z[:, :dim] + 0.0
-            return ops.concatenate((velocity(t, y, p[:n_sp]), div_kernel(t, y, p[n_sp:])[:, None]), 1)
+            return ops.concatenate((velocity(t, y, p[:n_score_params]), div_kernel(t, y, p[n_score_params:])[:, None]), 1)
 
         problem = sdekit.ODE(rhs, params=score.params + tuple(div_params))
         z0 = np.concatenate([xa, np.zeros((n, 1))], axis=1)

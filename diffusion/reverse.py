@@ -13,8 +13,9 @@ Given a score ``s(t, x) ~ grad log p_t(x)``:
   and nonlinearity ``D = x0_hat`` (Tweedie's mean):
   ``dx/dt = A' x + exp(A + lambda) lambda' x0_hat``.
 
-The problems' ``params`` are the score's (which begin with the SDE's), so
-they solve on every backend the score runs on.
+The formulas themselves are those of :mod:`diffusion.formulas`. The problems'
+``params`` are the score's (which begin with the SDE's), so they solve on
+every backend the score runs on.
 
 References
 ----------
@@ -24,12 +25,10 @@ Song et al. (2021), ICLR (probability flow); Lu et al. (2022), DPM-Solver++.
 
 from __future__ import annotations
 
-import copy
-
 import sdekit
 from sdekit import ops
-from sdekit.problem import _normalise_params
 
+from .formulas import eps_from_score, flow_velocity, log_snr_rate, reverse_drift, x0_from_score
 from .score import Score
 
 __all__ = ["reverse_sde", "probability_flow", "probability_flow_semilinear"]
@@ -43,18 +42,14 @@ def _cached(score, kind, build):
     carrying this score's parameters. The numba backend compiles per function object, so sampling again
     (even with another Score wrapping the same kernel, e.g. another mixture) compiles nothing new. Scores
     that run on torch only are not cached: they compile nothing, and the cache would keep their networks."""
-    k, n, s = _check(score)
+    kernels, n_sde_params, score_kernel = _check(score)
     if "numba" not in score.backends:
         # nothing to compile (torch modules): build afresh rather than keep every network's closure alive
-        problem = build(k, n, s)
-        problem.params = _normalise_params(score.params)
-        return problem
-    key = (kind, s, k, n)
+        return build(kernels, n_sde_params, score_kernel).with_params(score.params)
+    key = (kind, score_kernel, kernels, n_sde_params)
     if key not in _PROBLEMS:
-        _PROBLEMS[key] = build(k, n, s)
-    problem = copy.copy(_PROBLEMS[key])
-    problem.params = _normalise_params(score.params)
-    return problem
+        _PROBLEMS[key] = build(kernels, n_sde_params, score_kernel)
+    return _PROBLEMS[key].with_params(score.params)
 
 
 def _check(score):
@@ -71,32 +66,32 @@ def reverse_sde(score: Score) -> sdekit.SDE:
     return _cached(score, "reverse_sde", _reverse_sde)
 
 
-def _reverse_sde(k, n, s):
-    f, g2 = k.f, k.g2
+def _reverse_sde(kernels, n_sde_params, score_kernel):
+    f, g2 = kernels.f, kernels.g2
 
     def drift(t, x, p):
-        q = p[:n]
-        return f(t, q) * x - g2(t, q) * s(t, x, p)
+        q = p[:n_sde_params]
+        return reverse_drift(f(t, q), g2(t, q), x, score_kernel(t, x, p))
 
     def diffusion(t, x, p):
-        return ops.sqrt(g2(t, p[:n])) + 0.0 * x
+        return ops.sqrt(g2(t, p[:n_sde_params])) + 0.0 * x
 
-    return sdekit.SDE(drift, diffusion, noise="additive")
+    return sdekit.SDE(ops.jittable(drift), ops.jittable(diffusion), noise="additive")
 
 
 def probability_flow(score: Score) -> sdekit.ODE:
-    """The probability-flow ODE ``dx/dt = f x - g^2 s / 2``."""
+    """The probability-flow ODE ``dx/dt = f x - g^2 s / 2``; its ``rhs`` is jittable (a velocity kernel)."""
     return _cached(score, "probability_flow", _probability_flow)
 
 
-def _probability_flow(k, n, s):
-    f, g2 = k.f, k.g2
+def _probability_flow(kernels, n_sde_params, score_kernel):
+    f, g2 = kernels.f, kernels.g2
 
-    def rhs(t, x, p):
-        q = p[:n]
-        return f(t, q) * x - 0.5 * g2(t, q) * s(t, x, p)
+    def velocity(t, x, p):
+        q = p[:n_sde_params]
+        return flow_velocity(f(t, q), g2(t, q), x, score_kernel(t, x, p))
 
-    return sdekit.ODE(rhs)
+    return sdekit.ODE(ops.jittable(velocity))
 
 
 def probability_flow_semilinear(score: Score, prediction: str = "x0") -> sdekit.SemilinearODE:
@@ -113,51 +108,49 @@ def probability_flow_semilinear(score: Score, prediction: str = "x0") -> sdekit.
     return _cached(score, ("semilinear", prediction), build)
 
 
-def _semilinear_x0(k, n, s):
-    f, g2, alpha, sigma, log_snr = k.f, k.g2, k.alpha, k.sigma, k.log_snr
+def _semilinear_x0(kernels, n_sde_params, score_kernel):
+    f, g2, alpha, sigma, log_snr = kernels.f, kernels.g2, kernels.alpha, kernels.sigma, kernels.log_snr
 
     def log_factor(t, p):
-        return ops.log(sigma(t, p[:n]))
+        return ops.log(sigma(t, p[:n_sde_params]))
 
     def clock(t, p):
-        return log_snr(t, p[:n])
+        return log_snr(t, p[:n_sde_params])
 
     def x0_hat(t, x, p):
-        q = p[:n]
-        sg = sigma(t, q)
-        return (x + sg * sg * s(t, x, p)) / alpha(t, q)
-
-    def log_factor_rate(t, p):
-        q = p[:n]
-        sg = sigma(t, q)
-        return f(t, q) + 0.5 * g2(t, q) / (sg * sg)
+        q = p[:n_sde_params]
+        return x0_from_score(score_kernel(t, x, p), x, alpha(t, q), sigma(t, q))
 
     def clock_rate(t, p):
-        q = p[:n]
-        sg = sigma(t, q)
-        return -0.5 * g2(t, q) / (sg * sg)
+        q = p[:n_sde_params]
+        return log_snr_rate(g2(t, q), sigma(t, q))
 
+    def log_factor_rate(t, p):
+        # d log sigma/dt = f - d lambda/dt, since lambda = log alpha - log sigma and f = d log alpha/dt
+        return f(t, p[:n_sde_params]) - clock_rate(t, p)
+
+    ops.jittable(clock_rate)
     return sdekit.SemilinearODE(log_factor, clock, x0_hat, log_factor_rate=log_factor_rate, clock_rate=clock_rate)
 
 
-def _semilinear_eps(k, n, s):
-    f, g2, alpha, sigma, log_snr = k.f, k.g2, k.alpha, k.sigma, k.log_snr
+def _semilinear_eps(kernels, n_sde_params, score_kernel):
+    f, g2, alpha, sigma, log_snr = kernels.f, kernels.g2, kernels.alpha, kernels.sigma, kernels.log_snr
 
     def log_factor(t, p):
-        return ops.log(alpha(t, p[:n]))
+        return ops.log(alpha(t, p[:n_sde_params]))
 
     def clock(t, p):
-        return -log_snr(t, p[:n])
+        return -log_snr(t, p[:n_sde_params])
 
     def eps_hat(t, x, p):
-        return -sigma(t, p[:n]) * s(t, x, p)
+        q = p[:n_sde_params]
+        return eps_from_score(score_kernel(t, x, p), x, alpha(t, q), sigma(t, q))
 
     def log_factor_rate(t, p):
-        return f(t, p[:n])
+        return f(t, p[:n_sde_params])
 
     def clock_rate(t, p):
-        q = p[:n]
-        sg = sigma(t, q)
-        return 0.5 * g2(t, q) / (sg * sg)
+        q = p[:n_sde_params]
+        return -log_snr_rate(g2(t, q), sigma(t, q))
 
     return sdekit.SemilinearODE(log_factor, clock, eps_hat, log_factor_rate=log_factor_rate, clock_rate=clock_rate)

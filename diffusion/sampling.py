@@ -20,12 +20,18 @@ method              dynamics                integrator
 ``dpmpp_3m``        PF-ODE, semilinear      sdekit ``exp_ab3_ramp`` (third-order steps, exact weights, cheap start)
 ``exp_ab3``         PF-ODE, semilinear      sdekit ``exp_ab3`` (third order, midpoint start: +1 evaluation)
 ``ddpm``            ancestral chain         posterior ``q(x_s | x_t, x0_hat)`` (DDIM with ``eta = 1``)
-``pc``              reverse SDE + Langevin  Euler–Maruyama predictor, ``corrector_steps`` Langevin steps
+``pc``              reverse SDE + Langevin  sdekit ``euler`` predictor (:class:`sdekit.Stepper`), Langevin corrector
 ``ald``             annealed Langevin       ``corrector_steps`` Langevin steps at each grid time (NCSN)
 =================== ======================= =====================================================
 
-The exponential methods integrate the data-prediction form by default
-(``prediction="x0"``, DPM-Solver++); ``prediction="eps"`` integrates the
+Options of a method family are one record (:mod:`diffusion.options`),
+passed as ``options=``: :class:`Ancestral` (``eta``, ddim),
+:class:`Exponential` (``prediction``, the exponential methods),
+:class:`PredictorCorrector` (``snr``, ``corrector_steps``, pc),
+:class:`AnnealedLangevin` (``step_size``, ``corrector_steps``, ald) and
+:class:`Adaptive` (``rtol``, ``atol``, dopri5). The exponential methods
+integrate the data-prediction form by default (``prediction="x0"``,
+DPM-Solver++); ``Exponential(prediction="eps")`` integrates the
 noise-prediction form (DPM-Solver, DEIS), often better at very few steps.
 
 Every method runs on any time grid (:mod:`diffusion.grids`): the samplers
@@ -44,6 +50,12 @@ gives the same samples on every backend, and the first ``m`` of ``n`` samples
 are the ``m`` samples drawn alone, for every method except ``pc``, whose
 corrector step size averages score and noise norms over the batch (so each
 sample depends on the others).
+
+The chains (``ddim`` with ``eta > 0``, ``ddpm``, ``pc``, ``ald``) are short
+functions with one signature, ``chain(sde, score, times, x, noise, options,
+visit) -> (x, nfe)``: ``noise()`` draws the next ``(n, dim)`` standard normals
+and ``visit(x)`` receives each new grid state (as in Crowson's k-diffusion
+samplers). Their formulas are those of :mod:`diffusion.formulas`.
 """
 
 from __future__ import annotations
@@ -52,18 +64,20 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 import sdekit
 
+from .formulas import eps_from_score, x0_from_score
 from .grids import TimeGrid
+from .options import OPTION_RECORDS, Adaptive, Ancestral, AnnealedLangevin, Exponential, PredictorCorrector
 from .reverse import probability_flow, probability_flow_semilinear, reverse_sde
 from .score import Score, _is_tensor, params_like
 from .sdes import _stream_seed, same_process, standard_normals
 
-__all__ = ["sample", "Samples", "METHODS", "list_methods"]
+__all__ = ["sample", "Samples", "METHODS", "METHOD_OPTIONS", "list_methods"]
 
 SDE_METHODS = {"euler_maruyama": "euler", "euler_heun": "euler_heun", "milstein": "milstein", "sra1": "sra1",
                "sriw1": "sriw1"}
@@ -72,6 +86,14 @@ EXP_METHODS = {"ddim": "exp_euler", "dpmpp_2m": "exp_ab2", "dpmpp_3m": "exp_ab3_
 CHAIN_METHODS = ("ddpm", "pc", "ald")
 METHODS = tuple(SDE_METHODS) + tuple(ODE_METHODS) + tuple(EXP_METHODS) + CHAIN_METHODS
 DETERMINISTIC = tuple(ODE_METHODS) + tuple(EXP_METHODS)
+
+# The option records each method reads (the first is its default); a method missing here reads none.
+METHOD_OPTIONS = {"ddim": (Exponential, Ancestral), "dpmpp_2m": (Exponential,), "dpmpp_3m": (Exponential,),
+                  "exp_ab3": (Exponential,), "pc": (PredictorCorrector,), "ald": (AnnealedLangevin,),
+                  "dopri5": (Adaptive,)}
+# sample()'s keyword shorthand for the records' fields, with the defaults a method that does not read one must keep
+OPTION_KEYWORDS = {"eta": 0.0, "snr": 0.16, "corrector_steps": 1, "step_size": 0.1, "rtol": 1e-5, "atol": 1e-5,
+                   "prediction": "x0", "rho": 7.0}
 
 
 def list_methods() -> tuple:
@@ -93,8 +115,17 @@ class Samples:
         The grid times visited, from ``T`` to ``eps``.
     nfe : int
         Score evaluations per sample.
+    method, grid : str
+        The method and the kind of time grid.
+    seconds : float
+        Wall-clock time of the call.
     trajectory : array or tensor, optional
         ``(len(times), n, dim)`` states on the grid (``return_trajectory=True``).
+    solution : sdekit.Solution, optional
+        The solve behind the general and exponential methods.
+    options : option record, optional
+        The options the method ran with (:mod:`diffusion.options`); None for
+        a method that reads none.
     """
 
     x: object
@@ -106,6 +137,7 @@ class Samples:
     seconds: float = 0.0
     trajectory: object = None
     solution: object = field(default=None, repr=False)
+    options: object = None
 
 
 def _check_int(v, name, low=1):
@@ -114,17 +146,11 @@ def _check_int(v, name, low=1):
     return int(v)
 
 
-def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100, grid: str = "uniform",
+def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100, grid: str | TimeGrid = "uniform",
            eps: float | None = None, denoise: bool = True, seed: int = 0, dim: int | None = None,
-           backend: str | None = None, device=None, dtype=None, x_T=None, eta: float = 0.0, snr: float = 0.16,
-           corrector_steps: int = 1, step_size: float = 0.1, rho: float = 7.0, rtol: float = 1e-5,
-           atol: float = 1e-5, prediction: str = "x0", callback: Callable | None = None,
-           return_trajectory: bool = False) -> Samples:
+           backend: str | None = None, device=None, dtype=None, x_T=None, options=None,
+           callback: Callable | None = None, return_trajectory: bool = False, **option_keywords) -> Samples:
     """Draw ``n`` samples by integrating the reverse dynamics of ``sde`` from ``T`` to ``eps``.
-
-    An option the chosen method or grid does not read (``eta``, ``snr``,
-    ``step_size``, ``corrector_steps``, ``rho``, ``rtol``, ``atol``,
-    ``prediction``) must keep its default: otherwise a ``ValueError`` names it.
 
     Parameters
     ----------
@@ -138,10 +164,12 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
     steps : int
         Grid steps (ignored by ``dopri5``). ``ald`` runs ``corrector_steps``
         Langevin steps at each of the ``steps + 1`` grid times.
-    grid : {"uniform", "quadratic", "logsnr", "karras"}
-        Time grid (see :mod:`diffusion.grids`); ``rho`` for ``"karras"``.
+    grid : {"uniform", "quadratic", "logsnr", "karras"} or TimeGrid
+        Time grid (see :mod:`diffusion.grids`). A :class:`TimeGrid` of this
+        SDE carries its own ``eps`` and, for ``"karras"``, ``rho``:
+        ``grid=TimeGrid(sde, "karras", rho=5.0)``.
     eps : float, optional
-        End time (default ``sde.eps``).
+        End time (default ``sde.eps``, or the TimeGrid's).
     denoise : bool
         Replace the final state by Tweedie's mean ``x0_hat(x_eps)`` (+1 NFE).
     seed : int
@@ -155,31 +183,46 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
         Torch backend: where and in which precision (default cpu, float64).
     x_T : array or tensor, optional
         Starting states (default: a prior draw keyed by ``seed``).
-    eta : float
-        ``ddim`` only: 0 is the deterministic DDIM (sdekit ``exp_euler``),
-        1 the ancestral DDPM chain.
-    snr : float
-        ``pc``: the Langevin corrector's signal-to-noise ratio ``r``. Its step is
-        ``2 a_t (r |z| / |s|)^2`` per sample with ``a_t = alpha_s^2/alpha_t^2``
-        over the step (Song et al. 2021, Alg. 5; 1 for VE), where the norms are
-        averaged over the ``n`` samples, as in their code (a per-sample step is
-        not a valid Langevin step). 0.16 is their CIFAR-10 VE value.
-    corrector_steps : int
-        ``pc``: Langevin steps after each predictor step; ``ald``: steps per level.
-    step_size : float
-        ``ald``: relative Langevin step ``delta``; the step at grid time ``t`` is
-        ``delta sigma_t^2`` (Song & Ermon 2019 use ``epsilon sigma_i^2 / sigma_L^2``,
-        i.e. ``delta = epsilon / sigma_L^2 = 0.2`` for their CIFAR-10 values).
-    rtol, atol : float
-        ``dopri5`` tolerances.
-    prediction : {"x0", "eps"}
-        Exponential methods: integrate in data prediction (DPM-Solver++) or noise
-        prediction (DPM-Solver); ``ddim`` is the same method in both.
+    options : option record, optional
+        The method's options (:data:`METHOD_OPTIONS`; default: the record's
+        defaults):
+
+        * :class:`~diffusion.options.Ancestral` ``(eta=0.0)``, ``ddim``:
+          0 is the deterministic DDIM (sdekit ``exp_euler``), 1 the ancestral
+          DDPM chain;
+        * :class:`~diffusion.options.Exponential` ``(prediction="x0")``,
+          ``ddim``, ``dpmpp_2m``, ``dpmpp_3m``, ``exp_ab3``: integrate in data
+          prediction (DPM-Solver++) or noise prediction (``"eps"``, DPM-Solver);
+          ``ddim`` is the same method in both;
+        * :class:`~diffusion.options.PredictorCorrector`
+          ``(snr=0.16, corrector_steps=1)``, ``pc``: the Langevin corrector's
+          signal-to-noise ratio (Song et al. 2021, Alg. 5, with the norms
+          averaged over the ``n`` samples, as in their code) and its steps
+          after each predictor step;
+        * :class:`~diffusion.options.AnnealedLangevin`
+          ``(step_size=0.1, corrector_steps=1)``, ``ald``: the relative
+          Langevin step ``delta`` (the step at grid time ``t`` is
+          ``delta sigma_t^2``; Song & Ermon 2019) and the steps per level;
+        * :class:`~diffusion.options.Adaptive` ``(rtol=1e-5, atol=1e-5)``,
+          ``dopri5``: the tolerances.
+
+        A record of another family is refused in one line.
     callback : callable, optional
         ``callback(k, t_k, x_k)`` for each grid state in order (for the
         general sdekit schemes after the solve, from the saved states).
     return_trajectory : bool
         Keep all grid states in ``Samples.trajectory``.
+    **option_keywords
+        Shorthand for the records' fields (``eta``, ``prediction``, ``snr``,
+        ``corrector_steps``, ``step_size``, ``rtol``, ``atol``) and for the
+        Karras grid's ``rho``: ``sample(..., method="pc", snr=0.2)`` is
+        ``sample(..., method="pc", options=PredictorCorrector(snr=0.2))``. An
+        option the chosen method or grid does not read must keep its default:
+        otherwise a ``ValueError`` names it.
+
+    Returns
+    -------
+    Samples
     """
     t_start = time.perf_counter()
     if not isinstance(score, Score):
@@ -197,28 +240,17 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
     score.check_backend(backend)
     if backend != "torch" and (device is not None or dtype is not None):
         raise ValueError(f"`device` and `dtype` apply to backend='torch', not {backend!r}.")
-    if method == "dopri5" and grid != "uniform":
+    unknown = sorted(set(option_keywords) - set(OPTION_KEYWORDS))
+    if unknown:
+        raise TypeError(f"sample() got an unexpected keyword argument {unknown[0]!r}; the option keywords are "
+                        f"{list(OPTION_KEYWORDS)}.")
+    rho = option_keywords.pop("rho", None)
+    grid_kind = grid.kind if isinstance(grid, TimeGrid) else grid
+    if method == "dopri5" and grid_kind != "uniform":
         raise ValueError("dopri5 chooses its own steps; drop `grid` (it applies to fixed-step methods).")
-    if method != "ddim" and eta != 0.0:
-        raise ValueError("`eta` applies to method='ddim' only.")
-    # an option the chosen method or grid does not read is refused rather than silently ignored
-    for name, value, default, applies, where in (
-            ("snr", snr, 0.16, method == "pc", "method='pc'"),
-            ("step_size", step_size, 0.1, method == "ald", "method='ald'"),
-            ("corrector_steps", corrector_steps, 1, method in ("pc", "ald"), "method='pc' or 'ald'"),
-            ("rho", rho, 7.0, grid == "karras", "grid='karras'"),
-            ("rtol", rtol, 1e-5, method == "dopri5", "method='dopri5'"),
-            ("atol", atol, 1e-5, method == "dopri5", "method='dopri5'")):
-        if not applies and not (np.isscalar(value) and value == default):
-            raise ValueError(f"`{name}` applies to {where} only (it would be ignored by method={method!r}, "
-                             f"grid={grid!r}); drop it.")
-    if prediction not in ("x0", "eps"):
-        raise ValueError(f"`prediction` must be 'x0' or 'eps', got {prediction!r}.")
-    if prediction != "x0" and method not in EXP_METHODS:
-        raise ValueError(f"`prediction` applies to the exponential methods {list(EXP_METHODS)}, not {method!r}.")
-    corrector_steps = _check_int(corrector_steps, "corrector_steps", low=0 if method == "pc" else 1)
-    tg = TimeGrid(sde, grid, eps=eps, rho=rho)
-    times = tg.times(steps)
+    options = _method_options(method, grid_kind, options, option_keywords)
+    time_grid = _time_grid(sde, grid, eps, rho, method)
+    times = time_grid.times(steps)
 
     like = None
     if backend == "torch":
@@ -236,6 +268,7 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
         x_T = _start(x_T, n, score.dim if dim is None else dim, backend, like)
         dim = x_T.shape[1]
 
+    keep = return_trajectory or callback is not None
     # the samples come back as arrays without a graph: never record one through a network
     grad_off = contextlib.nullcontext()
     if backend == "torch":
@@ -244,32 +277,94 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
         grad_off = torch.no_grad()
     with grad_off:
         score.check(x_T, float(times[0]), what="x_T")  # one evaluation on 3 rows: shape, dtype, finiteness
-        nfe, traj, sol = 0, None, None
+        trajectory, solution = None, None
         if method in SDE_METHODS or method in ODE_METHODS:
-            x, nfe, traj, sol, times = _solve_general(sde, score, tg, method, steps, x_T, seed, backend, rtol, atol,
-                                                      return_trajectory or callback is not None)
-        elif method in EXP_METHODS and not (method == "ddim" and eta > 0):
+            x, nfe, trajectory, solution, times = _solve_general(score, time_grid, method, steps, x_T, seed, backend,
+                                                                 options, keep)
+        elif method in EXP_METHODS and not (isinstance(options, Ancestral) and options.eta > 0):
+            prediction = options.prediction if isinstance(options, Exponential) else "x0"
             problem = probability_flow_semilinear(score, prediction)
-            save = None if (return_trajectory or callback is not None) else [times[-1]]
-            sol = sdekit.solve(problem, x_T, (times[0], times[-1]), method=EXP_METHODS[method], t_grid=times,
-                               save_at=save, backend=backend)
-            x, nfe = sol.x[-1], int(round(sol.stats.n_drift_evals / sol.stats.n_paths))
-            traj = sol.x if save is None else None
+            solution = sdekit.solve(problem, x_T, (times[0], times[-1]), method=EXP_METHODS[method], t_grid=times,
+                                    save_at=None if keep else [times[-1]], backend=backend)
+            x, nfe = solution.x[-1], int(round(solution.stats.n_drift_evals / solution.stats.n_paths))
+            trajectory = solution.x if keep else None
         else:
-            x, nfe, traj = _chain(sde, score, method, times, x_T, seed, eta, snr, corrector_steps, step_size,
-                                  return_trajectory or callback is not None)
-        if isinstance(traj, list):
-            traj = _stack(traj)
+            chain = CHAINS["ddim" if method == "ddpm" else method]
+            chain_options = Ancestral(eta=1.0) if method == "ddpm" else options
+            x, nfe, trajectory = _run_chain(chain, sde, score, times, x_T, seed, chain_options, keep)
         if callback is not None:
             for k, tk in enumerate(times):
-                callback(k, float(tk), traj[k])
+                callback(k, float(tk), trajectory[k])
         if denoise:
             x = score.x0(x, float(times[-1]))
             nfe += 1
     _check_finite(x, method)
-    return Samples(x=x, x_T=x_T, times=times, nfe=int(nfe), method=method, grid=grid,
-                   seconds=time.perf_counter() - t_start, trajectory=traj if return_trajectory else None,
-                   solution=sol)
+    return Samples(x=x, x_T=x_T, times=times, nfe=int(nfe), method=method, grid=time_grid.kind,
+                   seconds=time.perf_counter() - t_start, trajectory=trajectory if return_trajectory else None,
+                   solution=solution, options=options)
+
+
+def _method_options(method, grid_kind, options, option_keywords):
+    """The option record ``method`` runs with, from ``options=`` or from the keyword shorthand (None if it reads none)."""
+    accepted = METHOD_OPTIONS.get(method, ())
+    if options is not None:
+        if option_keywords:
+            raise ValueError(f"give the method's options either as `options=` or as keywords "
+                             f"({', '.join(sorted(option_keywords))}), not both.")
+        if not isinstance(options, OPTION_RECORDS):
+            raise ValueError(f"`options` must be an option record ({', '.join(r.__name__ for r in OPTION_RECORDS)}), "
+                             f"got {type(options).__name__}.")
+        if not isinstance(options, accepted):
+            reads = " or ".join(r.__name__ for r in accepted) + " options" if accepted else "no options"
+            users = [m for m, records in METHOD_OPTIONS.items() if type(options) in records]
+            raise ValueError(f"`options` {type(options).__name__} apply to method {' or '.join(map(repr, users))}; "
+                             f"method={method!r} reads {reads}.")
+        return options
+    # the keyword shorthand: an option the method does not read is refused rather than silently ignored
+    if method != "ddim" and not _is_default(option_keywords.get("eta", 0.0), 0.0):
+        raise ValueError("`eta` applies to method='ddim' only.")
+    for name, applies, where in (("snr", method == "pc", "method='pc'"), ("step_size", method == "ald", "method='ald'"),
+                                 ("corrector_steps", method in ("pc", "ald"), "method='pc' or 'ald'"),
+                                 ("rtol", method == "dopri5", "method='dopri5'"),
+                                 ("atol", method == "dopri5", "method='dopri5'")):
+        value = option_keywords.get(name, OPTION_KEYWORDS[name])
+        if not applies and not _is_default(value, OPTION_KEYWORDS[name]):
+            raise ValueError(f"`{name}` applies to {where} only (it would be ignored by method={method!r}, "
+                             f"grid={grid_kind!r}); drop it.")
+    prediction = option_keywords.get("prediction", "x0")
+    if prediction not in ("x0", "eps"):
+        raise ValueError(f"`prediction` must be 'x0' or 'eps', got {prediction!r}.")
+    if prediction != "x0" and method not in EXP_METHODS:
+        raise ValueError(f"`prediction` applies to the exponential methods {list(EXP_METHODS)}, not {method!r}.")
+    if not accepted:
+        return None
+    chosen = [record for record in accepted if any(f.name in option_keywords and not _is_default(option_keywords[f.name], f.default)
+                                                   for f in fields(record))]
+    if len(chosen) > 1:  # ddim with both eta > 0 and prediction='eps'
+        raise ValueError("`eta` > 0 runs DDIM's stochastic chain, which `prediction` does not change; drop `prediction`.")
+    record = chosen[0] if chosen else accepted[0]
+    return record(**{f.name: option_keywords[f.name] for f in fields(record) if f.name in option_keywords})
+
+
+def _is_default(value, default) -> bool:
+    return bool(np.isscalar(value) and value == default)
+
+
+def _time_grid(sde, grid, eps, rho, method) -> TimeGrid:
+    """The sampling grid: a TimeGrid as given (checked against ``sde``), or one made from its kind."""
+    if isinstance(grid, TimeGrid):
+        if not same_process(grid.sde, sde) or grid.T != sde.T:
+            raise ValueError(f"`grid` {grid!r} was made for another SDE or start time; make it with "
+                             f"TimeGrid(sde, {grid.kind!r}) for this `sde` (T={sde.T}).")
+        if rho is not None:
+            raise ValueError(f"`rho` is set on the TimeGrid ({grid!r}); drop `rho`.")
+        if eps is not None and float(eps) != grid.eps:
+            raise ValueError(f"`eps` is set on the TimeGrid ({grid!r}); drop `eps` or make the grid with eps={eps}.")
+        return grid
+    if rho is not None and grid != "karras" and not _is_default(rho, OPTION_KEYWORDS["rho"]):
+        raise ValueError(f"`rho` applies to grid='karras' only (it would be ignored by method={method!r}, "
+                         f"grid={grid!r}); drop it.")
+    return TimeGrid(sde, grid, eps=eps, rho=OPTION_KEYWORDS["rho"] if rho is None else rho)
 
 
 def _start(x_T, n, dim, backend, like):
@@ -296,14 +391,6 @@ def _start(x_T, n, dim, backend, like):
     return x
 
 
-def _stack(states):
-    if _is_tensor(states[0]):
-        import torch
-
-        return torch.stack(states)
-    return np.stack(states)
-
-
 def _check_finite(x, method):
     ok = bool(x.isfinite().all()) if _is_tensor(x) else bool(np.isfinite(x).all())
     if not ok:
@@ -313,96 +400,142 @@ def _check_finite(x, method):
         )
 
 
-def _solve_general(sde, score, tg, method, steps, x_T, seed, backend, rtol, atol, keep):
+def _solve_general(score, time_grid, method, steps, x_T, seed, backend, options, keep):
     """Reverse SDE / PF-ODE with a general sdekit scheme."""
     is_sde = method in SDE_METHODS
     problem = reverse_sde(score) if is_sde else probability_flow(score)
     scheme = SDE_METHODS[method] if is_sde else ODE_METHODS[method]
-    kw = {"backend": backend}
+    solve_options = {"backend": backend}
     if is_sde:
-        kw["seed"] = _stream_seed(seed, 1)
+        solve_options["seed"] = _stream_seed(seed, 1)
     if method == "dopri5":
-        sol = sdekit.solve(problem, x_T, (tg.T, tg.eps), method=scheme, rtol=rtol, atol=atol, **kw)
-        nfe = int(round(sol.stats.n_drift_evals / sol.stats.n_paths))
-        return sol.x[-1], nfe, sol.x if keep else None, sol, np.array([tg.T, tg.eps])
-    if tg.kind == "uniform":
-        sol = sdekit.solve(problem, x_T, (tg.T, tg.eps), method=scheme, n_steps=steps,
-                           save_at=None if keep else [tg.eps], **kw)
+        solution = sdekit.solve(problem, x_T, (time_grid.T, time_grid.eps), method=scheme, rtol=options.rtol,
+                                atol=options.atol, **solve_options)
+        nfe = int(round(solution.stats.n_drift_evals / solution.stats.n_paths))
+        return solution.x[-1], nfe, solution.x if keep else None, solution, np.array([time_grid.T, time_grid.eps])
+    if time_grid.kind == "uniform":
+        solution = sdekit.solve(problem, x_T, (time_grid.T, time_grid.eps), method=scheme, n_steps=steps,
+                                save_at=None if keep else [time_grid.eps], **solve_options)
     else:
-        changed = sdekit.time_change(problem, tg.phi, tg.dphi, params=tg.params)
-        sol = sdekit.solve(changed, x_T, (0.0, 1.0), method=scheme, n_steps=steps, save_at=None if keep else [1.0],
-                           **kw)
-    if sol.failed.any():
-        raise FloatingPointError(f"{method}: {sol.message}")
-    nfe = int(round(sol.stats.n_drift_evals / sol.stats.n_paths))
-    return sol.x[-1], nfe, sol.x if keep else None, sol, tg.times(steps)
+        changed = sdekit.time_change(problem, time_grid.phi, time_grid.dphi, params=time_grid.params)
+        solution = sdekit.solve(changed, x_T, (0.0, 1.0), method=scheme, n_steps=steps,
+                                save_at=None if keep else [1.0], **solve_options)
+    if solution.failed.any():
+        raise FloatingPointError(f"{method}: {solution.message}")
+    nfe = int(round(solution.stats.n_drift_evals / solution.stats.n_paths))
+    return solution.x[-1], nfe, solution.x if keep else None, solution, time_grid.times(steps)
 
 
-def _chain(sde, score, method, times, x, seed, eta, snr, corrector_steps, step_size, keep):
-    """The samplers that step between grid points: DDIM(eta)/DDPM, predictor–corrector, annealed Langevin."""
+# --------------------------------------------------------------------------- chains
+# Every chain is chain(sde, score, times, x, noise, options, visit) -> (x, nfe): it steps the states x through the
+# decreasing grid `times`, draws its standard normals with noise() and hands each new grid state to visit(x).
+
+
+def _run_chain(chain, sde, score, times, x, seed, options, keep):
+    """Run one chain with the normals of ``seed`` (streams 2, 3, ... in the order drawn); the states if ``keep``."""
     n, dim = x.shape
-    p = params_like(score.params, x)
-    kern = score.kernel
-    traj = [x] if keep else None
-    nfe = 0
+    like = x if _is_tensor(x) else None
     draws = 0
 
-    def normals():
+    def noise():
         nonlocal draws
         draws += 1
-        return standard_normals(seed, 1 + draws, n, dim, like=x if _is_tensor(x) else None)
+        return standard_normals(seed, 1 + draws, n, dim, like=like)
 
-    def per_row_norm(v):
-        return (v * v).sum(1) ** 0.5
+    states = [x] if keep else None
+    x, nfe = chain(sde, score, times, x, noise, options, states.append if keep else lambda state: None)
+    if keep:
+        states = _stack(states)
+    return x, nfe, states
 
-    def langevin(x, t, a_t, n_inner, fixed_step=None):
-        nonlocal nfe
-        for _ in range(n_inner):
-            g = kern(float(t), x, p)
-            nfe += 1
-            z = normals()
-            if fixed_step is None:
-                # Song et al.'s rule with the norms averaged over the n samples: a step that depends on each
-                # sample's own score norm is not a valid Langevin step (it inflates the variance near modes)
-                gn = float(per_row_norm(g).mean())
-                e = 2.0 * a_t * (snr * float(per_row_norm(z).mean()) / max(gn, 1e-300)) ** 2
-                x = x + e * g + math.sqrt(2.0 * e) * z
-            else:
-                x = x + 0.5 * fixed_step * g + math.sqrt(fixed_step) * z
-        return x
 
-    if method == "ald":
-        for k, t in enumerate(times):
-            x = langevin(x, t, 1.0, corrector_steps, fixed_step=step_size * float(sde.sigma(t)) ** 2)
-            if keep and k > 0:
-                traj.append(x)
-        return x, nfe, traj
-    if method == "ddpm":
-        eta = 1.0
-    for k in range(len(times) - 1):
-        t, s = float(times[k]), float(times[k + 1])
-        a_t, s_t = float(sde.alpha(t)), float(sde.sigma(t))
-        a_s, s_s = float(sde.alpha(s)), float(sde.sigma(s))
-        if method == "pc":
-            if corrector_steps:
-                x = langevin(x, t, (a_t / a_s) ** 2, corrector_steps)
-            # Euler–Maruyama predictor of the reverse SDE over [s, t]
-            h = t - s
-            g2 = float(sde.g2(t))
-            sc = kern(t, x, p)
-            nfe += 1
-            x = x - h * (float(sde.f(t)) * x - g2 * sc) + math.sqrt(g2 * h) * normals()
-        else:
-            sc = kern(t, x, p)
-            nfe += 1
-            x0 = (x + s_t * s_t * sc) / a_t
-            e_hat = -s_t * sc
-            a_ts = a_t / a_s
-            var_ts = s_t * s_t - a_ts * a_ts * s_s * s_s  # variance of x_t given x_s
-            c = eta * math.sqrt(max(var_ts, 0.0) * s_s * s_s) / s_t
-            x = a_s * x0 + math.sqrt(max(s_s * s_s - c * c, 0.0)) * e_hat
-            if c > 0:
-                x = x + c * normals()
-        if keep:
-            traj.append(x)
-    return x, nfe, traj
+def _stack(states):
+    if _is_tensor(states[0]):
+        import torch
+
+        return torch.stack(states)
+    return np.stack(states)
+
+
+def _langevin(x, score_t, step, z):
+    """One Langevin step ``x + step s + sqrt(2 step) z`` towards the density whose score is ``s`` (Roberts & Tweedie 1996)."""
+    return x + step * score_t + math.sqrt(2.0 * step) * z
+
+
+def _mean_row_norm(v) -> float:
+    return float(((v * v).sum(1) ** 0.5).mean())
+
+
+def _ancestral(sde, score, times, x, noise, options, visit):
+    """DDIM's generalised chain: ``x_s`` from the posterior ``q(x_s | x_t, x0_hat)`` with noise scale ``eta``.
+
+    ``x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z`` with
+    ``c = eta sigma_s sqrt(var(x_t | x_s)) / sigma_t`` (Song, Meng & Ermon 2021,
+    eq. 12 and 16); ``eta = 1`` is DDPM's ancestral step (Ho et al. 2020).
+    """
+    params = params_like(score.params, x)
+    for t, s in zip(times[:-1], times[1:], strict=True):
+        t, s = float(t), float(s)
+        alpha_t, sigma_t = float(sde.alpha(t)), float(sde.sigma(t))
+        alpha_s, sigma_s = float(sde.alpha(s)), float(sde.sigma(s))
+        score_t = score.kernel(t, x, params)
+        x0_hat = x0_from_score(score_t, x, alpha_t, sigma_t)
+        eps_hat = eps_from_score(score_t, x, alpha_t, sigma_t)
+        alpha_ts = alpha_t / alpha_s
+        variance_ts = sigma_t * sigma_t - alpha_ts * alpha_ts * sigma_s * sigma_s  # variance of x_t given x_s
+        noise_std = options.eta * math.sqrt(max(variance_ts, 0.0) * sigma_s * sigma_s) / sigma_t
+        x = alpha_s * x0_hat + math.sqrt(max(sigma_s * sigma_s - noise_std * noise_std, 0.0)) * eps_hat
+        if noise_std > 0:
+            x = x + noise_std * noise()
+        visit(x)
+    return x, len(times) - 1
+
+
+def _predictor_corrector(sde, score, times, x, noise, options, visit):
+    """Song et al.'s PC sampler: Langevin corrector steps at ``t``, then one Euler–Maruyama step of the reverse SDE to ``s``.
+
+    The corrector step is ``2 a (r |z| / |s|)^2`` with ``a = (alpha_t / alpha_s)^2``
+    and the norms averaged over the batch (Song et al. 2021, Alg. 5); the
+    predictor is sdekit's ``euler`` on :func:`reverse_sde`, stepped backwards
+    with ``dw = sqrt(t - s) z``.
+    """
+    params = params_like(score.params, x)
+    predictor = sdekit.Stepper(reverse_sde(score), "euler", x.shape[1], backend="torch" if _is_tensor(x) else "numpy")
+    nfe = 0
+    for t, s in zip(times[:-1], times[1:], strict=True):
+        t, s = float(t), float(s)
+        alpha_ratio_squared = (float(sde.alpha(t)) / float(sde.alpha(s))) ** 2
+        for _ in range(options.corrector_steps):
+            score_t = score.kernel(t, x, params)
+            z = noise()
+            # Song et al.'s rule with the norms averaged over the n samples: a step that depends on each
+            # sample's own score norm is not a valid Langevin step (it inflates the variance near modes)
+            ratio = options.snr * _mean_row_norm(z) / max(_mean_row_norm(score_t), 1e-300)
+            x = _langevin(x, score_t, 2.0 * alpha_ratio_squared * ratio**2, z)
+        nfe += options.corrector_steps
+        h = s - t  # negative: backwards in time, with the increment along the step
+        x = predictor.step(t, x, h, math.sqrt(-h) * noise())
+        nfe += predictor.n_drift
+        visit(x)
+    return x, nfe
+
+
+def _annealed_langevin(sde, score, times, x, noise, options, visit):
+    """Annealed Langevin dynamics: ``corrector_steps`` Langevin steps of size ``step_size sigma_t^2 / 2`` at each grid time.
+
+    Song & Ermon (2019), Alg. 1, with ``alpha_i = step_size sigma_t^2``
+    (so the update is ``x + alpha_i s / 2 + sqrt(alpha_i) z``).
+    """
+    params = params_like(score.params, x)
+    for k, t in enumerate(times):
+        t = float(t)
+        step = 0.5 * (options.step_size * float(sde.sigma(t)) ** 2)
+        for _ in range(options.corrector_steps):
+            score_t = score.kernel(t, x, params)
+            x = _langevin(x, score_t, step, noise())
+        if k > 0:
+            visit(x)
+    return x, len(times) * options.corrector_steps
+
+
+CHAINS = {"ddim": _ancestral, "pc": _predictor_corrector, "ald": _annealed_langevin}

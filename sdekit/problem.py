@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import numbers
 from collections.abc import Callable
 
@@ -71,7 +72,41 @@ class Params:
         obj.__dict__["_params"] = _normalise_params(value)
 
 
-class SDE:
+class ParamsCarrier:
+    """Base of the problem classes: ``params`` (normalised on assignment) and :meth:`with_params`."""
+
+    params = Params()
+
+    def with_params(self, params):
+        """A copy of this problem carrying other parameters.
+
+        The functions are shared, not copied, so the numba backend reuses what
+        it compiled for them: solving the copy compiles nothing new.
+
+        Parameters
+        ----------
+        params : tuple
+            Numbers and arrays (or torch tensors), checked and normalised as
+            the constructor's ``params`` are.
+
+        Returns
+        -------
+        same type as this problem
+            A shallow copy whose ``params`` are the normalised ``params``;
+            this problem is unchanged.
+
+        Examples
+        --------
+        >>> decay = ODE(lambda t, x, p: -p[0] * x, params=(1.0,))
+        >>> decay.with_params((2.0,)).params, decay.params
+        ((2.0,), (1.0,))
+        """
+        twin = copy.copy(self)
+        twin.params = params
+        return twin
+
+
+class SDE(ParamsCarrier):
     """A stochastic differential equation dX = mu(t, X) dt + sigma(t, X) dW.
 
     Parameters
@@ -107,7 +142,6 @@ class SDE:
     """
 
     is_sde = True
-    params = Params()
 
     def __init__(
         self,
@@ -169,7 +203,7 @@ class SDE:
         return f"SDE(noise={self.noise!r}, calculus={self.calculus!r}{nd}, params={self.params!r})"
 
 
-class ODE:
+class ODE(ParamsCarrier):
     """An ordinary differential equation dx/dt = rhs(t, x, params).
 
     ``rhs`` is called on a batch ``x`` of shape ``(n, dim)`` and returns an
@@ -178,7 +212,6 @@ class ODE:
 
     is_sde = False
     noise = None
-    params = Params()
 
     def __init__(self, rhs: Callable, *, params: tuple = ()):
         _check_callable(rhs, "rhs")

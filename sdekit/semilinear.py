@@ -57,12 +57,12 @@ from math import factorial
 
 import numpy as np
 
-from .problem import ODE, Params, _check_callable, _normalise_params
+from .problem import ODE, ParamsCarrier, _check_callable, _normalise_params
 
 __all__ = ["SemilinearODE", "amplification", "exponential_weights", "step_orders"]
 
 
-class SemilinearODE:
+class SemilinearODE(ParamsCarrier):
     """``dx/dt = A'(t) x + exp(A(t) + lambda(t)) lambda'(t) D(t, x)``.
 
     Parameters
@@ -93,7 +93,6 @@ class SemilinearODE:
 
     is_sde = False
     noise = None
-    params = Params()
 
     def __init__(self, log_factor: Callable, clock: Callable, nonlinear: Callable, *,
                  log_factor_rate: Callable | None = None, clock_rate: Callable | None = None, params: tuple = ()):

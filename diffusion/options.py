@@ -1,0 +1,156 @@
+"""Option records of the sampler families, passed as ``sample(..., options=...)``.
+
+Each record is a small frozen dataclass holding the options one family of
+methods reads, checked when it is made (a wrong value is a one-line
+``ValueError`` naming the field). A method accepts only its family's record;
+the table is :data:`diffusion.sampling.METHOD_OPTIONS`.
+
+===================== ================================== =================================================
+record                methods                            fields
+===================== ================================== =================================================
+:class:`Ancestral`    ``ddim``                           ``eta``: 0 deterministic DDIM, 1 the DDPM chain
+:class:`Exponential`  ``ddim``, ``dpmpp_2m``,            ``prediction``: ``"x0"`` (DPM-Solver++) or
+                      ``dpmpp_3m``, ``exp_ab3``          ``"eps"`` (DPM-Solver, DEIS)
+:class:`PredictorCorrector` ``pc``                       ``snr``, ``corrector_steps``
+:class:`AnnealedLangevin`   ``ald``                      ``step_size``, ``corrector_steps``
+:class:`Adaptive`     ``dopri5``                         ``rtol``, ``atol``
+===================== ================================== =================================================
+
+The ``rho`` of the Karras grid belongs to the grid: ``grid=TimeGrid(sde,
+"karras", rho=5.0)``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+__all__ = ["Ancestral", "Exponential", "PredictorCorrector", "AnnealedLangevin", "Adaptive", "OPTION_RECORDS"]
+
+
+def _number(record: str, name: str, value, *, positive: bool) -> float:
+    """``value`` as a float, finite and positive (or non-negative); otherwise one ValueError line."""
+    bound = "a positive" if positive else "a non-negative"
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise ValueError(f"{record}: `{name}` must be {bound} number, got {value!r}.")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{record}: `{name}` must be {bound} finite number, got {value!r}.")
+    return value
+
+
+def _count(record: str, name: str, value, low: int) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{record}: `{name}` must be an integer >= {low}, got {value!r}.")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Ancestral:
+    """DDIM's generalised chain (method ``"ddim"``; ``"ddpm"`` is this chain with ``eta = 1``).
+
+    Parameters
+    ----------
+    eta : float, default 0
+        Noise scale of the step from ``t`` to ``s < t``: the posterior
+        ``q(x_s | x_t, x0_hat)`` has standard deviation
+        ``eta sqrt(var(x_t | x_s)) sigma_s / sigma_t`` (Song, Meng & Ermon
+        2021, DDIM, eq. 16). 0 is the deterministic DDIM (sdekit
+        ``exp_euler``), 1 the ancestral DDPM chain (Ho et al. 2020).
+    """
+
+    eta: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "eta", _number("Ancestral", "eta", self.eta, positive=False))
+
+
+@dataclass(frozen=True)
+class Exponential:
+    """The exponential integrators of the semilinear probability-flow ODE (``ddim``, ``dpmpp_2m``, ``dpmpp_3m``, ``exp_ab3``).
+
+    Parameters
+    ----------
+    prediction : {"x0", "eps"}, default "x0"
+        Integrate the data-prediction form (DPM-Solver++, Lu et al. 2022b) or
+        the noise-prediction form (DPM-Solver, Lu et al. 2022a; DEIS, Zhang &
+        Chen 2023), often better at very few steps. ``ddim`` is the same
+        method in both.
+    """
+
+    prediction: str = "x0"
+
+    def __post_init__(self):
+        if self.prediction not in ("x0", "eps"):
+            raise ValueError(f"Exponential: `prediction` must be 'x0' or 'eps', got {self.prediction!r}.")
+
+
+@dataclass(frozen=True)
+class PredictorCorrector:
+    """Song et al.'s predictor–corrector sampler (method ``"pc"``): Langevin corrector steps, then an Euler–Maruyama step.
+
+    Parameters
+    ----------
+    snr : float, default 0.16
+        The corrector's signal-to-noise ratio ``r``. Its step is
+        ``2 a_t (r |z| / |s|)^2`` with ``a_t = alpha_s^2 / alpha_t^2`` over the
+        step (Song et al. 2021, Alg. 5; 1 for VE), where the norms are averaged
+        over the samples, as in their code (a per-sample step is not a valid
+        Langevin step). 0.16 is their CIFAR-10 VE value.
+    corrector_steps : int, default 1
+        Langevin steps before each predictor step (0: the plain reverse SDE).
+    """
+
+    snr: float = 0.16
+    corrector_steps: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "snr", _number("PredictorCorrector", "snr", self.snr, positive=True))
+        object.__setattr__(self, "corrector_steps",
+                           _count("PredictorCorrector", "corrector_steps", self.corrector_steps, 0))
+
+
+@dataclass(frozen=True)
+class AnnealedLangevin:
+    """Annealed Langevin dynamics (method ``"ald"``, Song & Ermon 2019, Alg. 1).
+
+    Parameters
+    ----------
+    step_size : float, default 0.1
+        Relative Langevin step ``delta``: the step at grid time ``t`` is
+        ``delta sigma_t^2`` (Song & Ermon use ``epsilon sigma_i^2 / sigma_L^2``,
+        i.e. ``delta = epsilon / sigma_L^2 = 0.2`` for their CIFAR-10 values).
+    corrector_steps : int, default 1
+        Langevin steps at each grid time (noise level).
+    """
+
+    step_size: float = 0.1
+    corrector_steps: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "step_size", _number("AnnealedLangevin", "step_size", self.step_size, positive=True))
+        object.__setattr__(self, "corrector_steps",
+                           _count("AnnealedLangevin", "corrector_steps", self.corrector_steps, 1))
+
+
+@dataclass(frozen=True)
+class Adaptive:
+    """Tolerances of the adaptive Dormand–Prince integration of the probability-flow ODE (method ``"dopri5"``).
+
+    Parameters
+    ----------
+    rtol, atol : float, default 1e-5
+        Relative and absolute local error tolerances (Hairer, Nørsett & Wanner
+        1993, §II.4, eq. 4.10).
+    """
+
+    rtol: float = 1e-5
+    atol: float = 1e-5
+
+    def __post_init__(self):
+        object.__setattr__(self, "rtol", _number("Adaptive", "rtol", self.rtol, positive=True))
+        object.__setattr__(self, "atol", _number("Adaptive", "atol", self.atol, positive=True))
+
+
+OPTION_RECORDS = (Ancestral, Exponential, PredictorCorrector, AnnealedLangevin, Adaptive)
