@@ -25,7 +25,10 @@ __all__ = ["KERNEL_SOURCES", "heal_cache", "heal_module", "source_digest"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # Every file whose code a cached sdekit kernel compiles in (relative to the package).
-KERNEL_SOURCES = ("_rng.py", "_bridge.py", "schemes/_steps.py", "schemes/_adaptive.py", "backends/numba_backend.py")
+KERNEL_SOURCES = (
+    "_rng.py", "_bridge.py", "schemes/_steps.py", "schemes/_adaptive.py", "backends/numba_kernels.py",
+    "backends/numba_backend.py",
+)
 
 
 def source_digest(paths) -> str:

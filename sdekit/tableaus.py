@@ -15,7 +15,7 @@ import numpy as np
 
 __all__ = [
     "ButcherTableau", "SRATableau", "SRITableau",
-    "EULER", "HEUN", "MIDPOINT", "RK4", "DOPRI5", "SRA1", "SRIW1",
+    "EULER", "HEUN", "MIDPOINT", "RK4", "DOPRI5", "SRA1", "SRA3", "SRIW1",
 ]
 
 
@@ -26,6 +26,16 @@ def _arr(rows) -> np.ndarray:
 def _check(cond: bool, name: str, what: str):
     if not cond:
         raise ValueError(f"tableau {name}: {what}")
+
+
+def _check_rk_order(A, b, c, order: int, name: str, what: str = ""):
+    """The Runge–Kutta order conditions of ``(A, b, c)`` up to ``min(order, 4)`` (Butcher 2016, §31, rooted trees)."""
+    conds = {1: [(np.sum(b), 1.0)], 2: [(b @ c, 1 / 2)],
+             3: [(b @ c**2, 1 / 3), (b @ A @ c, 1 / 6)],
+             4: [(b @ c**3, 1 / 4), (b @ (c * (A @ c)), 1 / 8), (b @ A @ c**2, 1 / 12), (b @ A @ A @ c, 1 / 24)]}
+    for p in range(1, min(order, 4) + 1):
+        for val, target in conds[p]:
+            _check(abs(val - target) < 1e-12, name, f"{what}order-{p} condition fails ({val} != {target})")
 
 
 @dataclass(frozen=True)
@@ -52,13 +62,7 @@ class ButcherTableau:
         _check(self.A.shape == (s, s) and self.c.shape == (s,), self.name, "A must be (s, s) and c (s,)")
         _check(np.allclose(np.triu(self.A), 0.0), self.name, "A must be strictly lower triangular (explicit)")
         _check(np.allclose(self.A.sum(axis=1), self.c, atol=1e-14), self.name, "rows of A must sum to c")
-        conds = {1: [(np.sum(self.b), 1.0)], 2: [(self.b @ self.c, 1 / 2)],
-                 3: [(self.b @ self.c**2, 1 / 3), (self.b @ self.A @ self.c, 1 / 6)],
-                 4: [(self.b @ self.c**3, 1 / 4), (self.b @ (self.c * (self.A @ self.c)), 1 / 8),
-                     (self.b @ self.A @ self.c**2, 1 / 12), (self.b @ self.A @ self.A @ self.c, 1 / 24)]}
-        for p in range(1, min(self.order, 4) + 1):
-            for val, target in conds[p]:
-                _check(abs(val - target) < 1e-12, self.name, f"order-{p} condition fails ({val} != {target})")
+        _check_rk_order(self.A, self.b, self.c, self.order, self.name)
         if self.b_err is not None:
             for val, target in [(np.sum(self.b_err), 1.0), (self.b_err @ self.c, 0.5)]:
                 _check(abs(val - target) < 1e-12, self.name, "embedded solution fails the order-2 conditions")
@@ -77,7 +81,9 @@ class SRATableau:
 
     ``X' = X + h sum_i alpha_i f(t + c0_i h, H_i) + sum_i (beta1_i dW + beta2_i I10/h) g(t + c1_i h)``,
     ``H_i = X + h sum_j A0_ij f(H_j) + sum_j B0_ij g(t + c1_j h) I10/h``.
-    The strong order 1.5 conditions (Rößler 2010, Theorem 6.2) are checked.
+    The strong order 1.5 conditions (Rößler 2010, Theorem 6.2) are checked, and
+    the Runge–Kutta order conditions of the drift part ``(A0, alpha, c0)`` up to
+    ``drift_order`` (a weak order ``p`` needs deterministic order ``p``).
     """
 
     name: str
@@ -88,6 +94,7 @@ class SRATableau:
     alpha: np.ndarray
     beta1: np.ndarray
     beta2: np.ndarray
+    drift_order: int = 2
 
     def __post_init__(self):
         e = np.ones_like(self.alpha)
@@ -101,6 +108,8 @@ class SRATableau:
             (self.beta1 @ self.c1, 1, "beta1.c1 = 1"), (self.beta2 @ self.c1, -1, "beta2.c1 = -1"),
         ]:
             _check(abs(val - target) < 1e-12, n, f"order condition {what} fails")
+        _check(np.allclose(np.triu(self.A0), 0.0), n, "A0 must be strictly lower triangular (explicit)")
+        _check_rk_order(self.A0, self.alpha, self.c0, self.drift_order, n, "drift part (A0, alpha, c0): ")
 
     @property
     def stages(self) -> int:
@@ -210,6 +219,15 @@ SRA1 = SRATableau(
     c0=_arr([0, Fr(3, 4)]), c1=_arr([1, 0]),
     A0=_arr([[0, 0], [Fr(3, 4), 0]]), B0=_arr([[0, 0], [Fr(3, 2), 0]]),
     alpha=_arr([Fr(1, 3), Fr(2, 3)]), beta1=_arr([1, 0]), beta2=_arr([-1, 1]),
+)
+
+# Rößler (2010), SRA3: strong order 1.5 for additive noise, weak order 3; its drift part is
+# the third-order Runge–Kutta method of Shu & Osher (1988), c0 = (0, 1, 1/2), alpha = (1/6, 1/6, 2/3).
+SRA3 = SRATableau(
+    "sra3",
+    c0=_arr([0, 1, Fr(1, 2)]), c1=_arr([1, 0, 0]),
+    A0=_arr([[0, 0, 0], [1, 0, 0], [Fr(1, 4), Fr(1, 4), 0]]), B0=_arr([[0, 0, 0], [0, 0, 0], [1, Fr(1, 2), 0]]),
+    alpha=_arr([Fr(1, 6), Fr(1, 6), Fr(2, 3)]), beta1=_arr([1, 0, 0]), beta2=_arr([-1, 1, 0]), drift_order=3,
 )
 
 # Rößler (2010), SRIW1: strong order 1.5 for diagonal/scalar Itô noise, weak order 2.

@@ -359,7 +359,7 @@ def test_kernel_cache_is_keyed_on_every_source_the_kernels_compile_in(tmp_path, 
     """Numba stamps a cache entry with the defining file only; sdekit's kernels inline the steps, the adaptive
     integrator and the Brownian tree from other files, so an edit there must make the cached kernels stale."""
     from sdekit import _jitcache
-    from sdekit.backends import numba_backend
+    from sdekit.backends import numba_backend, numba_kernels
 
     files = [os.path.join(ROOT, "sdekit", p) for p in _jitcache.KERNEL_SOURCES]
     assert all(os.path.exists(f) for f in files)
@@ -372,7 +372,7 @@ def test_kernel_cache_is_keyed_on_every_source_the_kernels_compile_in(tmp_path, 
     with open(copies[2], "a") as fh:  # schemes/_steps.py edited alone
         fh.write("# edited\n")
     assert _jitcache.source_digest(copies) != before
-    for kernel in (numba_backend._block_diagonal, numba_backend._block_matrix, numba_backend._adaptive_range):
+    for kernel in (numba_kernels.block_diagonal, numba_kernels.block_matrix, numba_backend._adaptive_range):
         assert kernel._cache._cache_file._source_stamp[1] == _jitcache.DIGEST
     # the mechanism on a tiny cached function: same digest -> cache hit; another digest -> stale, compiled again
     src = tmp_path / "tiny_kernel.py"

@@ -116,7 +116,7 @@ def test_milstein_mean_local_error_is_order_h2(noise, calculus):
     """
     ex = problems.lamperti("sinh", noise, calculus, kappa=0.0)
     sde = ex.problem
-    step, tab, _, _ = sk.schemes.step_plan(sk.get_scheme("milstein", sde), sde, ex.x0.size)
+    step, tab, _, _ = sk.get_scheme("milstein", sde).plan(sde, ex.x0.size)
     h = 1e-4
     m = sde.noise_dim(ex.x0.size)
     rng = np.random.default_rng(11)

@@ -82,7 +82,8 @@ def test_written_out_sriw1_equals_the_tableau_interpreter(name):
     """The fast SRIW1 step and the generic SRI stepper with the SRIW1 tableau agree to round-off."""
     from sdekit import tableaus
     from sdekit.backends.numpy_backend import wrap
-    from sdekit.schemes import _steps, sri_tab
+    from sdekit.schemes import _steps
+    from sdekit.schemes.rossler import sri_tab
 
     ex = PROBLEMS[name]
     p = ex.problem
