@@ -212,7 +212,9 @@ def step_orders(method: str, lam) -> np.ndarray:
     return q
 
 
-def _grid(t0, t1, n_steps, t_grid):
+def step_grid(t0, t1, n_steps, t_grid):
+    """The step times: ``n_steps`` uniform steps from ``t0`` to ``t1``, or the checked ``t_grid`` (its ends set to
+    exactly ``t0`` and ``t1``)."""
     if t_grid is None:
         return t0 + (t1 - t0) * (np.arange(n_steps + 1) / n_steps)
     try:
@@ -233,90 +235,3 @@ def _grid(t0, t1, n_steps, t_grid):
 def evaluations(method: str, n_steps: int) -> int:
     """Evaluations of ``D`` per path: one per step, plus the order-3 start's midpoint."""
     return n_steps + (1 if method == "exp_ab3" else 0)
-
-
-def _like(d, x, is_torch):
-    """``d = nonlinear(t, x)`` checked on every call (real, broadcastable to ``x``) and broadcast to it."""
-    from .solve import broadcasts_to, check_result
-
-    if not is_torch:
-        return d if isinstance(d, np.ndarray) and d.shape == x.shape and d.dtype.kind == "f" else check_result(
-            d, "nonlinear", x.shape, x.shape)
-    if d.shape != x.shape or d.is_complex():
-        if d.is_complex() or not broadcasts_to(tuple(d.shape), tuple(x.shape)):
-            raise ValueError(f"`nonlinear` returned shape {tuple(d.shape)}, {d.dtype} for x of shape {tuple(x.shape)}; "
-                             f"it must be real and broadcast to {tuple(x.shape)} (one row per path).")
-        d = d.expand_as(x)
-    return d
-
-
-def run(problem: SemilinearODE, x0, grid: np.ndarray, method: str, save_idx, backend: str, params, xp):
-    """Integrate on ``grid``; returns ``(saved states, failure_time)``.
-
-    ``xp`` is ``"numpy"`` or ``"torch"``: the array family of ``x0`` and of the
-    saved states; ``params`` are already on the backend.
-    """
-    q_max = ORDERS[method]
-    n = grid.size - 1
-    A = np.array([float(problem.log_factor(float(t), problem.params)) for t in grid])
-    lam = np.array([float(problem.clock(float(t), problem.params)) for t in grid])
-    if not (np.all(np.isfinite(A)) and np.all(np.isfinite(lam))):
-        bad = grid[~(np.isfinite(A) & np.isfinite(lam))][0]
-        raise ValueError(f"the log factor or the clock is not finite at t={bad}; keep the span inside their domain.")
-    dl = np.diff(lam)
-    if not (np.all(dl > 0) or np.all(dl < 0)):
-        raise ValueError("the clock lambda(t) must be strictly monotone on the grid (it is the interpolation variable).")
-    orders = step_orders(method, lam)
-    D = problem.nonlinear
-    if backend == "numba":
-        from .backends.numba_backend import jit_user
-
-        D = jit_user(D, "nonlinear")[0]
-    is_torch = xp == "torch"
-    if is_torch:
-        import torch
-
-        isfinite_rows = lambda v: torch.isfinite(v.detach()).all(dim=1)  # noqa: E731
-    else:
-        isfinite_rows = lambda v: np.isfinite(v).all(axis=1)  # noqa: E731
-    x = x0
-    n_rows = x.shape[0]
-    fail_t = np.full(n_rows, np.nan)
-    failed = np.zeros(n_rows, dtype=bool)
-    saved = [x] if save_idx[0] == 0 else []
-    si = len(saved)
-    hist: list = []
-    for k in range(n):
-        d = _like(D(float(grid[k]), x, params), x, is_torch)
-        hist.insert(0, d)
-        del hist[q_max:]
-        q = int(orders[k])
-        if k == 0 and method == "exp_ab3":
-            # order-3 start: one extra evaluation at the step's midpoint in t gives a local error O(h^3)
-            t_mid = 0.5 * (grid[0] + grid[1])
-            A_mid, lam_mid = float(problem.log_factor(t_mid, problem.params)), float(problem.clock(t_mid, problem.params))
-            w = exponential_weights([lam[0]], lam_mid)
-            x_mid = math.exp(A_mid - A[0]) * x + math.exp(A_mid + lam_mid) * (w[0] * d)
-            d_mid = D(t_mid, x_mid, params)
-            d_mid = _like(d_mid, x, is_torch)
-            w = exponential_weights([lam[0], lam_mid], lam[1])
-            acc = w[0] * d + w[1] * d_mid
-        else:
-            w = exponential_weights(lam[k : k - q if k - q >= 0 else None : -1], lam[k + 1])
-            acc = w[0] * hist[0]
-            for j in range(1, q):
-                acc = acc + w[j] * hist[j]
-        x = math.exp(A[k + 1] - A[k]) * x + math.exp(A[k + 1] + lam[k + 1]) * acc
-        ok = isfinite_rows(x)
-        ok = ok.cpu().numpy() if is_torch else ok
-        newly = ~ok & ~failed
-        if newly.any():
-            fail_t[newly] = grid[k + 1]
-            failed |= newly
-        if failed.any():
-            mask = torch.as_tensor(failed, device=x.device)[:, None] if is_torch else failed[:, None]
-            x = torch.where(mask, torch.full_like(x, math.nan), x) if is_torch else np.where(mask, np.nan, x)
-        if si < len(save_idx) and save_idx[si] == k + 1:
-            saved.append(x)
-            si += 1
-    return saved, fail_t

@@ -34,148 +34,22 @@ from numba import njit, types
 from numba.core.errors import NumbaError, NumbaIRAssumptionWarning, TypingError
 from numba.extending import overload
 
-from .. import _bridge
-from .._jitcache import heal_cache
-from ..schemes import _adaptive, _steps
+from ..params import is_record
+from ..schemes import _adaptive
+from ..solution import Stats
+from . import Inputs, Result, Work, fixed_step_stats, no_failures
+from .numba_kernels import F64_1 as _F64_1
+from .numba_kernels import F64_2 as _F64_2
+from .numba_kernels import F64_3 as _F64_3
+from .numba_kernels import FLAT as _FLAT
+from .numba_kernels import FN2, UNKNOWN_STEP, fixed_step_kernel
+from .numba_kernels import cached_kernel as _cached_kernel
+from .numpy_backend import NumpyBackend, run_exponential
 
 # Numba's internal IR checks warn about our overloads' inlined code; the warnings are not actionable.
 warnings.filterwarnings("ignore", category=NumbaIRAssumptionWarning)
 
-_F64_1 = types.float64[::1]
-_F64_2 = types.float64[:, ::1]
-_F64_3 = types.float64[:, :, ::1]
-_FLAT = types.float64[::1]
-# Adapter types: "flat" maps (n*dim,) states to (n*dim,) values; "2d" (n, dim) -> (n, dim);
-# "3d" (n, dim) -> (n, dim, m). Flat states keep Numba's loops long when dim is small.
-FN1 = types.FunctionType(_F64_1(types.float64, _F64_1, _FLAT))
-FN2 = types.FunctionType(_F64_2(types.float64, _F64_2, _FLAT))
-FN3 = types.FunctionType(_F64_3(types.float64, _F64_2, _FLAT))
-
-EULER, EULER_HEUN, MILSTEIN, MILSTEIN_GENERAL, SRA, SRI, ERK, SRIW1 = range(8)
-SCHEME_ID = {
-    _steps.euler: EULER, _steps.euler_heun: EULER_HEUN, _steps.milstein: MILSTEIN,
-    _steps.milstein_general: MILSTEIN_GENERAL, _steps.sra: SRA, _steps.sri: SRI, _steps.erk: ERK,
-    _steps.sriw1: SRIW1,
-}
-
-_euler = njit(_steps.euler)
-_euler_heun = njit(_steps.euler_heun)
-_milstein = njit(_steps.milstein)
-_milstein_general = njit(_steps.milstein_general)
-_sra = njit(_steps.sra)
-_sri = njit(_steps.sri)
-_sriw1 = njit(_steps.sriw1)
-_erk = njit(_steps.erk)
-
-
 # --------------------------------------------------------------------------- kernels
-def _cached_kernel(sig, **options):
-    """``njit(sig, cache=True, **options)`` whose disk cache discards an unreadable entry and recompiles."""
-    def deco(fn):
-        d = heal_cache(njit(cache=True, **options)(fn))
-        d.compile(sig)
-        d.disable_compile()
-        return d
-    return deco
-
-
-@njit(inline="always")
-def _commit(x, xn, t_end, lo, failed, fail_t):
-    """Copy the new states into ``x``; a path that turns non-finite is frozen at NaN."""
-    nb, dim = x.shape
-    for a in range(nb):
-        bad = failed[a]
-        if not bad:
-            for c in range(dim):
-                x[a, c] = xn[a, c]
-                if not math.isfinite(xn[a, c]):
-                    bad = True
-            if bad:
-                failed[a] = True
-                fail_t[lo + a] = t_end
-        if bad:
-            for c in range(dim):
-                x[a, c] = np.nan
-
-
-@njit(inline="always")
-def _save(x, k, save_idx, si, out, lo):
-    if si < save_idx.shape[0] and save_idx[si] == k + 1:
-        for a in range(x.shape[0]):
-            for c in range(x.shape[1]):
-                out[si, lo + a, c] = x[a, c]
-        return si + 1
-    return si
-
-
-def _block_signature(fn_f, fn_g):
-    return types.int64(
-        types.int64, fn_f, fn_g, _FLAT, _F64_2, _F64_2, types.int64, types.int64, types.float64, types.float64,
-        _F64_3, _F64_3, types.int64[::1], types.int64, _F64_3, types.int64, types.boolean[::1], types.float64[::1],
-    )
-
-
-@_cached_kernel(_block_signature(FN1, FN1), nogil=True)
-def _block_diagonal(sid, f, g, p, tab, x, k0, k1, t0, h, dw, hh, save_idx, si, out, lo, failed, fail_t):
-    """Steps ``k0..k1-1`` of a sub-batch with diagonal-shaped noise (or an ODE); returns the next save slot.
-
-    The steps run on flat (n*dim,) views; scalar noise (m = 1) is expanded
-    to every component.
-    """
-    nb, dim = x.shape
-    m = dw.shape[2]
-    xf = x.reshape(-1)
-    dx = np.zeros(nb * dim)
-    hx = np.zeros(nb * dim)
-    for k in range(k0, k1):
-        t = t0 + k * h
-        if m == dim:
-            d, e = dw[k - k0].reshape(-1), hh[k - k0].reshape(-1)
-        else:
-            if m == 1:
-                for a in range(nb):
-                    for c in range(dim):
-                        dx[a * dim + c] = dw[k - k0, a, 0]
-                        hx[a * dim + c] = hh[k - k0, a, 0]
-            d, e = dx, hx
-        if sid == EULER:
-            xn = _euler(f, g, p, tab, t, xf, h, d, e)
-        elif sid == EULER_HEUN:
-            xn = _euler_heun(f, g, p, tab, t, xf, h, d, e)
-        elif sid == MILSTEIN:
-            xn = _milstein(f, g, p, tab, t, xf, h, d, e)
-        elif sid == SRA:
-            xn = _sra(f, g, p, tab, t, xf, h, d, e)
-        elif sid == SRIW1:
-            xn = _sriw1(f, g, p, tab, t, xf, h, d, e)
-        elif sid == SRI:
-            xn = _sri(f, g, p, tab, t, xf, h, d, e)
-        else:
-            xn = _erk(f, g, p, tab, t, xf, h, d, e)
-        _commit(x, xn.reshape((nb, dim)), t + h, lo, failed, fail_t)
-        si = _save(x, k, save_idx, si, out, lo)
-    return si
-
-
-@_cached_kernel(_block_signature(FN2, FN3), nogil=True)
-def _block_matrix(sid, f, g, p, tab, x, k0, k1, t0, h, dw, hh, save_idx, si, out, lo, failed, fail_t):
-    """Steps ``k0..k1-1`` of a sub-batch with (n, dim, m) diffusion; returns the next save slot."""
-    for k in range(k0, k1):
-        t = t0 + k * h
-        d, e = dw[k - k0], hh[k - k0]
-        if sid == EULER:
-            xn = _euler(f, g, p, tab, t, x, h, d, e)
-        elif sid == EULER_HEUN:
-            xn = _euler_heun(f, g, p, tab, t, x, h, d, e)
-        elif sid == MILSTEIN_GENERAL:
-            xn = _milstein_general(f, g, p, tab, t, x, h, d, e)
-        else:
-            xn = _sra(f, g, p, tab, t, x, h, d, e)
-        _commit(x, xn, t + h, lo, failed, fail_t)
-        si = _save(x, k, save_idx, si, out, lo)
-    return si
-
-
 _integrate_path = njit(_adaptive.integrate_path)
 
 
@@ -354,39 +228,66 @@ def shape_error(flat, n_params, names, dim, m, forms):
 
 
 def flatten_params(params) -> tuple[np.ndarray, tuple]:
-    """``(flat float64 array, layout)``; the layout fixes the unpacker's code."""
-    parts, layout = [], []
-    for v in params:
+    """``(flat float64 array, layout)``; the layout fixes the unpacker's code.
+
+    The layout mirrors the params: a number is ``()``, an array its shape, and a tuple or record (see
+    :mod:`sdekit.params`) the pair ``(class, layouts of its entries)``. It holds classes and shapes only, so
+    new values of the same layout reuse what was compiled for it.
+    """
+    parts = []
+
+    def layout_of(v, path):
+        if isinstance(v, tuple):
+            cls = type(v) if is_record(v) else tuple
+            names = v._fields if is_record(v) else [f"[{i}]" for i in range(len(v))]
+            return cls, tuple(layout_of(e, f"{path}.{n}" if is_record(v) else f"{path}{n}")
+                              for n, e in zip(names, v, strict=True))
+        if type(v).__module__.startswith("torch"):
+            raise ValueError(f"`{path}` is a torch tensor; solve with backend='torch', or pass a NumPy array "
+                             "(tensor.detach().cpu().numpy()).")
         if isinstance(v, numbers.Real) or np.ndim(v) == 0:
             parts.append(np.array([float(v)]))
-            layout.append(())
-        else:
-            a = np.ascontiguousarray(v, dtype=np.float64)
-            parts.append(a.ravel())
-            layout.append(a.shape)
+            return ()
+        a = np.ascontiguousarray(v, dtype=np.float64)
+        parts.append(a.ravel())
+        return a.shape
+
+    layout = layout_of(params, "params")
     flat = np.concatenate(parts) if parts else np.zeros(0)
-    return np.ascontiguousarray(flat), tuple(layout)
+    return np.ascontiguousarray(flat), layout
 
 
 def _layout_size(layout) -> int:
-    return int(sum(1 if s == () else int(np.prod(s)) for s in layout))
+    """How many numbers of the flat array a layout (of :func:`flatten_params`) takes."""
+    if layout and isinstance(layout[0], type):
+        return sum(_layout_size(entry) for entry in layout[1])
+    return int(np.prod(layout, dtype=np.int64))
 
 
 def _unpacker(layout):
-    """A jitted ``flat -> params tuple`` for one layout (scalars and arrays)."""
-    items, off = [], 0
-    for shape in layout:
-        if shape == ():
-            items.append(f"flat[{off}]")
-            off += 1
-        else:
-            n = int(np.prod(shape))
-            items.append(f"flat[{off}:{off + n}].reshape({tuple(int(s) for s in shape)!r})")
-            off += n
-    body = "(" + "".join(i + ", " for i in items) + ")"
-    ns: dict = {}
-    exec(f"def unpack(flat):\n    return {body}\n", ns)  # noqa: S102 - generated from shapes only
-    return njit(ns["unpack"])
+    """A jitted ``flat -> params`` for one layout: numbers, arrays, and the tuples and records holding them."""
+    classes: dict = {}
+    offset = 0
+
+    def expression(node):
+        nonlocal offset
+        if node and isinstance(node[0], type):
+            items = "".join(expression(entry) + ", " for entry in node[1])
+            if node[0] is tuple:
+                return f"({items})"
+            name = classes.setdefault(node[0], f"Record{len(classes)}")
+            return f"{name}({items})"
+        if node == ():
+            offset += 1
+            return f"flat[{offset - 1}]"
+        size = int(np.prod(node))
+        offset += size
+        return f"flat[{offset - size}:{offset}].reshape({tuple(int(s) for s in node)!r})"
+
+    body = expression(layout)
+    namespace: dict = {name: cls for cls, name in classes.items()}
+    exec(f"def unpack(flat):\n    return {body}\n", namespace)  # noqa: S102 - generated from the layout only
+    return njit(namespace["unpack"])
 
 
 # --------------------------------------------------------------------------- frozen globals
@@ -555,11 +456,11 @@ def adapter(problem, name: str, form: str, dim: int, m: int, layout, slot: int =
 
 
 # --------------------------------------------------------------------------- drivers
-def _ranges(n_paths, nb_max, n_threads):
-    """Path ranges: whole sub-batches, a few per thread for load balance."""
-    n_batches = math.ceil(n_paths / nb_max)
+def _ranges(n_paths, batch_max, n_threads):
+    """Path ranges: whole sub-batches (of ``batch_max`` paths), a few per thread for load balance."""
+    n_batches = math.ceil(n_paths / batch_max)
     per = max(1, math.ceil(n_batches / (4 * n_threads)))
-    return [(lo, min(n_paths, lo + per * nb_max)) for lo in range(0, n_paths, per * nb_max)]
+    return [(lo, min(n_paths, lo + per * batch_max)) for lo in range(0, n_paths, per * batch_max)]
 
 
 def _run_parallel(fn, ranges):
@@ -578,94 +479,115 @@ def sub_batch(dim: int, m: int) -> int:
     return int(max(1, min(2048, 16384 // max(dim, m, 1))))
 
 
-def block_steps(nb: int, m: int, n_steps: int) -> int:
-    """Steps per block: the block's increments stay within about 1 MiB."""
-    return int(max(1, min(n_steps, (1 << 17) // max(1, nb * m))))
+def block_steps(n_batch: int, m: int, n_steps: int) -> int:
+    """Steps per block of a sub-batch of ``n_batch`` paths: the block's increments stay within about 1 MiB."""
+    return int(max(1, min(n_steps, (1 << 17) // max(1, n_batch * m))))
 
 
-def prepare(plan):
-    """Compile (or fetch) the adapters of ``plan.problem``; errors name the function.
+def compile_functions(inputs: Inputs, adaptive: bool):
+    """Compile (or fetch) the adapters of the problem's functions; errors name the function.
 
     Returns ``(f, g, flat, check)``: ``flat`` holds the params and, after them, the adapters' error slots;
     ``check(flat)`` raises the shape error an adapter flagged (each thread works on its own copy of ``flat``).
     """
-    flat, layout = flatten_params(plan.problem.params)
+    flat, layout = flatten_params(inputs.params)
     n_params = flat.size
-    pr, dim, m = plan.problem, plan.dim, plan.m
-    if plan.scheme.adaptive:
+    problem, dim, m = inputs.problem, inputs.dim, inputs.noise_dim
+    if adaptive:
         names, forms = ("rhs",), ("2d",)
-    elif not pr.is_sde:
+    elif not problem.is_sde:
         names, forms = ("rhs",), ("flat",)
-    elif pr.matrix_noise:
+    elif problem.matrix_noise:
         names, forms = ("drift", "diffusion"), ("2d", "3d")
     else:
         names, forms = ("drift", "diffusion"), ("flat", "flat")
-    ads = [adapter(pr, nm, fm, dim, m, layout, slot) for slot, (nm, fm) in enumerate(zip(names, forms, strict=True))]
-    f, g = ads[0], (ads[1] if len(ads) > 1 else (None if plan.scheme.adaptive else _zero_diffusion))
+    adapters = [adapter(problem, name, form, dim, m, layout, slot)
+                for slot, (name, form) in enumerate(zip(names, forms, strict=True))]
+    f, g = adapters[0], (adapters[1] if len(adapters) > 1 else (None if adaptive else _zero_diffusion))
     flat = np.concatenate([flat, np.zeros(ERR_SLOT * len(names))])
 
-    def check(fl):
-        err = shape_error(fl, n_params, names, dim, m, forms)
+    def check(thread_flat):
+        err = shape_error(thread_flat, n_params, names, dim, m, forms)
         if err is not None:
             raise err
 
     return f, g, flat, check
 
 
-def run_fixed(plan):
-    f, g, flat, check = prepare(plan)
-    kernel = _block_matrix if plan.problem.is_sde and plan.problem.matrix_noise else _block_diagonal
-    sid = SCHEME_ID[plan.step]
-    tab, m, n, dim = plan.tab, plan.m, plan.n_steps, plan.dim
-    bm = plan.brownian
-    if bm is not None:
-        key, m0, L, h0, levy = bm._key, bm.base_steps, bm.level(n), bm.cell_length, bm.levy_area
-    else:
-        key, m0, L, h0, levy = np.uint64(0), 1, 0, 0.0, False
-    nb_max = sub_batch(dim, m)
-    save_idx = np.ascontiguousarray(plan.save_idx, dtype=np.int64)
+class NumbaBackend(NumpyBackend):
+    """The Numba backend: the options, inputs and entry probe of the NumPy backend, the integrators compiled."""
 
-    def work(lo, hi):
-        fl = flat.copy()
-        for b in range(lo, hi, nb_max):
-            nb = min(nb_max, hi - b)
-            kb = block_steps(nb, m, n)
-            x = np.array(np.broadcast_to(plan.x0[b : b + nb] if plan.x0.shape[0] > 1 else plan.x0, (nb, dim)), order="C")
-            dw = np.zeros((kb, nb, m))
-            hh = np.zeros((kb, nb, m))
-            state = _bridge.new_state(nb, m, L)
-            if m:
-                _bridge.start_paths(state, key, b, nb)
-            failed = np.zeros(nb, dtype=np.bool_)
-            si = 0
+    name = "numba"
+
+    def run(self, inputs, work) -> Result:
+        if work.scheme.kind == "semilinear":  # one evaluation of D per step on the whole batch: NumPy's loop
+            return run_exponential(inputs, work, jit_user(inputs.problem.nonlinear, "nonlinear")[0])
+        if work.scheme.adaptive:
+            return run_adaptive(inputs, work)
+        return run_fixed(inputs, work)
+
+
+BACKEND = NumbaBackend()
+
+
+def run_fixed(inputs: Inputs, work: Work) -> Result:
+    f, g, flat, check = compile_functions(inputs, adaptive=False)
+    problem, tab, m, n_steps, dim, x0 = inputs.problem, work.plan.tab, inputs.noise_dim, work.n_steps, inputs.dim, inputs.x0
+    kernel, step_id = fixed_step_kernel(work.plan.step, bool(problem.is_sde and problem.matrix_noise))
+    batch_max = sub_batch(dim, m)
+    save_idx = np.ascontiguousarray(work.save_idx, dtype=np.int64)
+    out = np.empty((save_idx.size, inputs.n_paths, dim))
+    failure_time, failure_codes = no_failures(inputs.n_paths)
+
+    def blocks(first_path, size, steps):
+        """``(first_step, dw, levy_area)`` blocks of ``steps`` steps of the sub-batch (zero-width for an ODE)."""
+        if not m:
+            return ((first_step, np.zeros((steps, size, 0)), None) for first_step in range(0, n_steps, steps))
+        return work.brownian.blocks(n_steps, paths=range(first_path, first_path + size), reverse=work.reverse,
+                                    block_steps=steps, reuse_buffers=True)
+
+    def integrate(lo, hi):
+        thread_flat = flat.copy()
+        for first_path in range(lo, hi, batch_max):
+            size = min(batch_max, hi - first_path)
+            x = np.array(np.broadcast_to(x0[first_path : first_path + size] if x0.shape[0] > 1 else x0, (size, dim)),
+                         order="C")
+            failed = np.zeros(size, dtype=np.bool_)
+            next_save = 0
             if save_idx.size and save_idx[0] == 0:
-                plan.out[0, b : b + nb] = x
-                si = 1
-            for k0 in range(0, n, kb):
-                k1 = min(n, k0 + kb)
-                if m:
-                    _bridge.fill(state, k0, k1, m0, L, h0, plan.reverse, levy, dw, hh)
-                si = kernel(sid, f, g, fl, tab, x, k0, k1, plan.t0, plan.h, dw, hh, save_idx, si, plan.out, b,
-                            failed, plan.failure_time)
-                check(fl)
+                out[0, first_path : first_path + size] = x
+                next_save = 1
+            for first_step, dw, levy_area in blocks(first_path, size, block_steps(size, m, n_steps)):
+                next_save = kernel(step_id, f, g, thread_flat, tab, x, first_step, first_step + dw.shape[0], work.t0,
+                                   work.h, dw, dw if levy_area is None else levy_area, save_idx, next_save, out,
+                                   first_path, failed, failure_time)
+                if next_save == UNKNOWN_STEP:
+                    raise ValueError(f"the numba kernel has no branch for the step {work.plan.step.__name__!r}; "
+                                     "pass backend='numpy'.")
+                check(thread_flat)
 
-    _run_parallel(work, _ranges(plan.n_paths, nb_max, numba.get_num_threads()))
+    _run_parallel(integrate, _ranges(inputs.n_paths, batch_max, numba.get_num_threads()))
+    return Result(out, failure_time, failure_codes, fixed_step_stats(work, inputs.n_paths, m))
 
 
-def run_adaptive(plan):
-    f, _, flat, check = prepare(plan)
-    tab = plan.scheme.tableau
-    e = np.ascontiguousarray(tab.b - tab.b_err)
-    ranges = _ranges(plan.n_paths, 16, numba.get_num_threads())
-    totals = np.zeros((len(ranges), 3), dtype=np.int64)
+def run_adaptive(inputs: Inputs, work: Work) -> Result:
+    f, _, flat, check = compile_functions(inputs, adaptive=True)
+    tab, tol = work.scheme.tableau, work.tolerances
+    error_weights = np.ascontiguousarray(tab.b - tab.b_err)
+    out = np.full((work.save_t.size, inputs.n_paths, inputs.dim), np.nan)
+    failure_time, failure_codes = no_failures(inputs.n_paths)
+    ranges = _ranges(inputs.n_paths, 16, numba.get_num_threads())
+    totals = np.zeros((len(ranges), 3), dtype=np.int64)  # per range: accepted, rejected, evaluations
     slot = {r: i for i, r in enumerate(ranges)}
 
-    def work(lo, hi):
-        fl = flat.copy()
-        _adaptive_range(f, fl, tab.A, tab.b, e, tab.c, tab.dense, plan.t0, plan.t1, plan.x0, lo, hi, plan.rtol,
-                        plan.atol, plan.max_steps, plan.save_t, plan.out, plan.failure_time, plan.codes,
+    def integrate(lo, hi):
+        thread_flat = flat.copy()
+        _adaptive_range(f, thread_flat, tab.A, tab.b, error_weights, tab.c, tab.dense, work.t0, work.t1, inputs.x0,
+                        lo, hi, tol.rtol, tol.atol, tol.max_steps, work.save_t, out, failure_time, failure_codes,
                         totals[slot[(lo, hi)]])
-        check(fl)
+        check(thread_flat)
 
-    _run_parallel(work, ranges)
-    return tuple(int(v) for v in totals.sum(axis=0))
+    _run_parallel(integrate, ranges)
+    accepted, rejected, evaluations = (int(v) for v in totals.sum(axis=0))
+    stats = Stats(accepted + rejected, accepted, rejected, evaluations, 0, inputs.n_paths)
+    return Result(out, failure_time, failure_codes, stats)

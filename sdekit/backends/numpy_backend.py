@@ -1,27 +1,35 @@
 """The readable reference backend: the step functions run on NumPy arrays.
 
 Paths are processed in batches (bounded memory); the Brownian increments of
-a batch come from the :class:`~sdekit.BrownianPath`, so this backend sees
-exactly the noise the Numba backend sees.
+a batch come block by block from :meth:`BrownianPath.blocks
+<sdekit.BrownianPath.blocks>`, so this backend sees exactly the noise the
+Numba backend sees. The loop of the exponential
+integrators (:mod:`sdekit.semilinear`) lives here too, written once for every
+backend: :func:`integrate_exponential` takes the array operations it needs.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from .. import checks
 from ..schemes import _adaptive
+from ..semilinear import ORDERS, SemilinearODE, exponential_weights, step_orders
+from ..solution import Stats
+from . import Inputs, Options, Result, Work, fixed_step_stats, no_failures
 
 
 def wrap(fn, target, name="drift"):
     """``fn`` with its result checked (real, broadcastable; on every call) and broadcast to the shape ``target(n)``."""
-    from ..solve import check_result
 
     def wrapped(t, x, p):
         r = fn(t, x, p)
         shape = target(x.shape[0])
         if isinstance(r, np.ndarray) and r.shape == shape and r.dtype.kind == "f":
             return r
-        return check_result(r, name, x.shape, shape)
+        return checks.check_result(r, name, x.shape, shape)
 
     return wrapped
 
@@ -37,65 +45,198 @@ def batch_paths(n_paths: int, n_steps: int, m: int) -> int:
 
 
 def _batches(n_paths, n_steps, m):
-    nb = batch_paths(n_paths, n_steps, m)
-    for lo in range(0, n_paths, nb):
-        yield lo, min(n_paths, lo + nb)
+    size = batch_paths(n_paths, n_steps, m)
+    for lo in range(0, n_paths, size):
+        yield lo, min(n_paths, lo + size)
 
 
-def run_fixed(plan):
-    dim, m = plan.dim, plan.m
-    f = wrap(plan.problem.drift, lambda n: (n, dim), "drift" if m else "rhs")
+class NumpyBackend:
+    """The NumPy backend (and, through :class:`~sdekit.backends.numba_backend.NumbaBackend`, the checks of the
+    Numba backend): float64 arrays on the CPU, the user's functions called as Python."""
+
+    name = "numpy"
+
+    def options(self, problem, x0, *, device=None, dtype=None, compile=False) -> Options:  # noqa: A002
+        if device is not None or dtype is not None or compile:
+            raise ValueError(
+                f"`device`, `dtype` and `compile` apply to backend='torch'; backend={self.name!r} runs compiled "
+                "Numba (or NumPy) on the CPU in float64."
+            )
+        for i, v in enumerate(problem.params):
+            if checks.is_tensor(v):
+                raise ValueError(
+                    f"`params[{i}]` is a torch tensor; solve with backend='torch', or pass a NumPy array "
+                    "(tensor.detach().cpu().numpy())."
+                )
+        return Options()
+
+    def prepare(self, problem, x0, n_paths, options) -> Inputs:
+        x0, n_paths = checks.initial_states(checks.x0_array(x0), n_paths)
+        noise_dim = problem.noise_dim(x0.shape[1]) if problem.is_sde else 0
+        return Inputs(problem, x0, n_paths, noise_dim, problem.params, options)
+
+    def probe(self, inputs, t0) -> None:
+        problem, params, dim = inputs.problem, inputs.params, inputs.dim
+        if isinstance(problem, SemilinearODE):
+            x = checks.probe_batch(inputs.x0, checks.probe_rows(dim, 0))
+            values = checks.probe(problem.nonlinear, "nonlinear", t0, x, params, x.shape)
+            checks.check_rows_independent(
+                lambda v: checks.check_result(problem.nonlinear(t0, v, params), "nonlinear", v.shape, v.shape),
+                "nonlinear", x, values, 1e-9,
+            )
+            return
+
+        def evaluate(fn, name, x, target, extra):
+            return checks.probe(fn, name, t0, x, params, target, extra)
+
+        checks.check_functions(problem, inputs.x0, dim, inputs.noise_dim, evaluate)
+
+    def run(self, inputs, work) -> Result:
+        if work.scheme.kind == "semilinear":
+            return run_exponential(inputs, work, inputs.problem.nonlinear)
+        if work.scheme.adaptive:
+            return run_adaptive(inputs, work)
+        return run_fixed(inputs, work)
+
+
+BACKEND = NumpyBackend()
+
+
+def run_fixed(inputs: Inputs, work: Work) -> Result:
+    problem, dim, m = inputs.problem, inputs.dim, inputs.noise_dim
+    f = wrap(problem.drift, lambda n: (n, dim), "drift" if m else "rhs")
     if not m:
         g = _zero_diffusion
-    elif plan.problem.matrix_noise:
-        g = wrap(plan.problem.diffusion, lambda n: (n, dim, m), "diffusion")
+    elif problem.matrix_noise:
+        g = wrap(problem.diffusion, lambda n: (n, dim, m), "diffusion")
     else:
-        g = wrap(plan.problem.diffusion, lambda n: (n, dim), "diffusion")
-    p, tab, h, n = plan.problem.params, plan.tab, plan.h, plan.n_steps
-    x0 = plan.x0
-    save = plan.save_idx  # an int64 array (a list would hold one Python object per saved time)
-    for lo, hi in _batches(plan.n_paths, n, m):
-        nb = hi - lo
-        x = np.array(np.broadcast_to(x0[lo:hi] if x0.shape[0] > 1 else x0, (nb, dim)), order="C")
+        g = wrap(problem.diffusion, lambda n: (n, dim), "diffusion")
+    params, step, tab, h, n_steps = inputs.params, work.plan.step, work.plan.tab, work.h, work.n_steps
+    save_idx = work.save_idx  # an int64 array (a list would hold one Python object per saved time)
+    out = np.empty((save_idx.size, inputs.n_paths, dim))
+    failure_time, failure_codes = no_failures(inputs.n_paths)
+    for lo, hi in _batches(inputs.n_paths, n_steps, m):
+        size = hi - lo
+        x = np.array(np.broadcast_to(inputs.x0[lo:hi] if inputs.x0.shape[0] > 1 else inputs.x0, (size, dim)), order="C")
         if m:
-            inc = plan.brownian.increments(n, paths=range(lo, hi), reverse=plan.reverse)
-            dws, hhs = inc if plan.brownian.levy_area else (inc, np.zeros_like(inc))
+            blocks = work.brownian.blocks(n_steps, paths=range(lo, hi), reverse=work.reverse)
         else:
-            dws = hhs = np.zeros((n, nb, 0))
-        failed = np.zeros(nb, dtype=bool)
-        si = 0
-        if save.size and save[0] == 0:
-            plan.out[0, lo:hi] = x
-            si = 1
-        for k in range(n):
-            t = plan.t0 + k * h
-            x = np.array(plan.step(f, g, p, tab, t, x, h, dws[k], hhs[k]))
-            bad = ~np.isfinite(x).all(axis=1) & ~failed
-            if bad.any():
-                plan.failure_time[lo:hi][bad] = t + h
-                failed |= bad
-            x[failed] = np.nan
-            if si < len(save) and save[si] == k + 1:
-                plan.out[si, lo:hi] = x
-                si += 1
+            blocks = [(0, np.zeros((n_steps, size, 0)), None)]
+        failed = np.zeros(size, dtype=bool)
+        next_save = 0
+        if save_idx.size and save_idx[0] == 0:
+            out[0, lo:hi] = x
+            next_save = 1
+        for first_step, dw, levy_area in blocks:
+            if levy_area is None:  # the steps read no Lévy area then; zeros keep their signature
+                levy_area = np.zeros_like(dw)
+            for j in range(dw.shape[0]):
+                k = first_step + j
+                t = work.t0 + k * h
+                x = np.array(step(f, g, params, tab, t, x, h, dw[j], levy_area[j]))
+                bad = ~np.isfinite(x).all(axis=1) & ~failed
+                if bad.any():
+                    failure_time[lo:hi][bad] = t + h
+                    failed |= bad
+                x[failed] = np.nan
+                if next_save < save_idx.size and save_idx[next_save] == k + 1:
+                    out[next_save, lo:hi] = x
+                    next_save += 1
+    return Result(out, failure_time, failure_codes, fixed_step_stats(work, inputs.n_paths, m))
 
 
-def run_adaptive(plan):
-    tab = plan.scheme.tableau
-    e = tab.b - tab.b_err
-    dim = plan.dim
-    f = wrap(plan.problem.rhs, lambda n: (n, dim), "rhs")
-    counts = np.zeros(3, dtype=np.int64)
+def run_adaptive(inputs: Inputs, work: Work) -> Result:
+    tab = work.scheme.tableau
+    error_weights = tab.b - tab.b_err
+    dim, tol = inputs.dim, work.tolerances
+    f = wrap(inputs.problem.rhs, lambda n: (n, dim), "rhs")
+    out = np.full((work.save_t.size, inputs.n_paths, dim), np.nan)
+    failure_time, failure_codes = no_failures(inputs.n_paths)
+    counts = np.zeros(3, dtype=np.int64)  # accepted, rejected, evaluations of one path (filled by integrate_path)
     totals = np.zeros(3, dtype=np.int64)
-    x0 = plan.x0
-    for i in range(plan.n_paths):
+    x0 = inputs.x0
+    for i in range(inputs.n_paths):
         xi = np.array(x0[i : i + 1] if x0.shape[0] > 1 else x0[:1], dtype=float)
         code, t_end = _adaptive.integrate_path(
-            f, plan.problem.params, tab.A, tab.b, e, tab.c, tab.dense, plan.t0, plan.t1, xi,
-            plan.rtol, plan.atol, plan.max_steps, plan.save_t, plan.out[:, i, :], counts,
+            f, inputs.params, tab.A, tab.b, error_weights, tab.c, tab.dense, work.t0, work.t1, xi,
+            tol.rtol, tol.atol, tol.max_steps, work.save_t, out[:, i, :], counts,
         )
         totals += counts
         if code != _adaptive.OK:
-            plan.failure_time[i] = t_end
-            plan.codes[i] = code
-    return tuple(int(v) for v in totals)
+            failure_time[i] = t_end
+            failure_codes[i] = code
+    accepted, rejected, evaluations = (int(v) for v in totals)
+    stats = Stats(accepted + rejected, accepted, rejected, evaluations, 0, inputs.n_paths)
+    return Result(out, failure_time, failure_codes, stats)
+
+
+def run_exponential(inputs: Inputs, work: Work, nonlinear) -> Result:
+    """The exponential integrators on NumPy arrays (``nonlinear``: the problem's D, or its Numba compilation)."""
+    dim = inputs.dim
+    x = np.array(np.broadcast_to(inputs.x0, (inputs.n_paths, dim)))
+    saved, failure_time = integrate_exponential(
+        inputs.problem, work, wrap(nonlinear, lambda n: (n, dim), "nonlinear"), inputs.params, x,
+        finite_rows=lambda v: np.isfinite(v).all(axis=1),
+        with_nan_rows=lambda v, rows: np.where(rows[:, None], np.nan, v),
+    )
+    return Result(np.stack(saved), failure_time, no_failures(inputs.n_paths)[1],
+                  fixed_step_stats(work, inputs.n_paths, 0))
+
+
+def integrate_exponential(problem, work: Work, nonlinear, params, x, *, finite_rows, with_nan_rows):
+    """The exponential Adams–Bashforth steps (:mod:`sdekit.semilinear`) on the step times ``work.grid``.
+
+    The state ``x`` holds all paths, in any array library: ``nonlinear(t, x, params)`` returns D checked and
+    broadcast to ``x``, ``finite_rows(x)`` a NumPy bool per row, ``with_nan_rows(x, rows)`` ``x`` with the
+    ``rows`` (a NumPy bool mask) set to NaN. Returns ``(saved states, failure_time)``: the states at
+    ``work.save_idx`` in a list, and the time each path first turned non-finite (NaN if never).
+    The update is Hochbruck & Ostermann (2010), Acta Numerica 19, §2.5: ``x_{k+1} = e^{A_{k+1} - A_k} x_k
+    + e^{A_{k+1} + lambda_{k+1}} sum_j w_j D_{k-j}`` with the :func:`~sdekit.semilinear.exponential_weights` ``w``.
+    """
+    method, grid, save_idx = work.scheme.name, work.grid, work.save_idx
+    q_max = ORDERS[method]
+    log_factor = np.array([float(problem.log_factor(float(t), problem.params)) for t in grid])
+    clock = np.array([float(problem.clock(float(t), problem.params)) for t in grid])
+    if not (np.all(np.isfinite(log_factor)) and np.all(np.isfinite(clock))):
+        bad = grid[~(np.isfinite(log_factor) & np.isfinite(clock))][0]
+        raise ValueError(f"the log factor or the clock is not finite at t={bad}; keep the span inside their domain.")
+    clock_steps = np.diff(clock)
+    if not (np.all(clock_steps > 0) or np.all(clock_steps < 0)):
+        raise ValueError("the clock lambda(t) must be strictly monotone on the grid (it is the interpolation variable).")
+    orders = step_orders(method, clock)
+    failure_time = np.full(x.shape[0], np.nan)
+    failed = np.zeros(x.shape[0], dtype=bool)
+    saved = [x] if save_idx[0] == 0 else []
+    next_save = len(saved)
+    history: list = []  # the last q_max values of D, newest first
+    for k in range(grid.size - 1):
+        d = nonlinear(float(grid[k]), x, params)
+        history.insert(0, d)
+        del history[q_max:]
+        if k == 0 and method == "exp_ab3":
+            # order-3 start: one extra evaluation at the step's midpoint in t gives a local error O(h^3)
+            t_mid = 0.5 * (grid[0] + grid[1])
+            log_factor_mid = float(problem.log_factor(t_mid, problem.params))
+            clock_mid = float(problem.clock(t_mid, problem.params))
+            w = exponential_weights([clock[0]], clock_mid)
+            x_mid = math.exp(log_factor_mid - log_factor[0]) * x + math.exp(log_factor_mid + clock_mid) * (w[0] * d)
+            d_mid = nonlinear(t_mid, x_mid, params)
+            w = exponential_weights([clock[0], clock_mid], clock[1])
+            weighted = w[0] * d + w[1] * d_mid
+        else:
+            q = int(orders[k])
+            w = exponential_weights(clock[k : k - q if k - q >= 0 else None : -1], clock[k + 1])
+            weighted = w[0] * history[0]
+            for j in range(1, q):
+                weighted = weighted + w[j] * history[j]
+        x = math.exp(log_factor[k + 1] - log_factor[k]) * x + math.exp(log_factor[k + 1] + clock[k + 1]) * weighted
+        newly = ~finite_rows(x) & ~failed
+        if newly.any():
+            failure_time[newly] = grid[k + 1]
+            failed |= newly
+        if failed.any():
+            x = with_nan_rows(x, failed)
+        if next_save < save_idx.size and save_idx[next_save] == k + 1:
+            saved.append(x)
+            next_save += 1
+    return saved, failure_time

@@ -5,11 +5,11 @@ other backends run, applied to a ``(n, dim)`` tensor that holds a whole batch
 of paths: one Python-level step per time step, each a handful of tensor
 kernels over all paths. Nothing loops over paths in Python.
 
-* **Noise.** Increments come in blocks from :mod:`sdekit._torch_bridge`: on
-  CPU the compiled tree of the numba backend fills them (the same numbers,
-  bit for bit), on other devices the same counter-based tree runs as tensor
-  kernels on the device. Either way a seed gives the same path on every
-  backend, up to round-off.
+* **Noise.** Increments come in blocks from :meth:`BrownianPath.blocks
+  <sdekit.BrownianPath.blocks>`: on CPU the compiled tree of the numba
+  backend fills them (the same numbers, bit for bit), on other devices the
+  same counter-based tree runs as tensor kernels on the device. Either way a
+  seed gives the same path on every backend, up to round-off.
 * **Gradients.** The solve is ordinary torch code, so autograd differentiates
   it with respect to ``x0`` and to tensors in ``params`` (discretise-then-
   optimise: memory grows with the number of steps).
@@ -27,7 +27,6 @@ kernels over all paths. Nothing loops over paths in Python.
 
 from __future__ import annotations
 
-import importlib
 import math
 import numbers
 import types
@@ -36,8 +35,13 @@ import weakref
 import numpy as np
 import torch
 
-from .. import _torch_bridge
+from .. import checks
+from ..params import is_record
 from ..schemes import _adaptive
+from ..semilinear import SemilinearODE
+from ..solution import Stats
+from . import Inputs, Options, Result, Work, fixed_step_stats, no_failures
+from .numpy_backend import integrate_exponential
 
 _DEVICE_HINT = "Move it to the solve's device (tensor.to(device), module.to(device)) or pass device=... to solve."
 
@@ -107,19 +111,23 @@ def _check_tensor(v, what, device, dtype):
 
 
 def params_on(params, device, dtype):
-    """The problem's params on the solve's device: arrays become tensors, tensors are checked."""
-    out = []
-    for i, v in enumerate(params):
+    """The problem's params on the solve's device: arrays become tensors, tensors are checked; tuples and
+    records (:mod:`sdekit.params`) keep their structure."""
+
+    def on_device(v, path):
+        if isinstance(v, tuple):
+            if is_record(v):
+                return type(v)(*(on_device(e, f"{path}.{n}") for n, e in zip(v._fields, v, strict=True)))
+            return tuple(on_device(e, f"{path}[{i}]") for i, e in enumerate(v))
         if isinstance(v, np.ndarray):
-            out.append(torch.as_tensor(v, dtype=dtype, device=device))
-        elif isinstance(v, torch.Tensor):
+            return torch.as_tensor(v, dtype=dtype, device=device)
+        if isinstance(v, torch.Tensor):
             if v.is_complex():
-                raise ValueError(f"`params[{i}]` must be real, got a {v.dtype} tensor.")
-            _check_tensor(v, f"`params[{i}]`", device, dtype)
-            out.append(v)
-        else:
-            out.append(v)
-    return tuple(out)
+                raise ValueError(f"`{path}` must be real, got a {v.dtype} tensor.")
+            _check_tensor(v, f"`{path}`", device, dtype)
+        return v
+
+    return on_device(params, "params")
 
 
 def _probe(fn, name, t, x, params, target, extra=""):
@@ -143,17 +151,82 @@ def _probe(fn, name, t, x, params, target, extra=""):
     return r.expand(target)
 
 
-def check_problem(problem, x0, params, t0, dim, m):
-    """The entry probe of :func:`sdekit.solve` on a small batch of the solve's device and dtype."""
-    mod = importlib.import_module("..solve", __package__)  # the probes shared with the numpy entry
-    x0n = x0[: mod.probe_rows(dim, m)].detach().cpu().double().numpy()  # only the probe's rows leave the device
+def _device_dtype(x0, device, dtype):
+    """Device and dtype of a torch solve: from ``x0`` if it is a tensor, else the arguments (cpu, float64)."""
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (TypeError, RuntimeError):
+            raise ValueError(f"`device` must be a torch device or a string like 'cpu' or 'cuda', got {device!r}.") from None
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError("device='cuda' but CUDA is not available on this machine; use device='cpu'.")
+            if device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"`dtype` must be torch.float32 or torch.float64, got {dtype!r}.")
+    if checks.is_tensor(x0):
+        _check_x0_kind(x0)
+        if device is not None and x0.device != device:
+            raise ValueError(f"`x0` is on {x0.device} but device={device}; move x0 (x0.to(device)) or drop `device`.")
+        if x0.is_floating_point():
+            if dtype is not None and x0.dtype != dtype:
+                raise ValueError(f"`x0` has dtype {x0.dtype} but dtype={dtype}; convert x0 (x0.to(dtype)) or drop `dtype`.")
+            if x0.dtype not in (torch.float32, torch.float64):
+                raise ValueError(f"`x0` has dtype {x0.dtype}; the torch backend solves in float32 or float64.")
+            dtype = x0.dtype
+        device = x0.device
+    return torch.device("cpu") if device is None else device, torch.float64 if dtype is None else dtype
 
-    def evaluate(fn, name, x, target, extra):
-        tx = torch.as_tensor(x, dtype=x0.dtype, device=x0.device)
-        return _probe(fn, name, t0, tx, params, target, extra).detach().cpu().double().numpy()
 
-    # float32 (and TF32 convolutions on GPU) round differently by batch
-    mod.check_functions(problem, x0n, dim, m, evaluate, rtol=1e-7 if x0.dtype == torch.float64 else 1e-2)
+def _check_x0_kind(x0):
+    if x0.is_complex():
+        raise ValueError(f"`x0` must be real; got a {x0.dtype} tensor (split real and imaginary parts into two components).")
+    if x0.dtype == torch.bool:
+        raise ValueError("`x0` must be real numbers, got a bool tensor; pass x0.double() if that is meant.")
+
+
+class TorchBackend:
+    """The torch backend: tensors on the solve's device and dtype, differentiable (see the module docstring)."""
+
+    name = "torch"
+
+    def options(self, problem, x0, *, device=None, dtype=None, compile=False) -> Options:  # noqa: A002
+        device, dtype = _device_dtype(x0, device, dtype)
+        return Options(device, dtype, bool(compile))
+
+    def prepare(self, problem, x0, n_paths, options) -> Inputs:
+        device, dtype = options.device, options.dtype
+        x0 = x0.to(dtype) if checks.is_tensor(x0) else torch.as_tensor(checks.x0_array(x0), dtype=dtype, device=device)
+        x0, n_paths = checks.initial_states(x0, n_paths)
+        noise_dim = problem.noise_dim(x0.shape[1]) if problem.is_sde else 0
+        return Inputs(problem, x0, n_paths, noise_dim, params_on(problem.params, device, dtype), options)
+
+    def probe(self, inputs, t0) -> None:
+        """The entry probe of :func:`sdekit.checks.check_functions` on a small batch of the solve's device and
+        dtype (the exponential integrators' D is checked on every call instead)."""
+        problem, x0 = inputs.problem, inputs.x0
+        if isinstance(problem, SemilinearODE):
+            return
+        dim, m = inputs.dim, inputs.noise_dim
+        rows = x0[: checks.probe_rows(dim, m)].detach().cpu().double().numpy()  # only the probe's rows leave the device
+
+        def evaluate(fn, name, x, target, extra):
+            tx = torch.as_tensor(x, dtype=x0.dtype, device=x0.device)
+            return _probe(fn, name, t0, tx, inputs.params, target, extra).detach().cpu().double().numpy()
+
+        # float32 (and TF32 convolutions on GPU) round differently by batch
+        checks.check_functions(problem, rows, dim, m, evaluate, rtol=1e-7 if x0.dtype == torch.float64 else 1e-2)
+
+    def run(self, inputs, work) -> Result:
+        if work.scheme.kind == "semilinear":
+            return run_exponential(inputs, work)
+        if work.scheme.adaptive:
+            return run_adaptive(inputs, work)
+        return run_fixed(inputs, work)
+
+
+BACKEND = TorchBackend()
 
 
 def paths_per_batch(n_paths: int, width: int, device) -> int:
@@ -162,64 +235,58 @@ def paths_per_batch(n_paths: int, width: int, device) -> int:
     return int(max(1, min(n_paths, budget // (16 * width))))
 
 
-def batch_size(plan) -> int:
-    """Paths per batch of ``plan`` (see :func:`paths_per_batch`)."""
-    width = max(plan.dim, plan.m, 1) * (max(plan.m, 1) if plan.problem.is_sde and plan.problem.matrix_noise else 1)
-    return paths_per_batch(plan.n_paths, width, plan.device)
+def batch_size(inputs: Inputs) -> int:
+    """Paths per batch of a solve (see :func:`paths_per_batch`)."""
+    m, problem = inputs.noise_dim, inputs.problem
+    width = max(inputs.dim, m, 1) * (max(m, 1) if problem.is_sde and problem.matrix_noise else 1)
+    return paths_per_batch(inputs.n_paths, width, inputs.options.device)
+
+
+def _batches(inputs: Inputs):
+    """``(lo, hi, x0 of the batch)`` for each batch of paths."""
+    size, x0 = batch_size(inputs), inputs.x0
+    for lo in range(0, inputs.n_paths, size):
+        hi = min(inputs.n_paths, lo + size)
+        yield lo, hi, x0[lo:hi] if x0.shape[0] > 1 else x0.expand(hi - lo, inputs.dim)
 
 
 # --------------------------------------------------------------------------- fixed steps
-def _functions(plan):
-    dim, m, pr = plan.dim, plan.m, plan.problem
-    if not pr.is_sde:
-        return wrap(pr.rhs, "rhs", lambda n: (n, dim)), _zero_diffusion
-    f = wrap(pr.drift, "drift", lambda n: (n, dim))
-    if pr.matrix_noise:
-        return f, wrap(pr.diffusion, "diffusion", lambda n: (n, dim, m))
-    return f, wrap(pr.diffusion, "diffusion", lambda n: (n, dim))
+def _functions(inputs: Inputs):
+    dim, m, problem = inputs.dim, inputs.noise_dim, inputs.problem
+    if not problem.is_sde:
+        return wrap(problem.rhs, "rhs", lambda n: (n, dim)), _zero_diffusion
+    f = wrap(problem.drift, "drift", lambda n: (n, dim))
+    if problem.matrix_noise:
+        return f, wrap(problem.diffusion, "diffusion", lambda n: (n, dim, m))
+    return f, wrap(problem.diffusion, "diffusion", lambda n: (n, dim))
 
 
-class _Blocks:
-    """Blocks ``(k0, K, dW, H)`` of a batch's increments in the solve's dtype (step counts only for ODEs)."""
-
-    def __init__(self, plan, lo, hi):
-        self.plan = plan
-        self.src = None
-        if plan.m:
-            self.src = _torch_bridge.blocks(plan.brownian, plan.n_steps, lo, hi, reverse=plan.reverse,
-                                            device=plan.device, dtype=plan.dtype)
-
-    def recycle(self, ok: bool):
-        """Let the generator reuse its buffers (only when no autograd graph holds the increments)."""
-        if hasattr(self.src, "reuse"):
-            self.src.reuse = ok
-
-    def __iter__(self):
-        plan = self.plan
-        if self.src is None:
-            K = 64
-            for k0 in range(0, plan.n_steps, K):
-                yield k0, min(K, plan.n_steps - k0), None, None
-            return
-        k0 = 0
-        for dw, hh in self.src:
-            if dw.dtype != plan.dtype:
-                dw = dw.to(plan.dtype)
-                hh = None if hh is None else hh.to(plan.dtype)
-            yield k0, dw.shape[0], dw, hh
-            k0 += dw.shape[0]
+ODE_BLOCK_STEPS = 64  # steps between the finiteness checks of an ODE (an SDE checks once per block of increments)
 
 
-def _first_bad_step(plan, f, g, p, x, k0, K, dw, hh, zero, newly):
+def _blocks(inputs: Inputs, work: Work, lo: int, hi: int):
+    """``(first_step, dw, levy_area)`` blocks of paths ``lo..hi-1`` in the solve's dtype (``dw`` None for ODEs).
+
+    The CPU generator recycles its buffers only while autograd is off: a graph may hold the increments.
+    """
+    if not inputs.noise_dim:
+        return ((first_step, None, None) for first_step in range(0, work.n_steps, ODE_BLOCK_STEPS))
+    options = inputs.options
+    return work.brownian.blocks(work.n_steps, paths=range(lo, hi), reverse=work.reverse, device=options.device,
+                                dtype=options.dtype, reuse_buffers=not torch.is_grad_enabled())
+
+
+def _first_bad_step(work, f, g, params, x, first_step, n_block, dw, levy_area, zero, newly):
     """Replay a block without gradients; the step (absolute index) where each ``newly`` path failed."""
-    first = torch.full((x.shape[0],), k0 + K - 1, dtype=torch.int64, device=x.device)
+    plan, h = work.plan, work.h
+    first = torch.full((x.shape[0],), first_step + n_block - 1, dtype=torch.int64, device=x.device)
     found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     with torch.no_grad():
-        for j in range(K):
-            d = zero if dw is None else dw[j]
-            x = plan.step(f, g, p, plan.tab, plan.t0 + (k0 + j) * plan.h, x, plan.h, d, zero if hh is None else hh[j])
+        for j in range(n_block):
+            x = plan.step(f, g, params, plan.tab, work.t0 + (first_step + j) * h, x, h, zero if dw is None else dw[j],
+                          zero if levy_area is None else levy_area[j])
             bad = ~torch.isfinite(x).all(dim=1) & ~found
-            first = torch.where(bad, k0 + j, first)
+            first = torch.where(bad, first_step + j, first)
             found |= bad
             if bool(found[newly].all()):
                 break
@@ -248,35 +315,35 @@ class _Tab:
 _COMPILED = weakref.WeakKeyDictionary()
 
 
-def _stepper(plan, f, g):
-    """``step(t, x, dw, hh)`` for the solve: eager, or fused by torch.compile (cached per problem)."""
-    p, tab, h, step = plan.params_t, plan.tab, plan.h, plan.step
-    if not plan.compile:
-        return lambda t, x, dw, hh: step(f, g, p, tab, t, x, h, dw, hh)
-    key = (step, h, str(plan.device), plan.dtype, plan.dim, plan.m, plan.tab.tobytes())
-    cache = _COMPILED.setdefault(plan.problem, {})
+def _stepper(inputs: Inputs, work: Work, f, g):
+    """``step(t, x, dw, levy_area)`` for the solve: eager, or fused by torch.compile (cached per problem)."""
+    params, h, step, tab, options = inputs.params, work.h, work.plan.step, work.plan.tab, inputs.options
+    if not options.compile:
+        return lambda t, x, dw, levy_area: step(f, g, params, tab, t, x, h, dw, levy_area)
+    key = (step, h, str(options.device), options.dtype, inputs.dim, inputs.noise_dim, tab.tobytes())
+    cache = _COMPILED.setdefault(inputs.problem, {})
     if key not in cache:
-        rows = _Tab(plan.tab.tolist())
+        rows = _Tab(tab.tolist())
 
-        def fused_step(t, x, dw, hh):
-            return step(f, g, p, rows, t, x, h, dw, hh)
+        def fused_step(t, x, dw, levy_area):
+            return step(f, g, params, rows, t, x, h, dw, levy_area)
 
         # torch.compile caches per code object, with a limit on recompilations; a fresh code object per
         # (problem, scheme, step size, ...) keeps one solve's compilations from evicting another's.
-        code = fused_step.__code__.replace(co_name=f"sdekit_step_{len(cache)}_{id(plan.problem):x}")
+        code = fused_step.__code__.replace(co_name=f"sdekit_step_{len(cache)}_{id(inputs.problem):x}")
         fresh = types.FunctionType(code, fused_step.__globals__, code.co_name, None, fused_step.__closure__)
         cache[key] = torch.compile(fresh)
     fused = cache[key]
     checked = []
 
-    def run(t, x, dw, hh):
+    def run(t, x, dw, levy_area):
         if checked:
-            return fused(t, x, dw, hh)
+            return fused(t, x, dw, levy_area)
         try:
-            r = fused(t, x, dw, hh)
+            r = fused(t, x, dw, levy_area)
         except Exception as exc:  # noqa: BLE001 - re-raised with the fix
             raise ValueError(
-                f"compile=True: torch.compile could not fuse the {plan.scheme.name} step with your functions "
+                f"compile=True: torch.compile could not fuse the {work.scheme.name} step with your functions "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); pass compile=False."
             ) from exc
         checked.append(True)
@@ -289,65 +356,89 @@ class _Times:
     """Step start times ``t0 + k h``: Python floats (eager) or 0-d float64 tensors (compiled: no recompile per t),
     made per step (a list of them would cost a Python object per step)."""
 
-    def __init__(self, plan):
-        self.t0, self.h = plan.t0, plan.h
+    def __init__(self, inputs: Inputs, work: Work):
+        self.t0, self.h = work.t0, work.h
         self.grid = None
-        if plan.compile:
-            self.grid = torch.arange(plan.n_steps, dtype=torch.float64, device=plan.device) * plan.h + plan.t0
+        if inputs.options.compile:
+            self.grid = torch.arange(work.n_steps, dtype=torch.float64, device=inputs.options.device) * work.h + work.t0
 
     def __getitem__(self, k):
         return self.t0 + k * self.h if self.grid is None else self.grid[k]
 
 
-def _times(plan):
-    return _Times(plan)
-
-
-def run_fixed(plan):
-    f, g = _functions(plan)
-    p, h, n = plan.params_t, plan.h, plan.n_steps
-    stepper = _stepper(plan, f, g)
-    times = _times(plan)
-    save = plan.save_idx  # an int64 array: no Python object per saved time
-    nb_max = batch_size(plan)
+def run_fixed(inputs: Inputs, work: Work) -> Result:
+    f, g = _functions(inputs)
+    params, h, n_steps, device = inputs.params, work.h, work.n_steps, inputs.options.device
+    stepper = _stepper(inputs, work, f, g)
+    times = _Times(inputs, work)
+    save_idx = work.save_idx  # an int64 array: no Python object per saved time
+    failure_time, failure_codes = no_failures(inputs.n_paths)
     outs = []
-    never = n + 1
-    for lo in range(0, plan.n_paths, nb_max):
-        hi = min(plan.n_paths, lo + nb_max)
-        nb = hi - lo
-        x = plan.x0[lo:hi] if plan.x0.shape[0] > 1 else plan.x0.expand(nb, plan.dim)
-        zero = x.new_zeros((nb, max(plan.m, 1)))
-        fail_step = torch.full((nb,), never, dtype=torch.int64, device=plan.device)
+    never = n_steps + 1
+    for lo, hi, x in _batches(inputs):
+        zero = x.new_zeros((hi - lo, max(inputs.noise_dim, 1)))
+        fail_step = torch.full((hi - lo,), never, dtype=torch.int64, device=device)
         saved = []
-        si = 0
-        if save.size and save[0] == 0:
+        next_save = 0
+        if save_idx.size and save_idx[0] == 0:
             saved.append(x)
-            si = 1
-        blocks = _Blocks(plan, lo, hi)
-        for k0, K, dw, hh in blocks:
+            next_save = 1
+        for first_step, dw, levy_area in _blocks(inputs, work, lo, hi):
+            n_block = min(n_steps - first_step, ODE_BLOCK_STEPS) if dw is None else dw.shape[0]
             x_start = x
-            for j in range(K):
-                k = k0 + j
-                x = stepper(times[k], x, zero if dw is None else dw[j], zero if hh is None else hh[j])
-                if si < len(save) and save[si] == k + 1:
+            for j in range(n_block):
+                k = first_step + j
+                x = stepper(times[k], x, zero if dw is None else dw[j], zero if levy_area is None else levy_area[j])
+                if next_save < save_idx.size and save_idx[next_save] == k + 1:
                     saved.append(x)
-                    si += 1
+                    next_save += 1
             bad = ~torch.isfinite(x.detach()).all(dim=1) & (fail_step == never)
             if bool(bad.any()):
                 rows = bad.nonzero().squeeze(1)
-                fail_step[rows] = _first_bad_step(plan, f, g, p, x_start.detach(), k0, K, dw, hh, zero, rows) + 1
-            blocks.recycle(not x.requires_grad)
+                fail_step[rows] = _first_bad_step(work, f, g, params, x_start.detach(), first_step, n_block, dw,
+                                                  levy_area, zero, rows) + 1
         out = torch.stack(saved)
         failed = fail_step != never
         if bool(failed.any()):
-            idx = torch.as_tensor(save, dtype=torch.int64, device=plan.device)
+            idx = torch.as_tensor(save_idx, dtype=torch.int64, device=device)
             dead = idx[:, None] >= fail_step[None, :]
             out = torch.where(dead[:, :, None], torch.full_like(out, math.nan), out)
-            fs = fail_step.cpu().numpy()
-            rows = np.nonzero(fs != never)[0]
-            plan.failure_time[lo + rows] = (plan.t0 + (fs[rows] - 1) * h) + h  # t_k + h, as the other backends
+            steps = fail_step.cpu().numpy()
+            rows = np.nonzero(steps != never)[0]
+            failure_time[lo + rows] = (work.t0 + (steps[rows] - 1) * h) + h  # t_k + h, as the other backends
         outs.append(out)
-    plan.out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+    x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+    return Result(x, failure_time, failure_codes, fixed_step_stats(work, inputs.n_paths, inputs.noise_dim))
+
+
+# --------------------------------------------------------------------------- exponential integrators
+def _nonlinear(fn):
+    """The exponential integrators' D, checked on every call (a real tensor broadcastable to x) and broadcast."""
+
+    def checked(t, x, params):
+        d = fn(t, x, params)
+        if d.shape != x.shape or d.is_complex():
+            if d.is_complex() or not checks.broadcasts_to(tuple(d.shape), tuple(x.shape)):
+                raise ValueError(f"`nonlinear` returned shape {tuple(d.shape)}, {d.dtype} for x of shape "
+                                 f"{tuple(x.shape)}; it must be real and broadcast to {tuple(x.shape)} (one row per path).")
+            d = d.expand_as(x)
+        return d
+
+    return checked
+
+
+def run_exponential(inputs: Inputs, work: Work) -> Result:
+    """The exponential integrators on the whole batch (the loop of :func:`numpy_backend.integrate_exponential`)."""
+    x = inputs.x0.expand(inputs.n_paths, inputs.dim) if inputs.x0.shape[0] == 1 else inputs.x0
+    device = x.device
+    saved, failure_time = integrate_exponential(
+        inputs.problem, work, _nonlinear(inputs.problem.nonlinear), inputs.params, x,
+        finite_rows=lambda v: torch.isfinite(v.detach()).all(dim=1).cpu().numpy(),
+        with_nan_rows=lambda v, rows: torch.where(torch.as_tensor(rows, device=device)[:, None],
+                                                  torch.full_like(v, math.nan), v),
+    )
+    return Result(torch.stack(saved), failure_time, no_failures(inputs.n_paths)[1],
+                  fixed_step_stats(work, inputs.n_paths, 0))
 
 
 # --------------------------------------------------------------------------- adaptive (dopri5)
@@ -355,31 +446,28 @@ def _rows_rms(v):
     return torch.sqrt(torch.mean(v * v, dim=1))
 
 
-def run_adaptive(plan):
+def run_adaptive(inputs: Inputs, work: Work) -> Result:
     """Batch-stepped embedded RK with the controller of :mod:`sdekit.schemes._adaptive`."""
-    tab = plan.scheme.tableau
+    tab = work.scheme.tableau
     A, b, c, P = (np.asarray(a, dtype=np.float64) for a in (tab.A, tab.b, tab.c, tab.dense))
     e = b - np.asarray(tab.b_err, dtype=np.float64)
-    f = wrap(plan.problem.rhs, "rhs", lambda n: (n, plan.dim))
-    p = plan.params_t
-    nb_max = batch_size(plan)
-    totals = np.zeros(3, dtype=np.int64)
+    f = wrap(inputs.problem.rhs, "rhs", lambda n: (n, inputs.dim))
+    totals = np.zeros(3, dtype=np.int64)  # accepted, rejected, evaluations per path, summed over the paths
+    failure_time, failure_codes = no_failures(inputs.n_paths)
     outs = []
-    for lo in range(0, plan.n_paths, nb_max):
-        hi = min(plan.n_paths, lo + nb_max)
-        x = plan.x0[lo:hi] if plan.x0.shape[0] > 1 else plan.x0.expand(hi - lo, plan.dim)
-        out, counts, fail_t, codes = _integrate_batch(f, p, A, b, e, c, P, plan, x)
+    for lo, hi, x in _batches(inputs):
+        out, counts, failure_time[lo:hi], failure_codes[lo:hi] = _integrate_batch(f, inputs.params, A, b, e, c, P, work, x)
         totals += counts * (hi - lo)
-        plan.failure_time[lo:hi] = fail_t
-        plan.codes[lo:hi] = codes
         outs.append(out)
-    plan.out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
-    return tuple(int(v) for v in totals)
+    accepted, rejected, evaluations = (int(v) for v in totals)
+    stats = Stats(accepted + rejected, accepted, rejected, evaluations, 0, inputs.n_paths)
+    return Result(outs[0] if len(outs) == 1 else torch.cat(outs, dim=1), failure_time, failure_codes, stats)
 
 
-def _integrate_batch(f, p, A, b, e, c, P, plan, x):
-    t0, t1, rtol, atol = plan.t0, plan.t1, plan.rtol, plan.atol
-    save_t = [float(s) for s in plan.save_t]
+def _integrate_batch(f, p, A, b, e, c, P, work, x):
+    """One batch: ``(saved states, [accepted, rejected, evaluations], failure_time, failure_codes)``."""
+    t0, t1, rtol, atol = work.t0, work.t1, work.tolerances.rtol, work.tolerances.atol
+    save_t = [float(s) for s in work.save_t]
     n = x.shape[0]
     s = b.shape[0]
     direction = 1.0 if t1 > t0 else -1.0
@@ -390,10 +478,10 @@ def _integrate_batch(f, p, A, b, e, c, P, plan, x):
     codes = np.zeros(n, dtype=np.int64)
     saved = [None] * len(save_t)
     t = t0
-    si = 0
-    while si < len(save_t) and save_t[si] == t0:
-        saved[si] = x
-        si += 1
+    next_save = 0
+    while next_save < len(save_t) and save_t[next_save] == t0:
+        saved[next_save] = x
+        next_save += 1
 
     def norm(v, scale):
         r = _rows_rms((v / scale).detach())
@@ -428,7 +516,7 @@ def _integrate_batch(f, p, A, b, e, c, P, plan, x):
         x = torch.where(rows_mask[:, None], torch.full_like(x, math.nan), x)
 
     while direction * (t1 - t) > 0.0 and bool(live.any()):
-        if accepted + rejected >= plan.max_steps:
+        if accepted + rejected >= work.tolerances.max_steps:
             fail(live, _adaptive.MAX_STEPS)
             break
         remaining = abs(t1 - t)
@@ -479,18 +567,18 @@ def _integrate_batch(f, p, A, b, e, c, P, plan, x):
         nonfinite = False
         if err <= 1.0:
             t_new = t1 if last else t + h
-            while si < len(save_t) and direction * (save_t[si] - t_new) <= 0.0:
-                if save_t[si] == t_new:
-                    saved[si] = x_new
+            while next_save < len(save_t) and direction * (save_t[next_save] - t_new) <= 0.0:
+                if save_t[next_save] == t_new:
+                    saved[next_save] = x_new
                 else:
-                    th = (save_t[si] - t) / h
+                    theta = (save_t[next_save] - t) / h
                     xs = x
                     for i in range(s):
-                        w = _adaptive.dense_weight(P, i, th)
+                        w = _adaptive.dense_weight(P, i, theta)
                         if w != 0.0:
                             xs = xs + (w * h) * K[i]
-                    saved[si] = xs
-                si += 1
+                    saved[next_save] = xs
+                next_save += 1
             t, x = t_new, x_new
             accepted += 1
             h_acc = habs
