@@ -1,240 +1,278 @@
-"""Numba kernels of the dyadic Brownian tree (private; see ``brownian.py``).
+"""Numba kernels of the dyadic Brownian tree (private; read through ``BrownianPath.blocks``).
 
-A path on ``[ta, tb]`` is split into ``m0`` base cells of length ``h0``. In
-each cell the increment ``dW`` (and, with Levy area, the space-time Levy area
-``H``) of the root is drawn, and every node of the binary tree below it is
-split into its two halves by the exact conditional law. The split of node
-``q`` uses normals keyed by ``q`` alone, so a grid of ``m0 * 2**L`` steps is
-an exact sub-sample of the grid of ``m0 * 2**(L+1)`` steps.
-
-Split of a node of length ``h`` (halves ``k = h/2``), with ``S = dW``:
-
-* without Levy area: ``D = sqrt(h) xi1``;
-* with Levy area ``H`` (Var ``h/12``): ``D = 3H + sqrt(h)/2 xi1``,
-  ``E = 2H - D/2``, ``F = sqrt(h/12) xi2``, ``H_left = (E+F)/2``,
-  ``H_right = (E-F)/2``;
-
-then ``dW_left = (S + D)/2`` and ``dW_right = (S - D)/2``. This follows from
-``H = (H_l + H_r)/2 + (dW_l - dW_r)/4`` and Gaussian conditioning (the same
-construction as Foster's Brownian tree with space-time Levy area; see
-J. Foster, "Numerical approximations for stochastic differential equations",
-Oxford DPhil thesis, 2020).
+A path on ``[t0, t1]`` is split into ``n_cells`` base cells of length
+``cell_length``. In each cell the increment ``dW`` (and, with Levy area, the
+space-time Levy area ``H``) of the root is drawn, and every node of the binary
+tree below it is split into its two halves by the exact conditional law
+(:func:`split_node`). The split of the node with heap index ``q`` (root 1,
+children ``2q`` and ``2q + 1``) uses normals keyed by ``q`` alone, so a grid of
+``n_cells * 2**depth`` steps is an exact sub-sample of the grid of
+``n_cells * 2**(depth + 1)`` steps.
 
 Leaves are produced in time order (or reverse time order) by a depth-first
-walk that keeps one pending sibling per level: memory ``O(L)`` per path,
-one split (one or two normals) per step.
+walk that keeps one pending sibling per level (:class:`TreeWalk`): memory
+``O(depth)`` per lane, one split (one or two normals) per step.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
-from numba import njit, uint64
+from numba import njit
 
-from ._rng import C_CELL, ZIG_F, ZIG_K, ZIG_R, ZIG_W, component_keys, mix64, node_constant, normal_from_bits
+from ._rng import ZIG_F, ZIG_K, ZIG_R, ZIG_W, cell_constant, lane_keys, mix64, node_constant, normal_from_bits
 
 _ROOT = 0  # node index of a cell's root draw; splits use heap indices >= 1
 
 
-@njit(cache=True)
-def new_state(nb, m, L):
-    """Work arrays for ``nb`` paths of ``m`` components, flattened to ``nb * m`` lanes."""
-    n = nb * m
-    keys = np.empty(n, dtype=np.uint64)
-    cell = np.empty(n, dtype=np.uint64)
-    cw = np.zeros((L + 1, n))
-    sw = np.zeros((L + 1, n))
-    ch = np.zeros((L + 1, n))
-    sh = np.zeros((L + 1, n))
-    z = np.empty((2, n))
-    return keys, cell, cw, sw, ch, sh, z
+class TreeWalk(NamedTuple):
+    """State of the depth-first walk over the leaves of the tree, for a set of lanes.
+
+    A lane is one (path, noise component) pair. Level 0 is a base cell's root,
+    level ``depth`` its leaves (the steps). The walk is resumable: each call of
+    :func:`fill` continues where the previous one stopped.
+
+    Attributes
+    ----------
+    n_cells, depth, cell_length :
+        The grid: ``n_cells * 2**depth`` steps over ``n_cells`` cells of that length.
+    reverse : bool
+        Leaves are visited from the end of the path to its start.
+    levy_area : bool
+        The path carries space-time Levy areas.
+    lane_keys : uint64 array (lanes,)
+        Stream key of each lane.
+    cell_keys : uint64 array (lanes,)
+        Key of each lane's current base cell.
+    node_increment, node_area : float64 arrays (depth + 1, lanes)
+        ``dW`` and ``H`` of the node on the walk's current branch, per level.
+    pending_increment, pending_area : float64 arrays (depth + 1, lanes)
+        ``dW`` and ``H`` of that node's sibling, not visited yet.
+    normals : float64 array (2, lanes)
+        Scratch for the standard normals of one split (increment, area).
+    """
+
+    n_cells: int
+    depth: int
+    cell_length: float
+    reverse: bool
+    levy_area: bool
+    lane_keys: np.ndarray
+    cell_keys: np.ndarray
+    node_increment: np.ndarray
+    node_area: np.ndarray
+    pending_increment: np.ndarray
+    pending_area: np.ndarray
+    normals: np.ndarray
 
 
 @njit(cache=True)
-def start_paths(state, seed_key, path_lo, nb):
-    keys = state[0]
-    m = keys.shape[0] // max(nb, 1)
-    component_keys(seed_key, path_lo, nb, m, keys.reshape((nb, m)))
+def new_walk(seed_key, first_path, n_paths, noise_dim, n_cells, depth, cell_length, reverse, levy_area):
+    """A :class:`TreeWalk` at the start of paths ``first_path .. first_path + n_paths - 1``."""
+    lanes = n_paths * noise_dim
+    return TreeWalk(
+        n_cells, depth, cell_length, reverse, levy_area,
+        lane_keys(seed_key, first_path, n_paths, noise_dim), np.empty(lanes, dtype=np.uint64),
+        np.zeros((depth + 1, lanes)), np.zeros((depth + 1, lanes)), np.zeros((depth + 1, lanes)),
+        np.zeros((depth + 1, lanes)), np.empty((2, lanes)),
+    )
+
+
+@njit(inline="always", cache=True)
+def split_node(increment, area, xi_increment, xi_area, sqrt_length, area_std, levy_area):
+    """Split a node of length ``h`` into its two halves, by the exact conditional law.
+
+    Parameters
+    ----------
+    increment, area :
+        ``dW`` and space-time Levy area ``H`` of the node (``area`` is ignored
+        without Levy area).
+    xi_increment, xi_area :
+        Independent standard normals of the node (``xi_area`` only with Levy area).
+    sqrt_length, area_std :
+        ``sqrt(h)`` and ``sqrt(h / 12)`` (the standard deviation of ``H``).
+
+    Returns
+    -------
+    (left_increment, right_increment, left_area, right_area)
+        The areas are 0 without Levy area.
+
+    Notes
+    -----
+    With ``S = dW``: without Levy area ``D = sqrt(h) xi1``; with it
+    ``D = 3H + sqrt(h)/2 xi1``, ``E = 2H - D/2``, ``F = sqrt(h/12) xi2``,
+    ``H_left = (E + F)/2``, ``H_right = (E - F)/2``; then
+    ``dW_left = (S + D)/2`` and ``dW_right = (S - D)/2``. This follows from
+    ``H = (H_left + H_right)/2 + (dW_left - dW_right)/4`` and Gaussian
+    conditioning: the Brownian tree with space-time Levy area of J. Foster,
+    "Numerical approximations for stochastic differential equations", Oxford
+    DPhil thesis (2020).
+    """
+    if levy_area:
+        d = 3.0 * area + 0.5 * sqrt_length * xi_increment
+        e = 2.0 * area - 0.5 * d
+        f = area_std * xi_area
+        return 0.5 * (increment + d), 0.5 * (increment - d), 0.5 * (e + f), 0.5 * (e - f)
+    d = sqrt_length * xi_increment
+    return 0.5 * (increment + d), 0.5 * (increment - d), 0.0, 0.0
 
 
 @njit(cache=True)
-def _normals(keys, kw, z, row, scale):
-    """``z[row, i] = scale * N(keys[i] ^ kw)`` for every lane."""
+def _draw_normals(keys, node_kind_constant, normals, row):
+    """``normals[row, i]`` = the standard normal of lane ``i`` keyed by ``keys[i] ^ node_kind_constant``."""
     for i in range(keys.shape[0]):
-        z[row, i] = scale * normal_from_bits(mix64(keys[i] ^ kw), ZIG_K, ZIG_W, ZIG_F, ZIG_R)
+        normals[row, i] = normal_from_bits(mix64(keys[i] ^ node_kind_constant), ZIG_K, ZIG_W, ZIG_F, ZIG_R)
 
 
 @njit(cache=True)
-def _draw_root(state, j, h0, levy):
-    keys, cell, cw, sw, ch, sh, z = state
-    cj = mix64(uint64(j) ^ C_CELL)
-    for i in range(keys.shape[0]):
-        cell[i] = mix64(keys[i] ^ cj)
-    _normals(cell, node_constant(_ROOT, 0), cw, 0, math.sqrt(h0))
-    if levy:
-        _normals(cell, node_constant(_ROOT, 1), ch, 0, math.sqrt(h0 / 12.0))
+def _draw_cell_roots(walk, cell):
+    """Enter base cell ``cell``: its keys, and its root ``dW`` (and ``H``) at level 0."""
+    lanes = walk.lane_keys.shape[0]
+    cell_key = cell_constant(cell)
+    for i in range(lanes):
+        walk.cell_keys[i] = mix64(walk.lane_keys[i] ^ cell_key)
+    _draw_normals(walk.cell_keys, node_constant(_ROOT, 0), walk.normals, 0)
+    sqrt_length = math.sqrt(walk.cell_length)
+    for i in range(lanes):
+        walk.node_increment[0, i] = sqrt_length * walk.normals[0, i]
+    if walk.levy_area:
+        _draw_normals(walk.cell_keys, node_constant(_ROOT, 1), walk.normals, 1)
+        area_std = math.sqrt(walk.cell_length / 12.0)
+        for i in range(lanes):
+            walk.node_area[0, i] = area_std * walk.normals[1, i]
 
 
 @njit(cache=True)
-def _split(state, lvl, q, h, levy, first_right):
-    """Split the current node at level ``lvl`` (heap index ``q``, length ``h``)."""
-    keys, cell, cw, sw, ch, sh, z = state
-    n = keys.shape[0]
-    sq = math.sqrt(h)
-    _normals(cell, node_constant(q, 0), z, 0, 1.0)
-    a, b = (sw, cw) if first_right else (cw, sw)  # a gets the left child, b the right
-    if levy:
-        _normals(cell, node_constant(q, 1), z, 1, math.sqrt(h / 12.0))
-        ha, hb = (sh, ch) if first_right else (ch, sh)
-        for i in range(n):
-            s = cw[lvl, i]
-            hh = ch[lvl, i]
-            d = 3.0 * hh + 0.5 * sq * z[0, i]
-            e = 2.0 * hh - 0.5 * d
-            ha[lvl + 1, i] = 0.5 * (e + z[1, i])
-            hb[lvl + 1, i] = 0.5 * (e - z[1, i])
-            a[lvl + 1, i] = 0.5 * (s + d)
-            b[lvl + 1, i] = 0.5 * (s - d)
+def _split_level(walk, level, node, node_length):
+    """Split the current node at ``level`` (heap index ``node``): the child visited first becomes current."""
+    lanes = walk.lane_keys.shape[0]
+    sqrt_length = math.sqrt(node_length)
+    _draw_normals(walk.cell_keys, node_constant(node, 0), walk.normals, 0)
+    current, pending = walk.node_increment, walk.pending_increment
+    left, right = (pending, current) if walk.reverse else (current, pending)
+    if walk.levy_area:
+        _draw_normals(walk.cell_keys, node_constant(node, 1), walk.normals, 1)
+        area_std = math.sqrt(node_length / 12.0)
+        left_area, right_area = (walk.pending_area, walk.node_area) if walk.reverse else (walk.node_area, walk.pending_area)
+        for i in range(lanes):
+            left[level + 1, i], right[level + 1, i], left_area[level + 1, i], right_area[level + 1, i] = split_node(
+                current[level, i], walk.node_area[level, i], walk.normals[0, i], walk.normals[1, i], sqrt_length,
+                area_std, True)
     else:
-        for i in range(n):
-            s = cw[lvl, i]
-            d = sq * z[0, i]
-            a[lvl + 1, i] = 0.5 * (s + d)
-            b[lvl + 1, i] = 0.5 * (s - d)
+        for i in range(lanes):
+            left[level + 1, i], right[level + 1, i], _, _ = split_node(
+                current[level, i], 0.0, walk.normals[0, i], 0.0, sqrt_length, 0.0, False)
 
 
 @njit(cache=True)
-def next_increment(state, k, m0, L, h0, reverse, levy, out_dw, out_h):
-    """Leaf ``k`` in integration order: ``out_dw`` = W(t_{k+1}) - W(t_k), ``out_h`` = H (flat lanes).
+def _next_leaf(walk, step):
+    """Advance the walk to step ``step`` (integration order); its ``dW`` and ``H`` are then in row ``depth``."""
+    depth = walk.depth
+    leaves = 1 << depth
+    cell = step >> depth
+    leaf = step & (leaves - 1)
+    if leaf == 0:
+        _draw_cell_roots(walk, walk.n_cells - 1 - cell if walk.reverse else cell)
+        first_level = 0
+    else:
+        # The walk resumes at the pending sibling of the deepest common ancestor of this leaf and the previous one.
+        first_level = depth
+        rest = leaf
+        while (rest & 1) == 0:
+            rest >>= 1
+            first_level -= 1
+        walk.node_increment[first_level, :] = walk.pending_increment[first_level, :]
+        if walk.levy_area:
+            walk.node_area[first_level, :] = walk.pending_area[first_level, :]
+    time_leaf = leaves - 1 - leaf if walk.reverse else leaf  # leaf position in time order
+    for level in range(first_level, depth):
+        _split_level(walk, level, (1 << level) + (time_leaf >> (depth - level)), walk.cell_length / (1 << level))
 
-    With ``reverse`` the walk runs from the right end of the path to the left,
-    so ``out_dw`` is the increment in the direction of integration (the
+
+@njit(cache=True, nogil=True)
+def fill(walk, first_step, out_dw, out_area, first_lane):
+    """Steps ``first_step .. first_step + len(out_dw) - 1`` of the walk's lanes, continuing the walk.
+
+    ``out_dw`` and ``out_area`` are ``(k, lanes_total)``; the walk's lanes go to
+    columns ``first_lane ..``. ``out_dw[j]`` is the increment of step
+    ``first_step + j`` in the direction of integration (with ``reverse`` the
     negative of the forward increment of that cell); ``H`` is orientation-free.
+    ``out_area`` is not touched without Levy area.
     """
-    keys, cell, cw, sw, ch, sh, z = state
-    n = keys.shape[0]
-    nleaf = 1 << L
-    kc = k >> L
-    i = k & (nleaf - 1)
-    if i == 0:
-        _draw_root(state, m0 - 1 - kc if reverse else kc, h0, levy)
-        start = 0
-    else:
-        tz = 0
-        ii = i
-        while (ii & 1) == 0:
-            ii >>= 1
-            tz += 1
-        start = L - tz
-        for j in range(n):
-            cw[start, j] = sw[start, j]
-        if levy:
-            for j in range(n):
-                ch[start, j] = sh[start, j]
-    ifwd = nleaf - 1 - i if reverse else i
-    for lvl in range(start, L):
-        _split(state, lvl, (1 << lvl) + (ifwd >> (L - lvl)), h0 / (1 << lvl), levy, reverse)
-    sgn = -1.0 if reverse else 1.0
-    for j in range(n):
-        out_dw[j] = sgn * cw[L, j]
-    if levy:
-        for j in range(n):
-            out_h[j] = ch[L, j]
+    lanes = walk.lane_keys.shape[0]
+    depth = walk.depth
+    sign = -1.0 if walk.reverse else 1.0
+    for row in range(out_dw.shape[0]):
+        _next_leaf(walk, first_step + row)
+        for i in range(lanes):
+            out_dw[row, first_lane + i] = sign * walk.node_increment[depth, i]
+        if walk.levy_area:
+            for i in range(lanes):
+                out_area[row, first_lane + i] = walk.node_area[depth, i]
 
 
 @njit(cache=True, nogil=True)
-def fill(state, k0, k1, m0, L, h0, reverse, levy, out_dw, out_h):
-    """Leaves ``k0..k1-1`` into ``out_*[0:k1-k0]`` (each (nb, m)); continues the walk in ``state``."""
-    for k in range(k0, k1):
-        next_increment(state, k, m0, L, h0, reverse, levy, out_dw[k - k0].reshape(-1), out_h[k - k0].reshape(-1))
+def values(seed_key, first_path, n_paths, noise_dim, n_cells, cell_length, levy_area, max_depth, times, out):
+    """W at times ``times`` given in units of base cells (``0 <= times <= n_cells``).
 
-
-@njit(cache=True, nogil=True)
-def fill_range(state, k0, k1, m0, L, h0, reverse, levy, out_dw, out_h, a, z):
-    """Like :func:`fill`, into the flat lanes ``a..z-1`` of wider blocks ``out_*`` (k1-k0, n, m)."""
-    for k in range(k0, k1):
-        dw = out_dw[k - k0].reshape(-1)[a:z]
-        hh = out_h[k - k0].reshape(-1)[a:z] if levy else out_h[0].reshape(-1)
-        next_increment(state, k, m0, L, h0, reverse, levy, dw, hh)
-
-
-@njit(cache=True, nogil=True)
-def increments(seed_key, path_lo, nb, m, m0, L, h0, reverse, levy, out_dw, out_h):
-    """All increments of paths ``path_lo..path_lo+nb-1``: ``out_*`` is (n_steps, nb, m)."""
-    state = new_state(nb, m, L)
-    start_paths(state, seed_key, path_lo, nb)
-    fill(state, 0, m0 << L, m0, L, h0, reverse, levy, out_dw, out_h)
-
-
-@njit(cache=True, nogil=True)
-def values(seed_key, path_lo, nb, m, m0, h0, levy, max_depth, s, out):
-    """W at scaled times ``s`` (in units of base cells, ``0 <= s <= m0``).
-
-    Descends the tree to the node whose end point is ``s``; below
+    Descends the tree to the node whose end point is the time; below
     ``max_depth`` levels it interpolates linearly inside the last node.
-    ``out`` is (len(s), nb, m); W is 0 at the start of the path.
+    ``out`` is ``(len(times), n_paths, noise_dim)``; W is 0 at the start of the path.
     """
-    state = new_state(nb, m, 0)
-    start_paths(state, seed_key, path_lo, nb)
-    cell, cw, ch = state[1], state[2], state[4]
-    n = nb * m
-    flat = out.reshape((s.shape[0], n))
-    starts = np.zeros((m0 + 1, n))
-    for j in range(m0):
-        _draw_root(state, j, h0, levy)
-        for i in range(n):
-            starts[j + 1, i] = starts[j, i] + cw[0, i]
-    for ti in range(s.shape[0]):
-        sv = s[ti]
-        if sv >= m0:
-            for i in range(n):
-                flat[ti, i] = starts[m0, i]
+    walk = new_walk(seed_key, first_path, n_paths, noise_dim, n_cells, 0, cell_length, False, levy_area)
+    lanes = n_paths * noise_dim
+    flat = out.reshape((times.shape[0], lanes))
+    cell_starts = np.zeros((n_cells + 1, lanes))
+    for cell in range(n_cells):
+        _draw_cell_roots(walk, cell)
+        for i in range(lanes):
+            cell_starts[cell + 1, i] = cell_starts[cell, i] + walk.node_increment[0, i]
+    for ti in range(times.shape[0]):
+        time = times[ti]
+        if time >= n_cells:
+            for i in range(lanes):
+                flat[ti, i] = cell_starts[n_cells, i]
             continue
         # Times within a few ulps of a node are that node (grid times are computed in floating point).
-        tol = 8.0 * 2.220446049250313e-16 * max(1.0, sv)
-        j = min(int(math.floor(sv + tol)), m0 - 1)
-        _draw_root(state, j, h0, levy)
-        for i in range(n):
-            acc = starts[j, i]
-            lo = float(j)
-            width = 1.0
-            q = 1
-            lvl = 0
-            wcur = cw[0, i]
-            hcur = ch[0, i]
-            ck = cell[i]
+        tol = 8.0 * 2.220446049250313e-16 * max(1.0, time)
+        cell = min(int(math.floor(time + tol)), n_cells - 1)
+        _draw_cell_roots(walk, cell)
+        for i in range(lanes):
+            value = cell_starts[cell, i]
+            node_start = float(cell)
+            width = 1.0  # node length in cells
+            node = 1
+            level = 0
+            increment = walk.node_increment[0, i]
+            area = walk.node_area[0, i]
+            cell_key = walk.cell_keys[i]
             while True:
-                if abs(sv - lo) <= tol:
+                if abs(time - node_start) <= tol:
                     break
-                if abs(sv - (lo + width)) <= tol:
-                    acc += wcur
+                if abs(time - (node_start + width)) <= tol:
+                    value += increment
                     break
-                if lvl == max_depth:
-                    acc += wcur * (sv - lo) / width
+                if level == max_depth:
+                    value += increment * (time - node_start) / width
                     break
-                hn = h0 * width
-                xi1 = normal_from_bits(mix64(ck ^ node_constant(q, 0)), ZIG_K, ZIG_W, ZIG_F, ZIG_R)
-                if levy:
-                    d = 3.0 * hcur + 0.5 * math.sqrt(hn) * xi1
-                    e = 2.0 * hcur - 0.5 * d
-                    f = math.sqrt(hn / 12.0) * normal_from_bits(
-                        mix64(ck ^ node_constant(q, 1)), ZIG_K, ZIG_W, ZIG_F, ZIG_R
-                    )
-                else:
-                    d = math.sqrt(hn) * xi1
-                    e = 0.0
-                    f = 0.0
+                node_length = cell_length * width
+                xi_increment = normal_from_bits(mix64(cell_key ^ node_constant(node, 0)), ZIG_K, ZIG_W, ZIG_F, ZIG_R)
+                xi_area = 0.0
+                if levy_area:
+                    xi_area = normal_from_bits(mix64(cell_key ^ node_constant(node, 1)), ZIG_K, ZIG_W, ZIG_F, ZIG_R)
+                left, right, left_area, right_area = split_node(
+                    increment, area, xi_increment, xi_area, math.sqrt(node_length), math.sqrt(node_length / 12.0),
+                    levy_area)
                 width *= 0.5
-                if sv < lo + width:
-                    wcur = 0.5 * (wcur + d)
-                    hcur = 0.5 * (e + f)
-                    q = 2 * q
+                if time < node_start + width:
+                    increment, area = left, left_area
+                    node = 2 * node
                 else:
-                    acc += 0.5 * (wcur + d)
-                    wcur = 0.5 * (wcur - d)
-                    hcur = 0.5 * (e - f)
-                    lo += width
-                    q = 2 * q + 1
-                lvl += 1
-            flat[ti, i] = acc
+                    value += left
+                    increment, area = right, right_area
+                    node_start += width
+                    node = 2 * node + 1
+                level += 1
+            flat[ti, i] = value

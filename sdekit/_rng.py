@@ -121,17 +121,48 @@ def normal_from_bits(bits, zk, zw, zf, r):
 
 @njit(inline="always", cache=True)
 def node_constant(node, kind):
-    """Hash of a tree node and draw kind (0: increment, 1: Levy area)."""
+    """Hash of a tree node (heap index) and draw kind (0: increment, 1: Levy area)."""
     return mix64((uint64(node) * uint64(2) + uint64(kind)) ^ C_NODE)
 
 
+@njit(inline="always", cache=True)
+def cell_constant(cell):
+    """Hash of a base cell's index."""
+    return mix64(uint64(cell) ^ C_CELL)
+
+
 @njit(cache=True)
-def component_keys(seed_key, path_lo, n, m, out):
-    """Per-(path, noise component) stream keys for paths path_lo..path_lo+n-1."""
-    for a in range(n):
-        pk = mix64(seed_key ^ mix64(uint64(path_lo + a) ^ C_PATH))
-        for c in range(m):
-            out[a, c] = mix64(pk ^ mix64(uint64(c) ^ C_COMPONENT))
+def node_constants(nodes, kind):
+    """:func:`node_constant` of every heap index in the 1-D array ``nodes`` (uint64 array)."""
+    out = np.empty(nodes.shape[0], dtype=np.uint64)
+    for i in range(nodes.shape[0]):
+        out[i] = node_constant(nodes[i], kind)
+    return out
+
+
+@njit(cache=True)
+def cell_constants(cells):
+    """:func:`cell_constant` of every cell index in the 1-D array ``cells`` (uint64 array)."""
+    out = np.empty(cells.shape[0], dtype=np.uint64)
+    for i in range(cells.shape[0]):
+        out[i] = cell_constant(cells[i])
+    return out
+
+
+@njit(cache=True)
+def lane_keys(seed_key, first_path, n_paths, noise_dim):
+    """Stream keys of paths ``first_path .. first_path + n_paths - 1``, one per (path, component) lane.
+
+    Returns a uint64 array of ``n_paths * noise_dim`` keys, path-major (the
+    lanes of a path are consecutive, as in a C-ordered ``(n_paths, noise_dim)``
+    array).
+    """
+    out = np.empty(n_paths * noise_dim, dtype=np.uint64)
+    for path in range(n_paths):
+        path_key = mix64(seed_key ^ mix64(uint64(first_path + path) ^ C_PATH))
+        for component in range(noise_dim):
+            out[path * noise_dim + component] = mix64(path_key ^ mix64(uint64(component) ^ C_COMPONENT))
+    return out
 
 
 def seed_to_key(seed) -> np.uint64:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -39,7 +40,7 @@ class BrownianBlock(NamedTuple):
 
 
 def dyadic_level(n_steps: int, base_steps: int) -> int | None:
-    """``L`` with ``n_steps == base_steps * 2**L``, or None if there is none."""
+    """The number of halvings ``k`` with ``n_steps == base_steps * 2**k``, or None if there is none."""
     if n_steps < base_steps or n_steps % base_steps:
         return None
     q = n_steps // base_steps
@@ -63,8 +64,8 @@ class BrownianPath:
 
     * the same seed gives the same path whatever the number of threads and
       however the paths are split into batches;
-    * the path on ``base_steps * 2**L`` steps is an exact sub-sample of the
-      path on ``base_steps * 2**(L+1)`` steps (dyadic Brownian bridge), so
+    * the path on ``base_steps * 2**k`` steps is an exact sub-sample of the
+      path on ``base_steps * 2**(k+1)`` steps (dyadic Brownian bridge), so
       error-versus-step studies compare every step count on one path;
     * ``W(t)`` can be evaluated at any time, and with ``levy_area=True`` each
       step also carries the space-time Levy area ``H`` (Var ``h/12``, independent
@@ -82,7 +83,7 @@ class BrownianPath:
     noise_dim : int
         Number of independent Brownian components per path.
     base_steps : int
-        Number of base cells. Grids of ``base_steps * 2**L`` steps are exact;
+        Number of base cells. Grids of ``base_steps * 2**k`` steps are exact;
         ``solve`` picks the odd part of its ``n_steps`` when it makes a path.
     levy_area : bool
         Also generate the space-time Levy area. A path with Levy area is a
@@ -90,8 +91,14 @@ class BrownianPath:
 
     Notes
     -----
-    Normals come from a counter-based hash (SplitMix64 finaliser) and an exact
-    ziggurat; the splitting law of ``(dW, H)`` is derived in ``_bridge``.
+    Normals come from a counter-based hash (SplitMix64 finaliser; Steele, Lea
+    & Flood 2014) and an exact ziggurat (Marsaglia & Tsang 2000). A node of the
+    tree is split into its halves by the exact conditional law of ``(dW, H)``
+    given the node's ``(dW, H)``
+    (the Brownian tree with space-time Levy area of J. Foster, "Numerical
+    approximations for stochastic differential equations", Oxford DPhil
+    thesis, 2020).
+    Every backend reads the path through :meth:`blocks`.
     ``W(t)`` at a time that is not a dyadic point of the base grid (to 48
     levels) is interpolated linearly inside a node of length
     ``(t1 - t0) / base_steps / 2**48``.
@@ -103,7 +110,7 @@ class BrownianPath:
     noise_dim: int = 1
     base_steps: int = 1
     levy_area: bool = False
-    _key: np.uint64 = field(init=False, repr=False, compare=False)
+    _seed_key: np.uint64 = field(init=False, repr=False, compare=False)
 
     MAX_DEPTH = 48
 
@@ -129,7 +136,7 @@ class BrownianPath:
         object.__setattr__(self, "noise_dim", int(self.noise_dim))
         object.__setattr__(self, "base_steps", int(self.base_steps))
         object.__setattr__(self, "levy_area", bool(self.levy_area))
-        object.__setattr__(self, "_key", seed_to_key(self.seed))
+        object.__setattr__(self, "_seed_key", seed_to_key(self.seed))
 
     @classmethod
     def for_steps(cls, seed, t_span, n_steps, **kw) -> BrownianPath:
@@ -145,16 +152,16 @@ class BrownianPath:
         """Dyadic level of a grid of ``n_steps`` steps; ValueError if it does not fit."""
         if not isinstance(n_steps, numbers.Integral) or n_steps < 1:
             raise ValueError(f"`n_steps` must be a positive integer, got {n_steps!r}.")
-        lvl = dyadic_level(int(n_steps), self.base_steps)
-        if lvl is None:
+        depth = dyadic_level(int(n_steps), self.base_steps)
+        if depth is None:
             raise ValueError(
                 f"n_steps={n_steps} is not a dyadic refinement of this BrownianPath "
                 f"(base_steps={self.base_steps}); use n_steps = {self.base_steps} * 2**k, "
                 f"or make the path with BrownianPath.for_steps(seed, t_span, {n_steps})."
             )
-        if lvl > 40:
-            raise ValueError(f"n_steps={n_steps} needs {lvl} dyadic levels; at most 40 are supported.")
-        return lvl
+        if depth > 40:
+            raise ValueError(f"n_steps={n_steps} needs {depth} dyadic levels; at most 40 are supported.")
+        return depth
 
     def grid(self, n_steps: int) -> np.ndarray:
         """The ``n_steps + 1`` grid times, from ``t0`` to ``t1``."""
@@ -162,16 +169,17 @@ class BrownianPath:
         t0, t1 = self.t_span
         return t0 + (t1 - t0) * (np.arange(n_steps + 1) / n_steps)
 
-    def _paths(self, paths) -> tuple[int, int]:
+    def _path_range(self, paths) -> tuple[int, int]:
+        """``(first_path, end_path)`` of a ``paths`` argument (None: all paths)."""
         if paths is None:
             return 0, self.n_paths
         if isinstance(paths, range | slice):
-            lo, hi, st = paths.start or 0, self.n_paths if paths.stop is None else paths.stop, paths.step or 1
-            if st != 1 or not 0 <= lo < hi <= self.n_paths:
+            first, end, stride = paths.start or 0, self.n_paths if paths.stop is None else paths.stop, paths.step or 1
+            if stride != 1 or not 0 <= first < end <= self.n_paths:
                 raise ValueError(
                     f"`paths` must be a contiguous range inside 0..{self.n_paths}, got {paths!r}."
                 )
-            return int(lo), int(hi)
+            return int(first), int(end)
         raise ValueError(f"`paths` must be None, a range or a slice, got {type(paths).__name__}.")
 
     def blocks(self, n_steps: int, *, paths=None, reverse: bool = False, block_steps: int | None = None, device=None,
@@ -222,48 +230,95 @@ class BrownianPath:
             :meth:`increments` exactly.
         """
         level = self.level(n_steps)
-        first_path, end_path = self._paths(paths)
+        first_path, end_path = self._path_range(paths)
         if block_steps is not None and (not isinstance(block_steps, numbers.Integral) or block_steps < 1):
             raise ValueError(f"`block_steps` must be a positive integer or None, got {block_steps!r}.")
         lanes = (end_path - first_path) * self.noise_dim
-        if device is not None or dtype is not None or generator is not None:
-            return self._tensor_blocks(n_steps, first_path, end_path, reverse, block_steps, lanes, device, dtype,
-                                       generator, reuse_buffers)
-        steps = block_steps or _NUMPY_BLOCK_NUMBERS // lanes
-        return self._numpy_blocks(n_steps, level, first_path, end_path, bool(reverse), max(1, min(n_steps, steps)),
-                                  reuse_buffers)
-
-    def _numpy_blocks(self, n_steps, level, first_path, end_path, reverse, block_steps, reuse_buffers):
-        n_paths, noise_dim = end_path - first_path, self.noise_dim
-        walk = _bridge.new_state(n_paths, noise_dim, level)
-        _bridge.start_paths(walk, self._key, first_path, n_paths)
-        dw = area = None
-        for first_step in range(0, n_steps, block_steps):
-            k = min(block_steps, n_steps - first_step)
-            if dw is None or not reuse_buffers or dw.shape[0] != k:
-                dw = np.empty((k, n_paths, noise_dim))
-                area = np.empty((k, n_paths, noise_dim)) if self.levy_area else None
-            _bridge.fill(walk, first_step, first_step + k, self.base_steps, level, self.cell_length, reverse,
-                         self.levy_area, dw, dw if area is None else area)
-            yield BrownianBlock(first_step, dw, area)
-
-    def _tensor_blocks(self, n_steps, first_path, end_path, reverse, block_steps, lanes, device, dtype, generator,
-                       reuse_buffers):
+        if device is None and dtype is None and generator is None:
+            steps = max(1, min(n_steps, block_steps or _NUMPY_BLOCK_NUMBERS // lanes))
+            return self._compiled_blocks(n_steps, level, first_path, end_path, bool(reverse), steps, reuse_buffers)
         import torch
 
-        from . import _torch_bridge
+        device = torch.device("cpu" if device is None else device)
+        dtype = torch.float64 if dtype is None else dtype
+        if generator is None:
+            generator = "numba" if device.type == "cpu" else "torch"
+        steps = max(1, min(n_steps, block_steps or _TORCH_BLOCK_NUMBERS // lanes))
+        if generator == "numba":
+            if device.type != "cpu":
+                raise ValueError("`generator`='numba' makes CPU tensors; use generator='torch' on other devices.")
+            host_dtype = np.float32 if dtype == torch.float32 else np.float64
+            return self._host_tensor_blocks(n_steps, level, first_path, end_path, bool(reverse), steps, reuse_buffers,
+                                            host_dtype, dtype)
+        if generator == "torch":
+            return self._device_tensor_blocks(n_steps, level, first_path, end_path, bool(reverse), steps, device, dtype)
+        raise ValueError(f"`generator` must be 'numba' or 'torch', got {generator!r}.")
 
-        max_elems = (block_steps or _TORCH_BLOCK_NUMBERS // lanes) * lanes
-        source = _torch_bridge.blocks(self, n_steps, first_path, end_path, reverse=reverse,
-                                      device=torch.device("cpu" if device is None else device), generator=generator,
-                                      dtype=torch.float64 if dtype is None else dtype, max_elems=max(lanes, max_elems),
-                                      reuse=reuse_buffers)
-        first_step = 0
-        for dw, area in source:
-            if dtype is not None:
-                dw, area = dw.to(dtype), None if area is None else area.to(dtype)
-            yield BrownianBlock(first_step, dw, area)
-            first_step += dw.shape[0]
+    def _compiled_blocks(self, n_steps, level, first_path, end_path, reverse, block_steps, reuse_buffers,
+                         host_dtype=np.float64, threads=1):
+        """Blocks from the compiled tree (:mod:`sdekit._bridge`), NumPy arrays of ``host_dtype``.
+
+        With ``threads > 1`` the paths are cut into equal sub-batches (a multiple
+        of ``threads`` of them, at most 4096 paths each), each walked by its own
+        :class:`~sdekit._bridge.TreeWalk` and filled on a pool of threads (the
+        compiled fill releases the GIL).
+        """
+        n_paths, noise_dim = end_path - first_path, self.noise_dim
+        n_batches = 1
+        if threads > 1:
+            n_batches = -(-max(threads, -(-n_paths // 4096)) // threads) * threads
+        size = max(1, -(-n_paths // n_batches))
+        walks = [((start - first_path) * noise_dim,
+                  _bridge.new_walk(self._seed_key, start, min(end_path, start + size) - start, noise_dim, self.base_steps,
+                                   level, self.cell_length, reverse, self.levy_area))
+                 for start in range(first_path, end_path, size)]
+        threads = min(threads, len(walks))
+        per_thread = -(-len(walks) // threads)
+        groups = [walks[i : i + per_thread] for i in range(0, len(walks), per_thread)]
+
+        def fill(group, first_step, dw, area):
+            for first_lane, walk in group:
+                _bridge.fill(walk, first_step, dw, area, first_lane)
+
+        pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
+        dw = area = None
+        try:
+            for first_step in range(0, n_steps, block_steps):
+                k = min(block_steps, n_steps - first_step)
+                if dw is None or not reuse_buffers or dw.shape[0] != k:
+                    dw = np.empty((k, n_paths, noise_dim), dtype=host_dtype)
+                    area = np.empty((k, n_paths, noise_dim), dtype=host_dtype) if self.levy_area else None
+                lanes_dw = dw.reshape(k, -1)
+                lanes_area = lanes_dw[:0] if area is None else area.reshape(k, -1)  # not touched without Lévy area
+                if pool is None:
+                    fill(walks, first_step, lanes_dw, lanes_area)
+                else:
+                    for future in [pool.submit(fill, group, first_step, lanes_dw, lanes_area) for group in groups]:
+                        future.result()
+                yield BrownianBlock(first_step, dw, area)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+
+    def _host_tensor_blocks(self, n_steps, level, first_path, end_path, reverse, block_steps, reuse_buffers, host_dtype,
+                            dtype):
+        import numba
+        import torch
+
+        for block in self._compiled_blocks(n_steps, level, first_path, end_path, reverse, block_steps, reuse_buffers,
+                                           host_dtype, numba.get_num_threads()):
+            dw = torch.from_numpy(block.dw).to(dtype)
+            yield BrownianBlock(block.first_step, dw, None if block.levy_area is None else torch.from_numpy(block.levy_area).to(dtype))
+
+    def _device_tensor_blocks(self, n_steps, level, first_path, end_path, reverse, block_steps, device, dtype):
+        from ._rng import lane_keys
+        from ._torch_bridge import TorchTree
+
+        tree = TorchTree(lane_keys(self._seed_key, first_path, end_path - first_path, self.noise_dim), self.noise_dim,
+                         self.base_steps, level, self.cell_length, self.levy_area, device)
+        for block in tree.blocks(reverse, block_steps):
+            dw = block.dw.to(dtype)
+            yield BrownianBlock(block.first_step, dw, None if block.levy_area is None else block.levy_area.to(dtype))
 
     def increments(self, n_steps: int, *, paths=None, reverse: bool = False, device=None, dtype=None,
                    generator: str | None = None):
@@ -315,11 +370,9 @@ class BrownianPath:
         tol = 1e-12 * (t1 - t0)
         if np.any(~np.isfinite(ts)) or np.any(ts < t0 - tol) or np.any(ts > t1 + tol):
             raise ValueError(f"`t` must lie in the path's t_span {self.t_span}.")
-        s = np.clip((ts - t0) / self.cell_length, 0.0, float(self.base_steps))
-        lo, hi = self._paths(paths)
-        out = np.empty((len(s), hi - lo, self.noise_dim))
-        _bridge.values(
-            self._key, lo, hi - lo, self.noise_dim, self.base_steps, self.cell_length,
-            self.levy_area, self.MAX_DEPTH, s, out,
-        )
+        in_cells = np.clip((ts - t0) / self.cell_length, 0.0, float(self.base_steps))
+        first_path, end_path = self._path_range(paths)
+        out = np.empty((len(in_cells), end_path - first_path, self.noise_dim))
+        _bridge.values(self._seed_key, first_path, end_path - first_path, self.noise_dim, self.base_steps,
+                       self.cell_length, self.levy_area, self.MAX_DEPTH, in_cells, out)
         return out[0] if scalar else out

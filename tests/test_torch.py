@@ -34,17 +34,16 @@ def test_normals_match_the_compiled_ziggurat():
 
 @pytest.mark.parametrize("levy", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("n_steps, max_elems", [(24, 1 << 22), (3 * 64, 74 * 4), (1000, 74 * 16), (7, 100)])
-def test_torch_tree_equals_numba_tree(levy, reverse, n_steps, max_elems):
+@pytest.mark.parametrize("n_steps, block_steps", [(24, None), (3 * 64, 4), (1000, 16), (7, 1)])
+def test_torch_tree_equals_numba_tree(levy, reverse, n_steps, block_steps):
     """Breadth-first blocks in torch reproduce the depth-first compiled walk, whatever the block size."""
     bm = sk.BrownianPath.for_steps(5, (0.0, 2.0), n_steps, n_paths=37, noise_dim=2, levy_area=levy)
     ref = bm.increments(n_steps, reverse=reverse)
-    blocks = list(_torch_bridge.blocks(bm, n_steps, 0, 37, reverse=reverse, device="cpu", generator="torch",
-                                       max_elems=max_elems))
-    dw = torch.cat([b[0] for b in blocks]).numpy()
+    blocks = list(bm.blocks(n_steps, reverse=reverse, device="cpu", generator="torch", block_steps=block_steps))
+    dw = torch.cat([b.dw for b in blocks]).numpy()
     if levy:
         np.testing.assert_allclose(dw, ref[0], rtol=0, atol=1e-15)
-        np.testing.assert_allclose(torch.cat([b[1] for b in blocks]).numpy(), ref[1], rtol=0, atol=1e-15)
+        np.testing.assert_allclose(torch.cat([b.levy_area for b in blocks]).numpy(), ref[1], rtol=0, atol=1e-15)
     else:
         np.testing.assert_allclose(dw, ref, rtol=0, atol=1e-15)
 
