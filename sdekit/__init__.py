@@ -11,11 +11,12 @@ Public API::
     Solution, Stats      results
     list_schemes, get_scheme, Scheme
     ops                  math functions that work on every backend
+    params               named, nested parameters (records) for the problems' functions
     problems             exact test problems (OU, GBM, linear systems, ...)
     convergence          strong/weak error studies and fitted orders
 """
 
-from . import convergence, ops, problems
+from . import convergence, ops, params, problems
 from .backends import BACKENDS
 from .brownian import BrownianPath
 from .problem import ODE, SDE
@@ -27,7 +28,7 @@ from .stepping import Stepper
 from .transform import time_change
 
 __all__ = [
-    "SDE", "ODE", "BrownianPath", "solve", "Solution", "Stats", "Scheme", "get_scheme", "list_schemes", "ops",
+    "SDE", "ODE", "BrownianPath", "params", "solve", "Solution", "Stats", "Scheme", "get_scheme", "list_schemes", "ops",
     "problems", "convergence", "SemilinearODE", "time_change", "BACKENDS", "Stepper",
 ]
 __version__ = "0.1.0"

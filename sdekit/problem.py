@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .params import is_record
+
 __all__ = ["SDE", "ODE", "NOISE_TYPES", "CALCULI"]
 
 NOISE_TYPES = ("scalar", "diagonal", "additive", "general")
@@ -20,42 +22,53 @@ def _check_callable(fn, name):
 
 
 def _normalise_params(params) -> tuple:
-    """Params become a tuple of floats and float64 arrays (Numba-friendly)."""
+    """Params become a tuple (or record) of floats, float64 arrays, torch tensors and records.
+
+    The rules are those of :mod:`sdekit.params`: records (namedtuples) keep their class and nest, a plain
+    tuple inside a record is a nested group, and at the top level of a plain tuple a tuple or list is an array.
+    """
     if params is None:
         return ()
     if not isinstance(params, tuple | list):
         raise ValueError(
-            f"`params` must be a tuple of numbers or arrays, got {type(params).__name__}; "
+            f"`params` must be a tuple of numbers or arrays (or a namedtuple record), got {type(params).__name__}; "
             "for a single parameter write params=(value,)."
         )
-    out = []
-    for i, p in enumerate(params):
-        if isinstance(p, bool):
-            out.append(float(p))
-        elif isinstance(p, numbers.Real):
-            out.append(float(p))
-        elif isinstance(p, numbers.Complex):
-            raise ValueError(f"`params[{i}]` must be real, got {p!r}; pass real and imaginary parts as two parameters.")
-        elif isinstance(p, np.ndarray | list | tuple):
-            try:
-                a = np.asarray(p)
-                if a.dtype.kind == "c" or (a.dtype == object and any(isinstance(v, numbers.Complex)
-                                                                       and not isinstance(v, numbers.Real) for v in a.flat)):
-                    raise ValueError(f"`params[{i}]` must be real, got complex values; pass real and imaginary parts "
-                                     "as two parameters.")
-                a = np.ascontiguousarray(a, dtype=np.float64)
-            except (TypeError, ValueError) as exc:
-                if "must be real" in str(exc):
-                    raise
-                raise ValueError(f"`params[{i}]` must be a number or an array of numbers, got {type(p).__name__}.") from None
-            out.append(a)
-        elif type(p).__module__.startswith("torch"):
-            if p.is_complex():
-                raise ValueError(f"`params[{i}]` must be real, got a {p.dtype} tensor.")
-            out.append(p)  # torch tensors are kept for the torch backend
-        else:
-            raise ValueError(f"`params[{i}]` must be a number or an array, got {type(p).__name__}.")
-    return tuple(out)
+    return _normalise_group(params, "params", in_record=False)
+
+
+def _normalise_group(group, path: str, *, in_record: bool):
+    """A tuple, list or record of parameters, normalised entry by entry; ``path`` names it in errors."""
+    if is_record(group):
+        return type(group)(*(_normalise_entry(v, f"{path}.{name}", in_record=True)
+                             for name, v in zip(group._fields, group, strict=True)))
+    return tuple(_normalise_entry(v, f"{path}[{i}]", in_record=in_record) for i, v in enumerate(group))
+
+
+def _normalise_entry(p, path: str, *, in_record: bool):
+    if is_record(p) or (in_record and type(p) is tuple):
+        return _normalise_group(p, path, in_record=True)
+    if isinstance(p, numbers.Real):  # bool included
+        return float(p)
+    if isinstance(p, numbers.Complex):
+        raise ValueError(f"`{path}` must be real, got {p!r}; pass real and imaginary parts as two parameters.")
+    if isinstance(p, np.ndarray | list | tuple):
+        try:
+            a = np.asarray(p)
+            if a.dtype.kind == "c" or (a.dtype == object and any(isinstance(v, numbers.Complex)
+                                                                   and not isinstance(v, numbers.Real) for v in a.flat)):
+                raise ValueError(f"`{path}` must be real, got complex values; pass real and imaginary parts "
+                                 "as two parameters.")
+            return np.ascontiguousarray(a, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            if "must be real" in str(exc):
+                raise
+            raise ValueError(f"`{path}` must be a number or an array of numbers, got {type(p).__name__}.") from None
+    if type(p).__module__.startswith("torch"):
+        if p.is_complex():
+            raise ValueError(f"`{path}` must be real, got a {p.dtype} tensor.")
+        return p  # torch tensors are kept for the torch backend
+    raise ValueError(f"`{path}` must be a number, an array or a namedtuple record, got {type(p).__name__}.")
 
 
 class Params:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Callable
 
 from . import ops
 from .problem import ODE, SDE, _normalise_params
 
-__all__ = ["time_change"]
+__all__ = ["time_change", "TimeChanged"]
 
-# wrapper functions per (drift, diffusion, phi, dphi, number of problem params): the numba backend
+TimeChanged = namedtuple("TimeChanged", "problem time")
+TimeChanged.__doc__ = """The params of a time-changed problem: the original problem's and those of ``phi``, ``dphi``."""
+
+# wrapper functions per (drift, diffusion, phi, dphi): the numba backend
 # compiles per function object, so a repeated time change with new parameter values compiles nothing
 _WRAPPERS: dict = {}
 _MAX_WRAPPERS = 256
@@ -42,8 +46,8 @@ def time_change(problem, phi: Callable, dphi: Callable, *, params: tuple = ()):
     Returns
     -------
     SDE or ODE
-        Same noise type and calculus; its ``params`` are the problem's followed
-        by ``params``.
+        Same noise type and calculus; its ``params`` are the record
+        ``TimeChanged(problem=problem.params, time=params)`` (see :mod:`sdekit.params`).
 
     Notes
     -----
@@ -56,33 +60,31 @@ def time_change(problem, phi: Callable, dphi: Callable, *, params: tuple = ()):
         if not callable(fn):
             raise ValueError(f"`{name}` must be a function {name}(u, params), got {type(fn).__name__}.")
     own = _normalise_params(params)
-    n = len(problem.params)
-    key = (problem.drift, problem.diffusion if problem.is_sde else None, phi, dphi, n)
+    key = (problem.drift, problem.diffusion if problem.is_sde else None, phi, dphi)
     if key not in _WRAPPERS:
         if len(_WRAPPERS) >= _MAX_WRAPPERS:
             _WRAPPERS.pop(next(iter(_WRAPPERS)))
-        _WRAPPERS[key] = _wrappers(problem, phi, dphi, n)
+        _WRAPPERS[key] = _wrappers(problem, phi, dphi)
     drift, diffusion = _WRAPPERS[key]
+    both = TimeChanged(problem=problem.params, time=own)
     if not problem.is_sde:
-        return ODE(drift, params=problem.params + own)
+        return ODE(drift, params=both)
     return SDE(drift, diffusion, noise=problem.noise, calculus=problem.calculus, noise_dim=problem._noise_dim,
-               commutative=problem.commutative and problem.noise == "general", params=problem.params + own)
+               commutative=problem.commutative and problem.noise == "general", params=both)
 
 
-def _wrappers(problem, phi, dphi, n):
+def _wrappers(problem, phi, dphi):
     phi, dphi = ops.jittable(phi), ops.jittable(dphi)
     mu = ops.jittable(problem.drift)
 
     def drift(u, x, p):
-        q = p[n:]
-        return dphi(u, q) * mu(phi(u, q), x, p[:n])
+        return dphi(u, p.time) * mu(phi(u, p.time), x, p.problem)
 
     if not problem.is_sde:
         return drift, None
     sig = ops.jittable(problem.diffusion)
 
     def diffusion(u, x, p):
-        q = p[n:]
-        return ops.sqrt(ops.abs(dphi(u, q))) * sig(phi(u, q), x, p[:n])
+        return ops.sqrt(ops.abs(dphi(u, p.time))) * sig(phi(u, p.time), x, p.problem)
 
     return drift, diffusion
