@@ -35,3 +35,12 @@ def test_mistyped_coefficients_are_rejected():
 
 def test_sriw1_skips_unused_drift_stages():
     np.testing.assert_array_equal(tb.SRIW1.need_f, [1, 1, 0, 0])
+
+
+def test_sra_tableaus_check_their_drift_part():
+    """SRA3's drift part is a third-order Runge–Kutta method; SRA1's is of order 2 only, which the check sees."""
+    assert tb.SRA3.drift_order == 3
+    with pytest.raises(ValueError, match=r"drift part \(A0, alpha, c0\): order-3 condition"):
+        dataclasses.replace(tb.SRA1, drift_order=3)
+    with pytest.raises(ValueError, match="order condition"):
+        dataclasses.replace(tb.SRA3, B0=np.array([[0, 0, 0], [0, 0, 0], [1, 0.6, 0]]))

@@ -1,6 +1,6 @@
 """One step of every scheme, written once against a tiny array interface.
 
-Each step has the signature ``step(f, g, p, tab, t, x, h, dw, hh)``:
+Each step has the signature ``step(f, g, p, tab, t, x, h, dw, levy_area)``:
 
 * ``f``, ``g``: drift and diffusion, called ``f(t, x, p)`` on a batch ``x``
   (n, dim). The backend wraps the user's functions so that ``f`` returns
@@ -10,7 +10,7 @@ Each step has the signature ``step(f, g, p, tab, t, x, h, dw, hh)``:
 * ``tab``: a 2-D array of coefficients packed by ``schemes.pack_tableau``;
 * ``h``: the signed step (negative when integrating backwards in time);
 * ``dw``: the increment ``W(t+h) - W(t)`` along the direction of integration,
-  shape (n, m); ``hh``: the space-time Levy area of the step (zeros if unused).
+  shape (n, m); ``levy_area``: the space-time Levy area of the step (zeros if unused).
 
 Only ``+ - * /``, indexing, ``abs``/``sqrt`` of floats and
 Python lists of stage values are used, so the same function runs on NumPy arrays,
@@ -135,12 +135,12 @@ def _ov_apply_noise(g, v):
     return lambda g, v: g * v
 
 
-def euler(f, g, p, tab, t, x, h, dw, hh):
+def euler(f, g, p, tab, t, x, h, dw, levy_area):
     """Euler–Maruyama (Itô); with ``g`` unused, explicit Euler for ODEs."""
     return x + f(t, x, p) * h + apply_noise(g(t, x, p), dw)
 
 
-def euler_heun(f, g, p, tab, t, x, h, dw, hh):
+def euler_heun(f, g, p, tab, t, x, h, dw, levy_area):
     """Euler–Heun (Stratonovich): trapezoidal rule in the noise."""
     fh = f(t, x, p) * h
     n0 = apply_noise(g(t, x, p), dw)
@@ -148,7 +148,7 @@ def euler_heun(f, g, p, tab, t, x, h, dw, hh):
     return x + fh + 0.5 * (n0 + apply_noise(g(t + h, xb, p), dw))
 
 
-def milstein(f, g, p, tab, t, x, h, dw, hh):
+def milstein(f, g, p, tab, t, x, h, dw, levy_area):
     """Derivative-free Milstein for diagonal and scalar noise.
 
     The Milstein step ``X + mu h + sigma dW + (1/2) (L^1 sigma) J`` with
@@ -188,7 +188,7 @@ def milstein(f, g, p, tab, t, x, h, dw, hh):
     return x + f(t, x, p) * h + gx * dw + corr
 
 
-def milstein_general(f, g, p, tab, t, x, h, dw, hh):
+def milstein_general(f, g, p, tab, t, x, h, dw, levy_area):
     """Derivative-free Milstein for commutative matrix noise (Kloeden & Platen 1992, eq. 11.1.7).
 
     ``X + mu h + sum_j sigma_j dW_j + (1/2) sum_{j,k} (L^j sigma_k) J_jk``
@@ -227,12 +227,12 @@ def milstein_general(f, g, p, tab, t, x, h, dw, hh):
     return out
 
 
-def sra(f, g, p, tab, t, x, h, dw, hh):
+def sra(f, g, p, tab, t, x, h, dw, levy_area):
     """Rößler SRA step for additive noise (tableau in ``tab``)."""
     s = tab.shape[1]
     c0, c1, alpha, beta1, beta2 = tab[0], tab[1], tab[2], tab[3], tab[4]
     A0, B0 = tab[5 : 5 + s], tab[5 + s : 5 + 2 * s]
-    i10 = 0.5 * dw + hh  # I_(1,0)/h
+    i10 = 0.5 * dw + levy_area  # I_(1,0)/h
     F = [x] * s
     NZ = [x] * s
     out = x
@@ -253,7 +253,7 @@ def sra(f, g, p, tab, t, x, h, dw, hh):
     return out
 
 
-def sri(f, g, p, tab, t, x, h, dw, hh):
+def sri(f, g, p, tab, t, x, h, dw, levy_area):
     """Rößler SRI step for diagonal or scalar Itô noise (tableau in ``tab``)."""
     s = tab.shape[1]
     c0, c1, alpha, beta1, beta2, beta3, beta4, need_f, need_g = (
@@ -262,7 +262,7 @@ def sri(f, g, p, tab, t, x, h, dw, hh):
     ah = abs(h)
     sq = math.sqrt(ah)
     chi1 = (dw * dw - ah) * (0.5 / sq)  # I_(1,1)/sqrt(h)
-    chi2 = 0.5 * dw + hh  # I_(1,0)/h
+    chi2 = 0.5 * dw + levy_area  # I_(1,0)/h
     chi3 = dw * (dw * dw - 3.0 * ah) * (1.0 / (6.0 * ah))  # I_(1,1,1)/h
     F = [x] * s
     G = [x] * s
@@ -289,7 +289,7 @@ def sri(f, g, p, tab, t, x, h, dw, hh):
     return out
 
 
-def sriw1(f, g, p, tab, t, x, h, dw, hh):
+def sriw1(f, g, p, tab, t, x, h, dw, levy_area):
     """SRIW1 written out (2 drift and 4 diffusion evaluations, one fused update).
 
     The same scheme as :func:`sri` with the SRIW1 tableau, with zero
@@ -298,7 +298,7 @@ def sriw1(f, g, p, tab, t, x, h, dw, hh):
     ah = abs(h)
     sq = math.sqrt(ah)
     chi1 = (dw * dw - ah) * (0.5 / sq)
-    chi2 = 0.5 * dw + hh
+    chi2 = 0.5 * dw + levy_area
     chi3 = dw * (dw * dw - 3.0 * ah) * (1.0 / (6.0 * ah))
     fh1 = f(t, x, p) * h
     g1 = g(t, x, p)
@@ -313,7 +313,7 @@ def sriw1(f, g, p, tab, t, x, h, dw, hh):
             + chi3 * (-2.0 * g1 + (5.0 / 3.0) * g2 - (2.0 / 3.0) * g3 + g4))
 
 
-def erk(f, g, p, tab, t, x, h, dw, hh):
+def erk(f, g, p, tab, t, x, h, dw, levy_area):
     """Explicit Runge–Kutta step for ODEs from a Butcher tableau ``(A, b, c)``."""
     s = tab.shape[1]
     A, b, c = tab[:s], tab[s], tab[s + 1]
