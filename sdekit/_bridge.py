@@ -120,10 +120,10 @@ def split_node(increment, area, xi_increment, xi_area, sqrt_length, area_std, le
 
 
 @njit(cache=True)
-def _draw_normals(keys, node_kind_constant, normals, row):
-    """``normals[row, i]`` = the standard normal of lane ``i`` keyed by ``keys[i] ^ node_kind_constant``."""
+def _draw_normals(keys, node_kind_constant, scale, out, row):
+    """``out[row, i]`` = ``scale`` times the standard normal of lane ``i`` keyed by ``keys[i] ^ node_kind_constant``."""
     for i in range(keys.shape[0]):
-        normals[row, i] = normal_from_bits(mix64(keys[i] ^ node_kind_constant), ZIG_K, ZIG_W, ZIG_F, ZIG_R)
+        out[row, i] = scale * normal_from_bits(mix64(keys[i] ^ node_kind_constant), ZIG_K, ZIG_W, ZIG_F, ZIG_R)
 
 
 @njit(cache=True)
@@ -133,15 +133,9 @@ def _draw_cell_roots(walk, cell):
     cell_key = cell_constant(cell)
     for i in range(lanes):
         walk.cell_keys[i] = mix64(walk.lane_keys[i] ^ cell_key)
-    _draw_normals(walk.cell_keys, node_constant(_ROOT, 0), walk.normals, 0)
-    sqrt_length = math.sqrt(walk.cell_length)
-    for i in range(lanes):
-        walk.node_increment[0, i] = sqrt_length * walk.normals[0, i]
+    _draw_normals(walk.cell_keys, node_constant(_ROOT, 0), math.sqrt(walk.cell_length), walk.node_increment, 0)
     if walk.levy_area:
-        _draw_normals(walk.cell_keys, node_constant(_ROOT, 1), walk.normals, 1)
-        area_std = math.sqrt(walk.cell_length / 12.0)
-        for i in range(lanes):
-            walk.node_area[0, i] = area_std * walk.normals[1, i]
+        _draw_normals(walk.cell_keys, node_constant(_ROOT, 1), math.sqrt(walk.cell_length / 12.0), walk.node_area, 0)
 
 
 @njit(cache=True)
@@ -149,11 +143,11 @@ def _split_level(walk, level, node, node_length):
     """Split the current node at ``level`` (heap index ``node``): the child visited first becomes current."""
     lanes = walk.lane_keys.shape[0]
     sqrt_length = math.sqrt(node_length)
-    _draw_normals(walk.cell_keys, node_constant(node, 0), walk.normals, 0)
+    _draw_normals(walk.cell_keys, node_constant(node, 0), 1.0, walk.normals, 0)
     current, pending = walk.node_increment, walk.pending_increment
     left, right = (pending, current) if walk.reverse else (current, pending)
     if walk.levy_area:
-        _draw_normals(walk.cell_keys, node_constant(node, 1), walk.normals, 1)
+        _draw_normals(walk.cell_keys, node_constant(node, 1), 1.0, walk.normals, 1)
         area_std = math.sqrt(node_length / 12.0)
         left_area, right_area = (walk.pending_area, walk.node_area) if walk.reverse else (walk.node_area, walk.pending_area)
         for i in range(lanes):
@@ -183,9 +177,11 @@ def _next_leaf(walk, step):
         while (rest & 1) == 0:
             rest >>= 1
             first_level -= 1
-        walk.node_increment[first_level, :] = walk.pending_increment[first_level, :]
+        for i in range(walk.lane_keys.shape[0]):
+            walk.node_increment[first_level, i] = walk.pending_increment[first_level, i]
         if walk.levy_area:
-            walk.node_area[first_level, :] = walk.pending_area[first_level, :]
+            for i in range(walk.lane_keys.shape[0]):
+                walk.node_area[first_level, i] = walk.pending_area[first_level, i]
     time_leaf = leaves - 1 - leaf if walk.reverse else leaf  # leaf position in time order
     for level in range(first_level, depth):
         _split_level(walk, level, (1 << level) + (time_leaf >> (depth - level)), walk.cell_length / (1 << level))
