@@ -135,9 +135,9 @@ def _likelihood(args) -> int:
     print(f"{run.data}: held-out negative log-likelihood {r['nll']:.4f} ± {r['nll_se']:.4f} nats per point "
           f"(n={r['n']}, {r['divergence']} divergence{hut}; {r['seconds']:.1f} s)")
     if run.data == "digits":
-        hb = (f", of which Hutchinson ± {r['bits_per_dim_hutchinson_se']:.4f}"
-              if "bits_per_dim_hutchinson_se" in r else "")
-        print(f"bits/dim {r['bits_per_dim']:.4f} ± {r['bits_per_dim_se']:.4f}{hb} (dequantised 17-level pixels; "
+        hutchinson_part = (f", of which Hutchinson ± {r['bits_per_dim_hutchinson_se']:.4f}"
+                           if "bits_per_dim_hutchinson_se" in r else "")
+        print(f"bits/dim {r['bits_per_dim']:.4f} ± {r['bits_per_dim_se']:.4f}{hutchinson_part} (dequantised 17-level pixels; "
               f"uniform over the levels would be {math.log2(17):.3f})")
     else:
         print(f"bits/dim {r['bits_per_dim']:.4f} ± {r['bits_per_dim_se']:.4f} (continuous density, dim {r['dim']})")

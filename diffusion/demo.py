@@ -20,7 +20,7 @@ from .oracle import GaussianMixture
 from .sampling import sample
 from .sdes import VPSDE
 
-__all__ = ["run", "run_training", "demo_mixture"]
+__all__ = ["run", "run_training", "demo_mixture", "sdekit_demo_section"]
 
 
 def demo_mixture() -> GaussianMixture:
@@ -127,3 +127,10 @@ def run_training(out: str, quick: bool = False) -> None:
         plot_samples(run, x, path, title=f"moons: {method}, {steps_} steps ({grid}), NFE {last.nfe}")
         print(f"{method:>9} ({grid}, NFE {last.nfe}, {last.seconds:.1f} s): sliced W1 / floor {m['sliced_w1_ratio']:.2f}, "
               f"sliced KS / floor {m['sliced_ks_ratio']:.2f} ({n} samples vs held-out data); wrote {path}")
+
+
+def sdekit_demo_section(out: str, quick: bool = False) -> None:
+    """The diffusion part of ``sdekit demo`` (registered in the entry-point group ``sdekit.demo``): the
+    samplers on the exact mixture (:func:`run`), then a trained score network (:func:`run_training`)."""
+    run(out, quick=quick)
+    run_training(out, quick=quick)

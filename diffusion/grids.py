@@ -23,7 +23,10 @@ import math
 import numpy as np
 
 from sdekit import ops
+from sdekit.checks import positive_float
+from sdekit.params import extend
 
+from .formulas import log_snr_rate
 from .sdes import DiffusionSDE
 
 __all__ = ["GRIDS", "TimeGrid", "time_grid"]
@@ -38,8 +41,10 @@ class TimeGrid:
     ----------
     phi, dphi : callable
         Kernels ``phi(u, params)`` and ``phi'(u, params)``.
-    params : tuple
-        ``sde.params`` followed by ``(T, eps, c0, c1, rho)``.
+    params : record
+        ``sdekit.params.extend(sde.params, T=, eps=, start=, span=, rho=)``: the SDE's parameters (which
+        its kernels read by position), the end points, and the grid's uniform variable
+        ``v = start + span * u`` (``lambda`` for ``"logsnr"``, ``(sigma/alpha)^(1/rho)`` for ``"karras"``).
     """
 
     def __init__(self, sde: DiffusionSDE, kind: str = "uniform", *, eps: float | None = None, T: float | None = None,
@@ -50,20 +55,18 @@ class TimeGrid:
         eps = sde.eps if eps is None else float(eps)
         if not (0.0 < eps < T <= sde.T + 1e-12):
             raise ValueError(f"the grid needs 0 < eps < T <= sde.T={sde.T}; got eps={eps}, T={T}.")
-        rho = float(rho)
-        if not (math.isfinite(rho) and rho > 0):
-            raise ValueError(f"`rho` must be a positive number, got {rho!r}.")
+        rho = positive_float(rho, "rho")
         self.sde, self.kind, self.T, self.eps, self.rho = sde, kind, T, eps, rho
         lam_T, lam_e = float(sde.log_snr(T)), float(sde.log_snr(eps))
         if kind == "logsnr":
-            c0, c1 = lam_T, lam_e - lam_T
+            start, span = lam_T, lam_e - lam_T
         elif kind == "karras":
-            sT, se = math.exp(-lam_T / rho), math.exp(-lam_e / rho)
-            c0, c1 = sT, se - sT
+            noise_T, noise_eps = math.exp(-lam_T / rho), math.exp(-lam_e / rho)
+            start, span = noise_T, noise_eps - noise_T
         else:
-            c0, c1 = 0.0, 0.0
-        self.params = tuple(sde.params) + (T, eps, c0, c1, rho)
-        self.phi, self.dphi = _maps(sde.kernels, len(sde.params), kind)
+            start, span = 0.0, 0.0
+        self.params = extend(sde.params, T=T, eps=eps, start=start, span=span, rho=rho)
+        self.phi, self.dphi = _maps(sde.kernels, kind)
 
     def times(self, n: int) -> np.ndarray:
         """The ``n + 1`` grid times, from ``T`` down to ``eps``."""
@@ -86,41 +89,42 @@ def time_grid(sde: DiffusionSDE, n: int, kind: str = "uniform", *, eps: float | 
 
 
 @functools.cache
-def _maps(kernels, n: int, kind: str):
-    """``phi, dphi`` for one process family (made once: compiled code is reused across grids)."""
+def _maps(kernels, kind: str):
+    """``phi, dphi`` for one process family (made once: compiled code is reused across grids).
+
+    ``p`` is the grid's record (:attr:`TimeGrid.params`); the SDE's kernels read its leading fields.
+    """
     g2, sigma = kernels.g2, kernels.sigma
     t_of = kernels.t_from_log_snr
 
-    def dlam_dt(t, q):
-        s = sigma(t, q)
-        return -0.5 * g2(t, q) / (s * s)
+    def dlam_dt(t, p):
+        return log_snr_rate(g2(t, p), sigma(t, p))
 
     if kind == "uniform":
         def phi(u, p):
-            return p[n] + (p[n + 1] - p[n]) * u
+            return p.T + (p.eps - p.T) * u
 
         def dphi(u, p):
-            return (p[n + 1] - p[n]) + 0.0 * u
+            return (p.eps - p.T) + 0.0 * u
     elif kind == "quadratic":
         def phi(u, p):
-            return p[n + 1] + (p[n] - p[n + 1]) * (1.0 - u) * (1.0 - u)
+            return p.eps + (p.T - p.eps) * (1.0 - u) * (1.0 - u)
 
         def dphi(u, p):
-            return -2.0 * (p[n] - p[n + 1]) * (1.0 - u)
+            return -2.0 * (p.T - p.eps) * (1.0 - u)
     elif kind == "logsnr":
         def phi(u, p):
-            return t_of(p[n + 2] + p[n + 3] * u, p[:n])
+            return t_of(p.start + p.span * u, p)
 
         def dphi(u, p):
-            return p[n + 3] / dlam_dt(phi(u, p), p[:n])
+            return p.span / dlam_dt(phi(u, p), p)
     else:
         def phi(u, p):
-            base = p[n + 2] + p[n + 3] * u
-            return t_of(-p[n + 4] * ops.log(base), p[:n])
+            return t_of(-p.rho * ops.log(p.start + p.span * u), p)
 
         def dphi(u, p):
-            base = p[n + 2] + p[n + 3] * u
-            return (-p[n + 4] * p[n + 3] / base) / dlam_dt(phi(u, p), p[:n])
+            base = p.start + p.span * u
+            return (-p.rho * p.span / base) / dlam_dt(phi(u, p), p)
 
     ops.jittable(dlam_dt)
     return ops.jittable(phi), ops.jittable(dphi)

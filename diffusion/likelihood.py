@@ -25,6 +25,7 @@ and the exact divergence the identity holds to the ODE tolerance.
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,6 +39,9 @@ from .score import Score, _is_tensor
 from .sdes import _stream_seed
 
 __all__ = ["log_likelihood", "Likelihood", "bits_per_dim", "dequantize"]
+
+# the params of the augmented flow [x, log-density change] with an exact divergence kernel
+FlowAndDivergence = namedtuple("FlowAndDivergence", "flow divergence")
 
 
 @dataclass
@@ -147,7 +151,6 @@ def log_likelihood(sde, score: Score, x, *, divergence="exact", n_probes: int = 
         raise ValueError(f"`x` has dimension {dim} (shape {xa.shape}) but the score is for dimension {score.dim}; "
                          f"give data of shape (n, {score.dim}).")
     velocity = probability_flow(score).rhs  # the probability-flow velocity kernel v(t, x, score.params)
-    n_score_params = len(score.params)
 
     if isinstance(divergence, tuple):
         div_kernel, div_params = divergence
@@ -157,9 +160,9 @@ def log_likelihood(sde, score: Score, x, *, divergence="exact", n_probes: int = 
 
         def rhs(t, z, p):
             y = z[:, :dim] + 0.0
-            return ops.concatenate((velocity(t, y, p[:n_score_params]), div_kernel(t, y, p[n_score_params:])[:, None]), 1)
+            return ops.concatenate((velocity(t, y, p.flow), div_kernel(t, y, p.divergence)[:, None]), 1)
 
-        problem = sdekit.ODE(rhs, params=score.params + tuple(div_params))
+        problem = sdekit.ODE(rhs, params=FlowAndDivergence(flow=score.params, divergence=div_params))
         z0 = np.concatenate([xa, np.zeros((n, 1))], axis=1)
         k = 1
     elif divergence in ("exact", "hutchinson"):

@@ -22,23 +22,25 @@ on NumPy arrays, compiled by Numba and on torch tensors (with gradients, on
 any device). Components are visited one at a time with a running-max
 (online) log-sum-exp, so no ``(n, K)`` array is formed.
 
-``kernel(t, x, p)`` (sdekit's problem-function convention) reads
+``kernel(t, x, p)`` (sdekit's problem-function convention) reads a record ``p``
+made by ``sdekit.params.extend(sde.params, ...)``:
 
-* ``p[:n_sde]``: the SDE's own ``params`` (``alpha_t``, ``sigma_t`` come from
-  ``sde.kernels.alpha(t, q)`` / ``sde.kernels.sigma(t, q)``);
-* the mixture arrays ``MIX = (log_weights (K,), means (K, D), U (K, D, D),
-  Ut (K, D, D), d (K, D))`` (``Ut[k] = U[k].T``, contiguous);
-* for one component ``k`` the arrays ``COMP = (means[k:k+1], U[k:k+1],
-  Ut[k:k+1], d[k:k+1])`` (shapes kept, so the same helpers apply).
+* its leading fields are the SDE's own ``params`` (``alpha_t``, ``sigma_t`` come
+  from ``sde.kernels.alpha(t, p)`` / ``sde.kernels.sigma(t, p)``);
+* ``p.mixture``: a :class:`Mixture` ``(log_weights (K,), means (K, D),
+  eigvecs (K, D, D), eigvecs_t (K, D, D), eigvals (K, D))`` (``eigvecs_t[k] =
+  eigvecs[k].T``, contiguous);
+* ``p.component``: a :class:`Component`, the same arrays for one component
+  ``k`` (shapes kept, ``means[k:k+1]``..., so the same helpers apply).
 
 ========================= ===================================
-kernel                    params
+kernel                    fields after the SDE's
 ========================= ===================================
-score, log_prob,          ``sde.params + MIX``
+score, log_prob,          ``mixture``
 laplacian, tweedie,
 divergence
-class_score               ``sde.params + COMP``
-classifier_grad           ``sde.params + MIX + COMP``
+class_score               ``component``
+classifier_grad           ``mixture``, ``component``
 ========================= ===================================
 
 :meth:`GaussianMixture.kernel` returns ``(kernel, params)`` for each name.
@@ -49,17 +51,24 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+from collections import namedtuple
 
 import numba
 import numpy as np
 from numba.extending import overload
 
 from sdekit import ops
+from sdekit.params import extend
 
 from .score import Score, params_like
 from .sdes import DiffusionSDE, standard_normals
 
-__all__ = ["GaussianMixture"]
+__all__ = ["GaussianMixture", "Mixture", "Component"]
+
+Mixture = namedtuple("Mixture", "log_weights means eigvecs eigvecs_t eigvals")
+Mixture.__doc__ = """The arrays of a mixture the kernels read: ``Sigma_k = eigvecs[k] diag(eigvals[k]) eigvecs[k]^T``."""
+Component = namedtuple("Component", "means eigvecs eigvecs_t eigvals")
+Component.__doc__ = """The arrays of one component ``k``, shapes kept (``means[k:k+1]``, ...)."""
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -89,16 +98,24 @@ for _f in (_proj, _log_normal, _comp_score):
     ops.jittable(_f)
 
 
+def _rescale(running_max, log_term):
+    """One step of the online log-sum-exp: the new running maximum and the factors that bring the sums kept
+    so far (``exp(running_max - new)``) and the new term (``exp(log_term - new)``) to it."""
+    new_max = ops.maximum(running_max, log_term)
+    return new_max, ops.exp(running_max - new_max), ops.exp(log_term - new_max)
+
+
+ops.jittable(_rescale)
+
+
 def _log_prob_core(a, s, x, lw, means, U, Ut, d):
     z, c = _proj(a, s, x, means, U, d, 0)
     m = lw[0] + _log_normal(z, c)
     S = 1.0 + 0.0 * m
     for k in range(1, means.shape[0]):
         z, c = _proj(a, s, x, means, U, d, k)
-        lk = lw[k] + _log_normal(z, c)
-        mn = ops.maximum(m, lk)
-        S = S * ops.exp(m - mn) + ops.exp(lk - mn)
-        m = mn
+        m, e0, e1 = _rescale(m, lw[k] + _log_normal(z, c))
+        S = S * e0 + e1
     return m + ops.log(S)
 
 
@@ -109,13 +126,9 @@ def _score_core(a, s, x, lw, means, U, Ut, d):
     V = _comp_score(z, c, Ut, 0)
     for k in range(1, means.shape[0]):
         z, c = _proj(a, s, x, means, U, d, k)
-        lk = lw[k] + _log_normal(z, c)
-        mn = ops.maximum(m, lk)
-        e0 = ops.exp(m - mn)
-        e1 = ops.exp(lk - mn)
+        m, e0, e1 = _rescale(m, lw[k] + _log_normal(z, c))
         S = S * e0 + e1
         V = V * e0[:, None] + e1[:, None] * _comp_score(z, c, Ut, k)
-        m = mn
     return V / S[:, None]
 
 
@@ -128,15 +141,10 @@ def _laplacian_core(a, s, x, lw, means, U, Ut, d):
     Q = (z * z) @ (1.0 / (c * c)) - (1.0 / c).sum()  # |s_k|^2 = sum_j z_j^2 / c_j^2 (U_k orthogonal)
     for k in range(1, means.shape[0]):
         z, c = _proj(a, s, x, means, U, d, k)
-        lk = lw[k] + _log_normal(z, c)
-        sk = _comp_score(z, c, Ut, k)
-        mn = ops.maximum(m, lk)
-        e0 = ops.exp(m - mn)
-        e1 = ops.exp(lk - mn)
+        m, e0, e1 = _rescale(m, lw[k] + _log_normal(z, c))
         S = S * e0 + e1
-        V = V * e0[:, None] + e1[:, None] * sk
+        V = V * e0[:, None] + e1[:, None] * _comp_score(z, c, Ut, k)
         Q = Q * e0 + e1 * ((z * z) @ (1.0 / (c * c)) - (1.0 / c).sum())
-        m = mn
     V = V / S[:, None]
     return Q / S - (V * V) @ (1.0 + 0.0 * c)
 
@@ -149,13 +157,9 @@ def _tweedie_core(a, s, x, lw, means, U, Ut, d):
     V = means[0] + a * ((z * (d[0] / c)) @ Ut[0])
     for k in range(1, means.shape[0]):
         z, c = _proj(a, s, x, means, U, d, k)
-        lk = lw[k] + _log_normal(z, c)
-        mn = ops.maximum(m, lk)
-        e0 = ops.exp(m - mn)
-        e1 = ops.exp(lk - mn)
+        m, e0, e1 = _rescale(m, lw[k] + _log_normal(z, c))
         S = S * e0 + e1
         V = V * e0[:, None] + e1[:, None] * (means[k] + a * ((z * (d[k] / c)) @ Ut[k]))
-        m = mn
     return V / S[:, None]
 
 
@@ -209,35 +213,37 @@ _KERNEL_CACHE: dict = {}
 
 
 def _make_kernel(name: str, sde: DiffusionSDE):
-    """``kernel(t, x, p)`` for one SDE family; cached so that Numba compiles each once per process."""
-    key = (name, sde.kernels, len(sde.params))
+    """``kernel(t, x, p)`` for one SDE family; cached so that Numba compiles each once per process.
+
+    ``p`` is the record of :meth:`GaussianMixture.kernel`: the SDE's kernels read its leading fields, the
+    mixture kernels its fields ``mixture`` and ``component``.
+    """
+    key = (name, sde.kernels)
     if key in _KERNEL_CACHE:
         return _KERNEL_CACHE[key]
-    n = len(sde.params)
     alpha, sigma, f, g2 = sde.kernels.alpha, sde.kernels.sigma, sde.kernels.f, sde.kernels.g2
-    # Tuple indices and slices are closure constants, so Numba resolves them statically.
-    i0, i1, i2, i3, i4, i5, i6, i7, i8 = range(n, n + 9)
     if name in ("score", "log_prob", "laplacian", "tweedie"):
         core = _CORES[name]
 
         def kernel(t, x, p):
-            q = p[:n]
-            return core(alpha(t, q), sigma(t, q), x, p[i0], p[i1], p[i2], p[i3], p[i4])
+            mix = p.mixture
+            return core(alpha(t, p), sigma(t, p), x, mix.log_weights, mix.means, mix.eigvecs, mix.eigvecs_t, mix.eigvals)
     elif name == "class_score":
         def kernel(t, x, p):
-            q = p[:n]
-            return _class_score_core(alpha(t, q), sigma(t, q), x, p[i0], p[i1], p[i2], p[i3])
+            one = p.component
+            return _class_score_core(alpha(t, p), sigma(t, p), x, one.means, one.eigvecs, one.eigvecs_t, one.eigvals)
     elif name == "classifier_grad":
         def kernel(t, x, p):
-            q = p[:n]
-            return _classifier_grad_core(alpha(t, q), sigma(t, q), x, p[i0], p[i1], p[i2], p[i3], p[i4],
-                                         p[i5], p[i6], p[i7], p[i8])
+            mix, one = p.mixture, p.component
+            return _classifier_grad_core(alpha(t, p), sigma(t, p), x, mix.log_weights, mix.means, mix.eigvecs,
+                                         mix.eigvecs_t, mix.eigvals, one.means, one.eigvecs, one.eigvecs_t, one.eigvals)
     elif name == "divergence":
         def kernel(t, x, p):
             # div_x [f(t) x - g^2/2 grad log p_t(x)] = D f(t) - g^2/2 Laplacian(log p_t)(x)
-            q = p[:n]
-            lap = _laplacian_core(alpha(t, q), sigma(t, q), x, p[i0], p[i1], p[i2], p[i3], p[i4])
-            return x.shape[1] * f(t, q) - 0.5 * g2(t, q) * lap
+            mix = p.mixture
+            lap = _laplacian_core(alpha(t, p), sigma(t, p), x, mix.log_weights, mix.means, mix.eigvecs, mix.eigvecs_t,
+                                  mix.eigvals)
+            return x.shape[1] * f(t, p) - 0.5 * g2(t, p) * lap
     else:
         raise ValueError(f"unknown kernel {name!r}; choose one of {KERNEL_NAMES}.")
     kernel.__name__ = kernel.__qualname__ = f"gaussian_mixture_{name}"
@@ -338,12 +344,12 @@ class GaussianMixture:
         self.covs = S
         self.dim, self.n_components = D, K
         self.eigvals, self.eigvecs = d, U
-        self._mix = (np.log(self.weights), mu, U, np.ascontiguousarray(U.transpose(0, 2, 1)), d)
+        self._mixture = Mixture(np.log(self.weights), mu, U, np.ascontiguousarray(U.transpose(0, 2, 1)), d)
 
     # --------------------------------------------------------------- kernels
-    def _comp_params(self, k):
-        lw, mu, U, Ut, d = self._mix
-        return (mu[k:k + 1].copy(), U[k:k + 1].copy(), Ut[k:k + 1].copy(), d[k:k + 1].copy())
+    def _component(self, k) -> Component:
+        mix = self._mixture
+        return Component(*(a[k:k + 1].copy() for a in (mix.means, mix.eigvecs, mix.eigvecs_t, mix.eigvals)))
 
     def kernel(self, name: str, sde: DiffusionSDE, k: int | None = None):
         """``(kernel, params)``: the jittable ``kernel(t, x, p)`` named ``name`` and the ``p`` it reads.
@@ -358,11 +364,11 @@ class GaussianMixture:
             raise ValueError(f"`name` must be one of {KERNEL_NAMES}, got {name!r}.")
         kern = _make_kernel(name, sde)
         if name == "class_score":
-            params = tuple(sde.params) + self._comp_params(self._check_k(k))
+            params = extend(sde.params, component=self._component(self._check_k(k)))
         elif name == "classifier_grad":
-            params = tuple(sde.params) + self._mix + self._comp_params(self._check_k(k))
+            params = extend(sde.params, mixture=self._mixture, component=self._component(self._check_k(k)))
         else:
-            params = tuple(sde.params) + self._mix
+            params = extend(sde.params, mixture=self._mixture)
         return kern, params
 
     def score_fn(self, sde: DiffusionSDE) -> Score:
@@ -434,10 +440,10 @@ class GaussianMixture:
         a, s = self._coeffs(t, sde)
         core = _CORES[name]
         if name == "class_score":
-            return core(a, s, x, *params_like(self._comp_params(self._check_k(k)), x))
-        mix = params_like(self._mix, x)
+            return core(a, s, x, *params_like(self._component(self._check_k(k)), x))
+        mix = params_like(self._mixture, x)
         if name == "classifier_grad":
-            return core(a, s, x, *mix, *params_like(self._comp_params(self._check_k(k)), x))
+            return core(a, s, x, *mix, *params_like(self._component(self._check_k(k)), x))
         return core(a, s, x, *mix)
 
     # --------------------------------------------------------------- exact quantities
@@ -468,7 +474,7 @@ class GaussianMixture:
     def _log_joints(self, x, t, sde):
         x = self._check_x(x)
         a, s = self._coeffs(t, sde)
-        mix = params_like(self._mix, x)
+        mix = params_like(self._mixture, x)
         return x, [_log_joint(a, s, x, *mix, k) for k in range(self.n_components)]
 
     def responsibilities(self, x, t=None, sde=None):

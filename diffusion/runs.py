@@ -301,7 +301,7 @@ def train_run(out, data: str | None = None, *, sde: str | None = None, schedule:
         if changed:
             spec["resumes"] = [*spec.get("resumes", []), {"step": int(state["step"]), **changed}]
         evals = list(state.get("evals", []))
-        d = datasets.load(spec["data"], spec["n"], seed=spec["data_seed"], split="train")
+        train_data = datasets.load(spec["data"], spec["n"], seed=spec["data_seed"], split="train")
         if int(state["step"]) >= cfg.steps:
             log(f"{out}: already trained for {state['step']} steps (pass a larger --steps to train on).")
     else:
@@ -317,11 +317,11 @@ def train_run(out, data: str | None = None, *, sde: str | None = None, schedule:
         opts = {k: (base[k] if v is None else v) for k, v in dict(
             model=model, conditional=conditional, n=n, steps=steps, batch_size=batch_size, lr=lr,
             eval_every=eval_every, checkpoint_every=checkpoint_every).items()}
-        d = datasets.load(data, opts["n"], seed=data_seed, split="train")
-        mspec = _model_spec(d, opts["model"], bool(opts["conditional"]),
+        train_data = datasets.load(data, opts["n"], seed=data_seed, split="train")
+        mspec = _model_spec(train_data, opts["model"], bool(opts["conditional"]),
                             {"hidden": hidden, "depth": depth, "width": width, "embed": embed})
         make_sde(sde, schedule)  # validates
-        spec = _spec(d, {"kind": sde, "schedule": schedule}, mspec, data_seed, opts["n"])
+        spec = _spec(train_data, {"kind": sde, "schedule": schedule}, mspec, data_seed, opts["n"])
         eval_every = opts["eval_every"]
         spec["eval_every"] = eval_every
         cfg = TrainConfig(steps=opts["steps"], batch_size=opts["batch_size"], lr=opts["lr"],
@@ -336,7 +336,7 @@ def train_run(out, data: str | None = None, *, sde: str | None = None, schedule:
     net = build_model(spec["model"])
     evaluate = _evaluator(spec, sde_) if eval_every else None
     t0 = time.perf_counter()
-    result = train(net, sde_, d.x, cfg, labels=d.labels if getattr(net, "n_classes", None) else None, out=out,
+    result = train(net, sde_, train_data.x, cfg, labels=train_data.labels if getattr(net, "n_classes", None) else None, out=out,
                    resume=resume, progress=progress, evaluate=evaluate, eval_every=eval_every or None, evals=evals,
                    extra={"run": spec}, log_eval=log, on_checkpoint=lambda state: _write_description(out, state))
     seconds = time.perf_counter() - t0
@@ -435,8 +435,8 @@ def digit_classifier():
 @functools.lru_cache(maxsize=64)
 def _floor(name: str, n: int, metric: str) -> tuple:
     """Noise floor of ``metric`` for ``n`` points of toy set ``name`` (8 pairs; deterministic, so cached)."""
-    f = metrics.noise_floor(lambda m, s: datasets.load(name, m, seed=s).x, n, metric=metric, pairs=8)
-    return f.mean, f.std
+    floor = metrics.noise_floor(lambda m, s: datasets.load(name, m, seed=s).x, n, metric=metric, pairs=8)
+    return floor.mean, floor.std
 
 
 def evaluate_samples(run: Run, x, labels=None, *, seed: int = 0) -> dict:
@@ -490,29 +490,29 @@ def likelihood_run(run: Run, *, n: int | None = None, divergence: str | None = N
         raise ValueError(f"`n` (--n) must be an integer >= 2 held-out points (a standard error needs two), got {n!r}.")
     held = run.held_out(n if n is not None or run.data == "digits" else 1000, seed=seed)
     div = divergence or ("exact" if held.dim <= 8 else "hutchinson")
-    lps, ses = [], []
+    batch_log_probs, batch_stderrs = [], []
     t0 = time.perf_counter()
     for lo in range(0, len(held.x), batch):
         lik = log_likelihood(run.sde, run.score(), held.x[lo:lo + batch], divergence=div,
                              n_probes=n_probes if div == "hutchinson" else 1, rtol=rtol, atol=atol,
                              seed=seed + lo)
-        lps.append(np.asarray(lik.log_prob))
+        batch_log_probs.append(np.asarray(lik.log_prob))
         if lik.stderr is not None:
-            ses.append(np.asarray(lik.stderr))
-    lp = np.concatenate(lps)
-    m, dim = len(lp), held.dim
+            batch_stderrs.append(np.asarray(lik.stderr))
+    log_probs = np.concatenate(batch_log_probs)
+    m, dim = len(log_probs), held.dim
     out = {"n": m, "dim": dim, "divergence": div, "seconds": time.perf_counter() - t0,
-           "nll": float(-lp.mean()), "nll_se": float(lp.std(ddof=1) / math.sqrt(m)) if m > 1 else math.nan}
-    if ses:
-        out["nll_hutchinson_se"] = float(math.sqrt(np.sum(np.concatenate(ses) ** 2)) / m)
-    w = held.bin_width or 1.0
-    out["bits_per_dim"] = float((out["nll"] - dim * math.log(w)) / (dim * math.log(2)))
+           "nll": float(-log_probs.mean()), "nll_se": float(log_probs.std(ddof=1) / math.sqrt(m)) if m > 1 else math.nan}
+    if batch_stderrs:
+        out["nll_hutchinson_se"] = float(math.sqrt(np.sum(np.concatenate(batch_stderrs) ** 2)) / m)
+    bin_width = held.bin_width or 1.0
+    out["bits_per_dim"] = float((out["nll"] - dim * math.log(bin_width)) / (dim * math.log(2)))
     out["bits_per_dim_se"] = out["nll_se"] / (dim * math.log(2))
     if "nll_hutchinson_se" in out:
         out["bits_per_dim_hutchinson_se"] = out["nll_hutchinson_se"] / (dim * math.log(2))
     exact = datasets.log_prob(run.data, held.x) if dim == 2 else None
     if exact is not None:
-        gap = exact - lp
+        gap = exact - log_probs
         out["data_entropy"] = float(-exact.mean())
         out["kl"] = float(gap.mean())
         out["kl_se"] = float(gap.std(ddof=1) / math.sqrt(m))
@@ -540,8 +540,8 @@ def plot_losses(run: Run, path) -> None:
         ax.plot(np.arange(1, len(y) + 1), y, lw=0.4, alpha=0.35, label="batch loss")
         k = max(1, min(200, len(y) // 20))
         if len(y) >= k:
-            sm = np.convolve(y, np.ones(k) / k, mode="valid")
-            ax.plot(np.arange(k, len(y) + 1), sm, lw=1.5, label=f"mean of {k}")
+            running_mean = np.convolve(y, np.ones(k) / k, mode="valid")
+            ax.plot(np.arange(k, len(y) + 1), running_mean, lw=1.5, label=f"mean of {k}")
         lo, hi = np.percentile(y, [0.5, 99])
         ax.set_ylim(lo * 0.95, hi * 1.05)
     ax.set_xlabel("step")

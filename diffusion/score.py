@@ -35,7 +35,9 @@ from collections.abc import Callable
 import numpy as np
 
 from sdekit import ops
+from sdekit.params import extend, map_leaves
 
+from .formulas import eps_from_score, x0_from_score
 from .sdes import DiffusionSDE, same_process
 
 __all__ = ["Score", "PARAMETERISATIONS", "classifier_guidance", "classifier_free_guidance", "convert"]
@@ -44,7 +46,8 @@ PARAMETERISATIONS = ("score", "eps", "x0", "v")
 
 
 # Conversions between a prediction and the score, given the coefficients a = alpha_t, s = sigma_t
-# (floats, or columns for one time per row). Written once; used by kernels and by Python methods.
+# (floats, or columns for one time per row); the score -> eps and score -> x0 directions are those of
+# diffusion.formulas. Used by kernels and by Python methods.
 def _score_from_score(pred, x, a, s):
     return pred
 
@@ -61,22 +64,13 @@ def _score_from_v(pred, x, a, s):
     return -(s * x + a * pred) / ((a * a + s * s) * s)
 
 
-def _eps_from_score(sc, x, a, s):
-    return -s * sc
-
-
-def _x0_from_score(sc, x, a, s):
-    return (x + s * s * sc) / a
-
-
 def _v_from_score(sc, x, a, s):
-    return a * _eps_from_score(sc, x, a, s) - s * _x0_from_score(sc, x, a, s)
+    return a * eps_from_score(sc, x, a, s) - s * x0_from_score(sc, x, a, s)
 
 
 _TO_SCORE = {k: ops.jittable(f) for k, f in zip(PARAMETERISATIONS, (_score_from_score, _score_from_eps, _score_from_x0,
                                                                       _score_from_v), strict=True)}
-_FROM_SCORE = {"score": _TO_SCORE["score"], "eps": ops.jittable(_eps_from_score),
-               "x0": ops.jittable(_x0_from_score), "v": ops.jittable(_v_from_score)}
+_FROM_SCORE = {"score": _TO_SCORE["score"], "eps": eps_from_score, "x0": x0_from_score, "v": ops.jittable(_v_from_score)}
 
 
 def _is_tensor(v) -> bool:
@@ -109,18 +103,19 @@ def convert(pred, x, t, sde: DiffusionSDE, *, source: str, target: str):
         if v not in PARAMETERISATIONS:
             raise ValueError(f"`{name}` must be one of {PARAMETERISATIONS}, got {v!r}.")
     a, s = _coefficients(sde, t, x)
-    sc = _TO_SCORE[source](pred, x, a, s)
-    return _FROM_SCORE[target](sc, x, a, s)
+    score = _TO_SCORE[source](pred, x, a, s)
+    return _FROM_SCORE[target](score, x, a, s)
 
 
 def params_like(params: tuple, x) -> tuple:
-    """``params`` with arrays moved to ``x``'s backend (torch tensors on its device and dtype)."""
+    """``params`` with arrays moved to ``x``'s backend (torch tensors on its device and dtype), records and
+    tuples kept."""
     if not _is_tensor(x):
         return params
     import torch
 
-    return tuple(torch.as_tensor(v, dtype=x.dtype, device=x.device) if isinstance(v, np.ndarray) else v
-                 for v in params)
+    return map_leaves(lambda v: torch.as_tensor(v, dtype=x.dtype, device=x.device) if isinstance(v, np.ndarray) else v,
+                      params)
 
 
 class Score:
@@ -146,9 +141,11 @@ class Score:
 
     Attributes
     ----------
+    params : record
+        What :attr:`kernel` reads: ``sdekit.params.extend(sde.params, model=params)``, the SDE's
+        parameters (in their positions) followed by the field ``model``, the ``params`` given here.
     kernel : callable
-        ``kernel(t, x, p)`` with ``p = self.params`` (the SDE's parameters
-        followed by ``params``): the score, in the form sdekit problems call.
+        ``kernel(t, x, p)`` with ``p = self.params``: the score, in the form sdekit problems call.
     """
 
     def __init__(self, fn: Callable, sde: DiffusionSDE, *, parameterisation: str = "score", params: tuple = (),
@@ -167,30 +164,32 @@ class Score:
         self.sde = sde
         self.parameterisation = parameterisation
         self.user_params = params
-        self.params = tuple(sde.params) + params
+        self.params = extend(sde.params, model=params)
         self.dim = None if dim is None else int(dim)
         self.backends = tuple(backends)
-        n_sde = len(sde.params)
         alpha, sigma = sde.kernels.alpha, sde.kernels.sigma
         to_score = _TO_SCORE[parameterisation]
         if "numba" in self.backends:
             fn = ops.jittable(fn)
 
         def kernel(t, x, p):
-            q = p[:n_sde]
-            pred = fn(t, x, p[n_sde:])
+            pred = fn(t, x, p.model)
             if pred.shape != x.shape:  # every call (cheap); Score.check names the shapes at the samplers' entry
                 raise ValueError("the score function returned an array of another shape than its input x (n, dim)")
-            return to_score(pred, x, alpha(t, q), sigma(t, q))
+            return to_score(pred, x, alpha(t, p), sigma(t, p))  # the SDE's kernels read p's leading fields
 
         self.kernel = ops.jittable(kernel) if "numba" in self.backends else kernel
 
     @classmethod
     def from_kernel(cls, kernel: Callable, sde: DiffusionSDE, params: tuple, *, dim=None, backends=None) -> Score:
-        """A Score whose ``kernel(t, x, params)`` already returns the score and reads the full ``params``."""
+        """A Score whose ``kernel(t, x, params)`` already returns the score and reads the full ``params``.
+
+        ``params`` begins with the SDE's parameters (``sde.params + (...)``, or a record made by
+        ``sdekit.params.extend(sde.params, ...)``): the reverse-time problems read them there.
+        """
         self = cls.__new__(cls)
         self.fn, self.sde, self.parameterisation = kernel, sde, "score"
-        self.user_params, self.params = params, tuple(params)
+        self.user_params = self.params = params if isinstance(params, tuple) else tuple(params)
         self.dim = dim
         self.backends = ("numba", "numpy", "torch") if backends is None else tuple(backends)
         self.kernel = ops.jittable(kernel) if "numba" in self.backends else kernel
@@ -328,21 +327,22 @@ def _finite(v, name) -> float:
 
 
 def _combine(a: Score, b: Score, wa: float, wb: float) -> Score:
-    """The score ``wa * a + wb * b`` (same SDE), as a new kernel on the joint parameters."""
+    """The score ``wa * a + wb * b`` (same SDE), as a new kernel on the record
+    ``extend(sde.params, first=a.params, second=b.params)``."""
     if not same_process(a.sde, b.sde):
         # each kernel reads its own SDE's coefficients: a sum over two processes is the score of neither
         raise ValueError(f"both scores must refer to the same diffusion SDE, got {a.sde!r} and {b.sde!r}; build them "
                          "with one SDE.")
     if a.dim is not None and b.dim is not None and a.dim != b.dim:
         raise ValueError(f"both scores must have the same dimension, got {a.dim} and {b.dim}.")
-    na = len(a.params)
     ka, kb = a.kernel, b.kernel
 
     def kernel(t, x, p):
-        return wa * ka(t, x, p[:na]) + wb * kb(t, x, p[na:])
+        return wa * ka(t, x, p.first) + wb * kb(t, x, p.second)
 
     backends = tuple(k for k in a.backends if k in b.backends)
-    return Score.from_kernel(kernel, a.sde, a.params + b.params, dim=a.dim or b.dim, backends=backends)
+    return Score.from_kernel(kernel, a.sde, extend(a.sde.params, first=a.params, second=b.params), dim=a.dim or b.dim,
+                             backends=backends)
 
 
 def classifier_guidance(score: Score, classifier_grad: Score, scale: float) -> Score:

@@ -24,14 +24,16 @@ sub-VP, VE). Nichol & Dhariwal (2021), Improved DDPM, ICML (cosine schedule).
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from sdekit import BrownianPath, ops
+from sdekit.checks import positive_float
 
-__all__ = ["DiffusionSDE", "VPSDE", "SubVPSDE", "VESDE", "Kernels"]
+__all__ = ["DiffusionSDE", "VPSDE", "SubVPSDE", "VESDE", "Kernels", "LinearSchedule", "CosineSchedule", "GeometricSchedule"]
 
 
 @dataclass(frozen=True)
@@ -46,105 +48,102 @@ class Kernels:
     t_from_log_snr: Callable
 
 
+# The parameter records of the process families. The kernels read them by position (``p[0]``, ...), so
+# they take any tuple that begins with these values: the record itself, a plain slice ``params[:n]``, or a
+# record that extends it (``sdekit.params.extend(sde.params, ...)``, as a Score's and a TimeGrid's do).
+LinearSchedule = namedtuple("LinearSchedule", "beta_min beta_max")
+CosineSchedule = namedtuple("CosineSchedule", "offset log_cos_start")  # log_cos_start = log cos(s/(1+s) pi/2)
+GeometricSchedule = namedtuple("GeometricSchedule", "sigma_min sigma_max log_ratio")  # log(sigma_max/sigma_min)
+
+
 def _kernels(**fns) -> Kernels:
     return Kernels(**{k: ops.jittable(v) for k, v in fns.items()})
 
 
-# --------------------------------------------------------------------------- VP, linear beta
+def _variance_preserving(beta, log_abar, t_from_log_snr) -> Kernels:
+    """The kernels of a VP process ``dx = -beta/2 x dt + sqrt(beta) dW`` from ``beta(t, p)`` and
+    ``log abar(t, p) = log alpha_t^2 = -int_0^t beta``: ``alpha = abar^(1/2)``, ``sigma^2 = 1 - abar``,
+    ``lambda = (log abar - log(1 - abar)) / 2`` (Song et al. 2021, eq. 29)."""
+
+    def alpha(t, p):
+        return ops.exp(0.5 * log_abar(t, p))
+
+    def sigma(t, p):
+        return ops.sqrt(-ops.expm1(log_abar(t, p)))
+
+    def f(t, p):
+        return -0.5 * beta(t, p)
+
+    def g2(t, p):
+        return beta(t, p)
+
+    def log_snr(t, p):
+        la = log_abar(t, p)
+        return 0.5 * la - 0.5 * ops.log(-ops.expm1(la))
+
+    return _kernels(alpha=alpha, sigma=sigma, f=f, g2=g2, log_snr=log_snr, t_from_log_snr=t_from_log_snr)
+
+
+# --------------------------------------------------------------------------- VP, linear beta (LinearSchedule)
 def _vp_B(t, p):
-    return p[0] * t + 0.5 * (p[1] - p[0]) * t * t
+    """``B(t) = int_0^t beta = beta_min t + (beta_max - beta_min) t^2 / 2``."""
+    beta_min, beta_max = p[0], p[1]
+    return beta_min * t + 0.5 * (beta_max - beta_min) * t * t
 
 
 def _vp_beta(t, p):
-    return p[0] + (p[1] - p[0]) * t
+    beta_min, beta_max = p[0], p[1]
+    return beta_min + (beta_max - beta_min) * t
 
 
-def _vp_alpha(t, p):
-    return ops.exp(-0.5 * _vp_B(t, p))
-
-
-def _vp_sigma(t, p):
-    return ops.sqrt(-ops.expm1(-_vp_B(t, p)))
-
-
-def _vp_f(t, p):
-    return -0.5 * _vp_beta(t, p)
-
-
-def _vp_g2(t, p):
-    return _vp_beta(t, p)
-
-
-def _vp_log_snr(t, p):
-    B = _vp_B(t, p)
-    return -0.5 * B - 0.5 * ops.log(-ops.expm1(-B))
+def _vp_log_abar(t, p):
+    return -_vp_B(t, p)
 
 
 def _vp_t_from_B(B, p):
     # root of 0.5 (b1 - b0) t^2 + b0 t - B = 0, in the form without cancellation
-    return 2.0 * B / (p[0] + ops.sqrt(p[0] * p[0] + 2.0 * (p[1] - p[0]) * B))
+    beta_min, beta_max = p[0], p[1]
+    return 2.0 * B / (beta_min + ops.sqrt(beta_min * beta_min + 2.0 * (beta_max - beta_min) * B))
 
 
 def _vp_t_from_log_snr(lam, p):
     return _vp_t_from_B(ops.log1p(ops.exp(-2.0 * lam)), p)
 
 
-ops.jittable(_vp_B)
-ops.jittable(_vp_beta)
-ops.jittable(_vp_t_from_B)
-VP_LINEAR = _kernels(alpha=_vp_alpha, sigma=_vp_sigma, f=_vp_f, g2=_vp_g2, log_snr=_vp_log_snr,
-                     t_from_log_snr=_vp_t_from_log_snr)
+for _fn in (_vp_B, _vp_beta, _vp_log_abar, _vp_t_from_B):
+    ops.jittable(_fn)
+VP_LINEAR = _variance_preserving(_vp_beta, _vp_log_abar, _vp_t_from_log_snr)
 
 
-# --------------------------------------------------------------------------- VP, cosine schedule
-# p = (s, log cos(s/(1+s) pi/2))
+# --------------------------------------------------------------------------- VP, cosine schedule (CosineSchedule)
 def _cos_angle(t, p):
-    return (t + p[0]) / (1.0 + p[0]) * (0.5 * math.pi)
+    offset = p[0]
+    return (t + offset) / (1.0 + offset) * (0.5 * math.pi)
 
 
 def _cos_log_abar(t, p):
-    return 2.0 * (ops.log(ops.cos(_cos_angle(t, p))) - p[1])
-
-
-def _cos_alpha(t, p):
-    return ops.exp(0.5 * _cos_log_abar(t, p))
-
-
-def _cos_sigma(t, p):
-    return ops.sqrt(-ops.expm1(_cos_log_abar(t, p)))
+    log_cos_start = p[1]
+    return 2.0 * (ops.log(ops.cos(_cos_angle(t, p))) - log_cos_start)
 
 
 def _cos_beta(t, p):
-    return math.pi / (1.0 + p[0]) * ops.tan(_cos_angle(t, p))
-
-
-def _cos_f(t, p):
-    return -0.5 * _cos_beta(t, p)
-
-
-def _cos_g2(t, p):
-    return _cos_beta(t, p)
-
-
-def _cos_log_snr(t, p):
-    la = _cos_log_abar(t, p)
-    return 0.5 * la - 0.5 * ops.log(-ops.expm1(la))
+    offset = p[0]
+    return math.pi / (1.0 + offset) * ops.tan(_cos_angle(t, p))
 
 
 def _cos_t_from_log_snr(lam, p):
     # abar = sigmoid(2 lam) and cos(angle) = sqrt(abar) cos(angle(0))
-    c = ops.exp(0.5 * (-ops.log1p(ops.exp(-2.0 * lam))) + p[1])
-    return ops.arccos(c) * (2.0 * (1.0 + p[0]) / math.pi) - p[0]
+    offset, log_cos_start = p[0], p[1]
+    c = ops.exp(0.5 * (-ops.log1p(ops.exp(-2.0 * lam))) + log_cos_start)
+    return ops.arccos(c) * (2.0 * (1.0 + offset) / math.pi) - offset
 
 
-ops.jittable(_cos_angle)
-ops.jittable(_cos_log_abar)
-ops.jittable(_cos_beta)
-VP_COSINE = _kernels(alpha=_cos_alpha, sigma=_cos_sigma, f=_cos_f, g2=_cos_g2, log_snr=_cos_log_snr,
-                     t_from_log_snr=_cos_t_from_log_snr)
+for _fn in (_cos_angle, _cos_log_abar, _cos_beta):
+    ops.jittable(_fn)
+VP_COSINE = _variance_preserving(_cos_beta, _cos_log_abar, _cos_t_from_log_snr)
 
 
-# --------------------------------------------------------------------------- sub-VP
+# --------------------------------------------------------------------------- sub-VP (LinearSchedule)
 def _subvp_sigma(t, p):
     return -ops.expm1(-_vp_B(t, p))
 
@@ -165,18 +164,18 @@ def _subvp_t_from_log_snr(lam, p):
     return _vp_t_from_B(-2.0 * ops.log(y), p)
 
 
-SUBVP = _kernels(alpha=_vp_alpha, sigma=_subvp_sigma, f=_vp_f, g2=_subvp_g2, log_snr=_subvp_log_snr,
+SUBVP = _kernels(alpha=VP_LINEAR.alpha, sigma=_subvp_sigma, f=VP_LINEAR.f, g2=_subvp_g2, log_snr=_subvp_log_snr,
                  t_from_log_snr=_subvp_t_from_log_snr)
 
 
-# --------------------------------------------------------------------------- VE
-# p = (sigma_min, sigma_max, log(sigma_max / sigma_min))
+# --------------------------------------------------------------------------- VE (GeometricSchedule)
 def _ve_alpha(t, p):
     return 1.0 + 0.0 * t
 
 
 def _ve_sigma(t, p):
-    return p[0] * ops.sqrt(ops.expm1(2.0 * p[2] * t))
+    sigma_min, log_ratio = p[0], p[2]
+    return sigma_min * ops.sqrt(ops.expm1(2.0 * log_ratio * t))
 
 
 def _ve_f(t, p):
@@ -184,7 +183,8 @@ def _ve_f(t, p):
 
 
 def _ve_g2(t, p):
-    return 2.0 * p[2] * p[0] * p[0] * ops.exp(2.0 * p[2] * t)
+    sigma_min, log_ratio = p[0], p[2]
+    return 2.0 * log_ratio * sigma_min * sigma_min * ops.exp(2.0 * log_ratio * t)
 
 
 def _ve_log_snr(t, p):
@@ -192,7 +192,8 @@ def _ve_log_snr(t, p):
 
 
 def _ve_t_from_log_snr(lam, p):
-    return ops.log1p(ops.exp(-2.0 * lam) / (p[0] * p[0])) / (2.0 * p[2])
+    sigma_min, log_ratio = p[0], p[2]
+    return ops.log1p(ops.exp(-2.0 * lam) / (sigma_min * sigma_min)) / (2.0 * log_ratio)
 
 
 ops.jittable(_ve_sigma)
@@ -201,16 +202,6 @@ VE = _kernels(alpha=_ve_alpha, sigma=_ve_sigma, f=_ve_f, g2=_ve_g2, log_snr=_ve_
 
 
 # --------------------------------------------------------------------------- classes
-def _positive(v, name):
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a positive number, got {v!r}.") from None
-    if not (math.isfinite(f) and f > 0):
-        raise ValueError(f"`{name}` must be a positive finite number, got {v!r}.")
-    return f
-
-
 def _stream_seed(seed: int, stream: int) -> int:
     """A child seed for one use of a user seed (prior noise, sampler noise, probes...)."""
     if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
@@ -224,10 +215,10 @@ def standard_normals(seed: int, stream: int, n: int, dim: int, *, like=None):
     The numbers depend only on ``(seed, stream)`` (not on the backend, device
     or batch split); ``like`` (a tensor) makes a tensor of its device and dtype.
     """
-    bm = BrownianPath(_stream_seed(seed, stream), (0.0, 1.0), n_paths=n, noise_dim=dim)
+    path = BrownianPath(_stream_seed(seed, stream), (0.0, 1.0), n_paths=n, noise_dim=dim)
     if like is not None and type(like).__module__.startswith("torch"):
-        return bm.increments(1, device=like.device, dtype=like.dtype)[0]
-    return bm.increments(1)[0]
+        return path.increments(1, device=like.device, dtype=like.dtype)[0]
+    return path.increments(1)[0]
 
 
 def same_process(a, b) -> bool:
@@ -245,8 +236,9 @@ class DiffusionSDE:
         Final time of the forward process (start of sampling).
     eps : float
         Default end time of sampling (the reverse dynamics stop there).
-    params : tuple of float
-        The parameters the kernels read.
+    params : LinearSchedule, CosineSchedule or GeometricSchedule
+        The parameters the kernels read (a record of floats; the kernels read it by position, so any
+        tuple that begins with these values will do).
     kernels : Kernels
         ``alpha, sigma, f, g2, log_snr, t_from_log_snr`` as ``fn(t, params)``.
     prior_std : float
@@ -363,21 +355,21 @@ class VPSDE(DiffusionSDE):
             raise ValueError(f"`schedule` must be 'linear' or 'cosine', got {schedule!r}.")
         self.schedule = schedule
         if schedule == "linear":
-            self.beta_min, self.beta_max = _positive(beta_min, "beta_min"), _positive(beta_max, "beta_max")
+            self.beta_min, self.beta_max = positive_float(beta_min, "beta_min"), positive_float(beta_max, "beta_max")
             if self.beta_max < self.beta_min:
                 raise ValueError(f"`beta_max` ({beta_max}) must be at least `beta_min` ({beta_min}).")
-            self.params = (self.beta_min, self.beta_max)
+            self.params = LinearSchedule(self.beta_min, self.beta_max)
             self.kernels = VP_LINEAR
             default_T = 1.0
         else:
-            self.s = _positive(s, "s")
-            self.params = (self.s, math.log(math.cos(self.s / (1 + self.s) * math.pi / 2)))
+            self.s = positive_float(s, "s")
+            self.params = CosineSchedule(self.s, math.log(math.cos(self.s / (1 + self.s) * math.pi / 2)))
             self.kernels = VP_COSINE
             default_T = 0.9946
-        self.T = default_T if T is None else _positive(T, "T")
+        self.T = default_T if T is None else positive_float(T, "T")
         if schedule == "cosine" and self.T >= 1.0:
             raise ValueError(f"the cosine schedule is singular at t = 1; choose T < 1 (default 0.9946), got {T}.")
-        self.eps = _positive(eps, "eps")
+        self.eps = positive_float(eps, "eps")
         if self.eps >= self.T:
             raise ValueError(f"`eps` ({eps}) must be smaller than T ({self.T}).")
 
@@ -402,12 +394,12 @@ class SubVPSDE(DiffusionSDE):
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, T: float = 1.0, eps: float = 1e-3):
-        self.beta_min, self.beta_max = _positive(beta_min, "beta_min"), _positive(beta_max, "beta_max")
+        self.beta_min, self.beta_max = positive_float(beta_min, "beta_min"), positive_float(beta_max, "beta_max")
         if self.beta_max < self.beta_min:
             raise ValueError(f"`beta_max` ({beta_max}) must be at least `beta_min` ({beta_min}).")
-        self.params = (self.beta_min, self.beta_max)
+        self.params = LinearSchedule(self.beta_min, self.beta_max)
         self.kernels = SUBVP
-        self.T, self.eps = _positive(T, "T"), _positive(eps, "eps")
+        self.T, self.eps = positive_float(T, "T"), positive_float(eps, "eps")
         if self.eps >= self.T:
             raise ValueError(f"`eps` ({eps}) must be smaller than T ({self.T}).")
 
@@ -434,17 +426,17 @@ class VESDE(DiffusionSDE):
     """
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, *, T: float = 1.0, eps: float = 1e-5):
-        self.sigma_min, self.sigma_max = _positive(sigma_min, "sigma_min"), _positive(sigma_max, "sigma_max")
+        self.sigma_min, self.sigma_max = positive_float(sigma_min, "sigma_min"), positive_float(sigma_max, "sigma_max")
         if self.sigma_max <= self.sigma_min:
             raise ValueError(f"`sigma_max` ({sigma_max}) must exceed `sigma_min` ({sigma_min}).")
-        self.params = (self.sigma_min, self.sigma_max, math.log(self.sigma_max / self.sigma_min))
+        self.params = GeometricSchedule(self.sigma_min, self.sigma_max, math.log(self.sigma_max / self.sigma_min))
         self.kernels = VE
-        self.T, self.eps = _positive(T, "T"), _positive(eps, "eps")
+        self.T, self.eps = positive_float(T, "T"), positive_float(eps, "eps")
         if self.eps >= self.T:
             raise ValueError(f"`eps` ({eps}) must be smaller than T ({self.T}).")
         # the prior is N(0, sigma(T)^2 I) with sigma(T) = sigma_min (sigma_max/sigma_min)^T (Song et al. 2021):
         # sigma_max at the default T = 1; a prior of sigma_max at another T would not be p_T at all
-        self.prior_std = self.sigma_max if self.T == 1.0 else self.sigma_min * math.exp(self.params[2] * self.T)
+        self.prior_std = self.sigma_max if self.T == 1.0 else self.sigma_min * math.exp(self.params.log_ratio * self.T)
 
     def _log_snr_from_sigma(self, s):
         return -ops.log(s)

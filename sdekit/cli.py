@@ -1,4 +1,10 @@
-"""``sdekit`` command line: ``sdekit demo`` (the README's main job) and ``sdekit converge``."""
+"""``sdekit`` command line: ``sdekit demo`` (the README's main job) and ``sdekit converge``.
+
+Packages installed alongside sdekit add sections to ``sdekit demo`` through the entry-point group
+``sdekit.demo``: each entry point names a function ``section(out, quick=False)`` that prints its part and
+writes its plots into the folder ``out``; the sections run after sdekit's own, in the order of their names.
+(This distribution's ``diffusion`` package contributes its sampling and training demo that way.)
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import time
 
 import numpy as np
 
-__all__ = ["main"]
+__all__ = ["main", "demo_sections"]
 
 
 def _int_at_least(low: int):
@@ -93,12 +99,16 @@ def _demo(args) -> int:
         el = time.perf_counter() - t
         print(f"  {meth:>9}: {el / (n_tp * 1000) * 1e9:6.2f} ns per path-step")
 
-    # the diffusion front end ships in the same distribution; it samples with the schemes above
-    from diffusion import demo
-
-    demo.run(args.out, quick=args.quick)
-    demo.run_training(args.out, quick=args.quick)
+    for section in demo_sections():
+        section.load()(args.out, quick=args.quick)
     return 0
+
+
+def demo_sections() -> list:
+    """The entry points of the group ``sdekit.demo`` (sections of ``sdekit demo`` from other packages), by name."""
+    from importlib.metadata import entry_points
+
+    return sorted(entry_points(group="sdekit.demo"), key=lambda point: point.name)
 
 
 def _converge(args) -> int:
@@ -144,7 +154,8 @@ def _converge(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="sdekit", description="Solve SDEs fast and correctly.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="solve OU and GBM with several schemes, fit orders, measure speed, plot")
+    demo = sub.add_parser("demo", help="solve OU and GBM with several schemes, fit orders, measure speed, plot; then "
+                          "the sections that installed packages add (entry points sdekit.demo)")
     demo.add_argument("--out", default="out", help="folder for the plots (default: out)")
     demo.add_argument("--quick", action="store_true", help="fewer paths and steps (about 20 s)")
     demo.set_defaults(func=_demo)
