@@ -262,10 +262,10 @@ def memory_need(backend, *, adaptive, n_save, n_paths, dim, m, n_steps, itemsize
                 default_save=True, n_threads=None, device=None, exponential=False):
     """Bytes a solve allocates at its peak, by backend: an upper estimate of every array it makes.
 
-    Counted: the saved states (torch: the list of states, their stack and one copy for ``cat``/NaN masking), the
-    saved times and grid indices with the temporaries that compute them, the per-path failure records, and the
-    working set: Numba's per-thread sub-batch, Brownian blocks and tree state; NumPy's increments of a batch of
-    paths (all its steps); torch's batch working set.
+    Counted: the saved states, the saved times and grid indices with the temporaries that compute them, the
+    per-path failure records, and the backend's own working set (its ``working_memory``: Numba's per-thread
+    sub-batch, Brownian blocks and tree state; NumPy's increments of a batch of paths; torch's batch working set
+    and its copies of the saved states).
     """
     f8 = 8
     out = n_save * n_paths * dim * itemsize
@@ -274,38 +274,9 @@ def memory_need(backend, *, adaptive, n_save, n_paths, dim, m, n_steps, itemsize
     width = dim * max(m, 1) if matrix_noise else max(dim, m, 1)
     if exponential:  # the exponential integrators: the saved states' list and stack, the grid's arrays, the history of D
         return 2 * out + f8 * (4 * (n_steps + 1) + 3 * n_paths) + 16 * n_paths * dim * itemsize
-    if backend == "numba":
-        if n_threads is None:
-            import numba
-
-            n_threads = numba.get_num_threads()
-        if adaptive:
-            work = n_threads * (2 * n_save * dim + 16 * dim) * f8
-        else:
-            from .backends import numba_backend
-
-            batch = min(numba_backend.sub_batch(dim, m), n_paths)
-            levels = max(1, math.ceil(math.log2(max(n_steps, 1)))) + 1
-            blocks = 2 * numba_backend.block_steps(batch, m, max(1, n_steps)) * batch * m * f8
-            work = n_threads * (blocks + 4 * levels * batch * m * f8 + 24 * batch * width * f8)
-        return out + save + paths + work
-    if backend == "numpy":
-        if adaptive:
-            work = 16 * dim * f8
-        else:
-            from .backends import numpy_backend
-
-            batch = numpy_backend.batch_paths(n_paths, n_steps, m)
-            work = 3 * n_steps * batch * m * f8 + 24 * batch * width * f8
-        return out + save + paths + work
-    from .backends import torch_backend
-
-    batch = torch_backend.paths_per_batch(n_paths, width, device)
-    work = 16 * batch * width * itemsize + 4 * batch * max(m, 1) * min(n_steps, 1 << 12) * itemsize
-    return 3 * out + save + paths + work
-
-
-
+    return out + save + paths + get_backend(backend).working_memory(
+        adaptive=adaptive, n_save=n_save, n_paths=n_paths, dim=dim, m=m, n_steps=n_steps, itemsize=itemsize,
+        width=width, device=device, n_threads=n_threads)
 
 
 def _save_points(s, t0, t1, grid_h, n_steps):

@@ -11,6 +11,10 @@
 4. ``backend.run(inputs, work) -> Result``: integrate the :class:`Work` (an immutable record of what to
    integrate) and return the states, failures and counts as a new record.
 
+Before running, ``solve`` refuses a solve that would not fit in memory; ``backend.working_memory(...)`` is the
+backend's share of the estimate (bytes beyond the saved states, times and per-path records; ``width`` is the
+numbers per path of a diffusion value).
+
 The backends are ``numpy`` (the readable reference), ``numba`` (compiled CPU kernels) and ``torch`` (CPU or
 GPU, differentiable). A new backend is one module with one object implementing :class:`Backend`, and its
 name in :data:`BACKENDS`.
@@ -20,11 +24,15 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ..solution import Stats
+
+if TYPE_CHECKING:
+    from ..brownian import BrownianPath
+    from ..schemes import Scheme, StepPlan
 
 BACKENDS = ("numba", "numpy", "torch")
 
@@ -114,16 +122,16 @@ class Work:
         Adaptive schemes.
     """
 
-    scheme: Any
+    scheme: Scheme
     t0: float
     t1: float
     save_t: np.ndarray
     save_idx: np.ndarray | None = None
-    plan: Any = None
+    plan: StepPlan | None = None
     n_steps: int = 0
     h: float | None = None
     grid: np.ndarray | None = None
-    brownian: Any = None
+    brownian: BrownianPath | None = None
     tolerances: Tolerances | None = None
 
     @property
@@ -165,6 +173,9 @@ class Backend(Protocol):
     def probe(self, inputs: Inputs, t0: float) -> None: ...
 
     def run(self, inputs: Inputs, work: Work) -> Result: ...
+
+    def working_memory(self, *, adaptive: bool, n_save: int, n_paths: int, dim: int, m: int, n_steps: int,
+                       itemsize: int, width: int, device, n_threads: int | None) -> int: ...
 
 
 def get_backend(name) -> Backend:

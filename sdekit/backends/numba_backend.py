@@ -519,6 +519,18 @@ class NumbaBackend(NumpyBackend):
 
     name = "numba"
 
+    def working_memory(self, *, adaptive, n_save, n_paths, dim, m, n_steps, itemsize, width, device, n_threads):
+        """Per thread: the sub-batch's states and step temporaries, its Brownian blocks and tree walk (adaptive:
+        one path's saved states and stages)."""
+        if n_threads is None:
+            n_threads = numba.get_num_threads()
+        if adaptive:
+            return n_threads * (2 * n_save * dim + 16 * dim) * 8
+        batch = min(sub_batch(dim, m), n_paths)
+        levels = max(1, math.ceil(math.log2(max(n_steps, 1)))) + 1
+        blocks = 2 * block_steps(batch, m, max(1, n_steps)) * batch * m * 8
+        return n_threads * (blocks + 4 * levels * batch * m * 8 + 24 * batch * width * 8)
+
     def run(self, inputs, work) -> Result:
         if work.scheme.kind == "semilinear":  # one evaluation of D per step on the whole batch: NumPy's loop
             return run_exponential(inputs, work, jit_user(inputs.problem.nonlinear, "nonlinear")[0])

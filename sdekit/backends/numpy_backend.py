@@ -91,6 +91,13 @@ class NumpyBackend:
 
         checks.check_functions(problem, inputs.x0, dim, inputs.noise_dim, evaluate)
 
+    def working_memory(self, *, adaptive, n_save, n_paths, dim, m, n_steps, itemsize, width, device, n_threads):
+        """A batch's Brownian blocks (at most all its steps) and the step's temporaries."""
+        if adaptive:
+            return 16 * dim * 8
+        batch = batch_paths(n_paths, n_steps, m)
+        return 3 * n_steps * batch * m * 8 + 24 * batch * width * 8
+
     def run(self, inputs, work) -> Result:
         if work.scheme.kind == "semilinear":
             return run_exponential(inputs, work, inputs.problem.nonlinear)

@@ -218,6 +218,12 @@ class TorchBackend:
         # float32 (and TF32 convolutions on GPU) round differently by batch
         checks.check_functions(problem, rows, dim, m, evaluate, rtol=1e-7 if x0.dtype == torch.float64 else 1e-2)
 
+    def working_memory(self, *, adaptive, n_save, n_paths, dim, m, n_steps, itemsize, width, device, n_threads):
+        """Two more copies of the saved states (their stack, and ``cat``/NaN masking) and a batch's working set."""
+        batch = paths_per_batch(n_paths, width, device)
+        work = 16 * batch * width * itemsize + 4 * batch * max(m, 1) * min(n_steps, 1 << 12) * itemsize
+        return 2 * n_save * n_paths * dim * itemsize + work
+
     def run(self, inputs, work) -> Result:
         if work.scheme.kind == "semilinear":
             return run_exponential(inputs, work)
