@@ -2,19 +2,20 @@
 
 Each record is a small frozen dataclass holding the options one family of
 methods reads, checked when it is made (a wrong value is a one-line
-``ValueError`` naming the field). A method accepts only its family's record;
-the table is :data:`diffusion.sampling.METHOD_OPTIONS`.
+``ValueError`` naming the field). A method accepts only its family's record
+(``ddim``, deterministic or stochastic, either of two); the table is
+:data:`diffusion.sampling.METHOD_OPTIONS`.
 
-===================== ================================== =================================================
-record                methods                            fields
-===================== ================================== =================================================
-:class:`Ancestral`    ``ddim``                           ``eta``: 0 deterministic DDIM, 1 the DDPM chain
-:class:`Exponential`  ``ddim``, ``dpmpp_2m``,            ``prediction``: ``"x0"`` (DPM-Solver++) or
-                      ``dpmpp_3m``, ``exp_ab3``          ``"eps"`` (DPM-Solver, DEIS)
-:class:`PredictorCorrector` ``pc``                       ``snr``, ``corrector_steps``
-:class:`AnnealedLangevin`   ``ald``                      ``step_size``, ``corrector_steps``
-:class:`Adaptive`     ``dopri5``                         ``rtol``, ``atol``
-===================== ================================== =================================================
+============================= ========================== ==================================================
+record                        methods                    fields
+============================= ========================== ==================================================
+:class:`Ancestral`            ``ddim``                   ``eta``: 0 deterministic DDIM, 1 the DDPM chain
+:class:`Exponential`          ``ddim``, ``dpmpp_2m``,    ``prediction``: ``"x0"`` (DPM-Solver++) or
+                              ``dpmpp_3m``, ``exp_ab3``  ``"eps"`` (DPM-Solver, DEIS)
+:class:`PredictorCorrector`   ``pc``                     ``snr``, ``corrector_steps``
+:class:`AnnealedLangevin`     ``ald``                    ``step_size``, ``corrector_steps``
+:class:`Adaptive`             ``dopri5``                 ``rtol``, ``atol``
+============================= ========================== ==================================================
 
 The ``rho`` of the Karras grid belongs to the grid: ``grid=TimeGrid(sde,
 "karras", rho=5.0)``.

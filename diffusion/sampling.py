@@ -85,7 +85,6 @@ ODE_METHODS = {"euler": "euler", "heun": "heun", "midpoint": "midpoint", "rk4": 
 EXP_METHODS = {"ddim": "exp_euler", "dpmpp_2m": "exp_ab2", "dpmpp_3m": "exp_ab3_ramp", "exp_ab3": "exp_ab3"}
 CHAIN_METHODS = ("ddpm", "pc", "ald")
 METHODS = tuple(SDE_METHODS) + tuple(ODE_METHODS) + tuple(EXP_METHODS) + CHAIN_METHODS
-DETERMINISTIC = tuple(ODE_METHODS) + tuple(EXP_METHODS)
 
 # The option records each method reads (the first is its default); a method missing here reads none.
 METHOD_OPTIONS = {"ddim": (Exponential, Ancestral), "dpmpp_2m": (Exponential,), "dpmpp_3m": (Exponential,),
