@@ -42,13 +42,13 @@ def _cached(score, kind, build):
     carrying this score's parameters. The numba backend compiles per function object, so sampling again
     (even with another Score wrapping the same kernel, e.g. another mixture) compiles nothing new. Scores
     that run on torch only are not cached: they compile nothing, and the cache would keep their networks."""
-    kernels, n_sde_params, score_kernel = _check(score)
+    kernels, score_kernel = _check(score)
     if "numba" not in score.backends:
         # nothing to compile (torch modules): build afresh rather than keep every network's closure alive
-        return build(kernels, n_sde_params, score_kernel).with_params(score.params)
-    key = (kind, score_kernel, kernels, n_sde_params)
+        return build(kernels, score_kernel).with_params(score.params)
+    key = (kind, score_kernel, kernels)
     if key not in _PROBLEMS:
-        _PROBLEMS[key] = build(kernels, n_sde_params, score_kernel)
+        _PROBLEMS[key] = build(kernels, score_kernel)
     return _PROBLEMS[key].with_params(score.params)
 
 
@@ -58,7 +58,7 @@ def _check(score):
             f"`score` must be a diffusion.Score (wrap a function with Score(fn, sde, parameterisation=...)), "
             f"got {type(score).__name__}."
         )
-    return score.sde.kernels, len(score.sde.params), score.kernel
+    return score.sde.kernels, score.kernel
 
 
 def reverse_sde(score: Score) -> sdekit.SDE:
@@ -66,15 +66,14 @@ def reverse_sde(score: Score) -> sdekit.SDE:
     return _cached(score, "reverse_sde", _reverse_sde)
 
 
-def _reverse_sde(kernels, n_sde_params, score_kernel):
+def _reverse_sde(kernels, score_kernel):
     f, g2 = kernels.f, kernels.g2
 
     def drift(t, x, p):
-        q = p[:n_sde_params]
-        return reverse_drift(f(t, q), g2(t, q), x, score_kernel(t, x, p))
+        return reverse_drift(f(t, p), g2(t, p), x, score_kernel(t, x, p))
 
     def diffusion(t, x, p):
-        return ops.sqrt(g2(t, p[:n_sde_params])) + 0.0 * x
+        return ops.sqrt(g2(t, p)) + 0.0 * x
 
     return sdekit.SDE(ops.jittable(drift), ops.jittable(diffusion), noise="additive")
 
@@ -84,12 +83,11 @@ def probability_flow(score: Score) -> sdekit.ODE:
     return _cached(score, "probability_flow", _probability_flow)
 
 
-def _probability_flow(kernels, n_sde_params, score_kernel):
+def _probability_flow(kernels, score_kernel):
     f, g2 = kernels.f, kernels.g2
 
     def velocity(t, x, p):
-        q = p[:n_sde_params]
-        return flow_velocity(f(t, q), g2(t, q), x, score_kernel(t, x, p))
+        return flow_velocity(f(t, p), g2(t, p), x, score_kernel(t, x, p))
 
     return sdekit.ODE(ops.jittable(velocity))
 
@@ -108,49 +106,45 @@ def probability_flow_semilinear(score: Score, prediction: str = "x0") -> sdekit.
     return _cached(score, ("semilinear", prediction), build)
 
 
-def _semilinear_x0(kernels, n_sde_params, score_kernel):
+def _semilinear_x0(kernels, score_kernel):
     f, g2, alpha, sigma, log_snr = kernels.f, kernels.g2, kernels.alpha, kernels.sigma, kernels.log_snr
 
     def log_factor(t, p):
-        return ops.log(sigma(t, p[:n_sde_params]))
+        return ops.log(sigma(t, p))
 
     def clock(t, p):
-        return log_snr(t, p[:n_sde_params])
+        return log_snr(t, p)
 
     def x0_hat(t, x, p):
-        q = p[:n_sde_params]
-        return x0_from_score(score_kernel(t, x, p), x, alpha(t, q), sigma(t, q))
+        return x0_from_score(score_kernel(t, x, p), x, alpha(t, p), sigma(t, p))
 
     def clock_rate(t, p):
-        q = p[:n_sde_params]
-        return log_snr_rate(g2(t, q), sigma(t, q))
+        return log_snr_rate(g2(t, p), sigma(t, p))
 
     def log_factor_rate(t, p):
         # d log sigma/dt = f - d lambda/dt, since lambda = log alpha - log sigma and f = d log alpha/dt
-        return f(t, p[:n_sde_params]) - clock_rate(t, p)
+        return f(t, p) - clock_rate(t, p)
 
     ops.jittable(clock_rate)
     return sdekit.SemilinearODE(log_factor, clock, x0_hat, log_factor_rate=log_factor_rate, clock_rate=clock_rate)
 
 
-def _semilinear_eps(kernels, n_sde_params, score_kernel):
+def _semilinear_eps(kernels, score_kernel):
     f, g2, alpha, sigma, log_snr = kernels.f, kernels.g2, kernels.alpha, kernels.sigma, kernels.log_snr
 
     def log_factor(t, p):
-        return ops.log(alpha(t, p[:n_sde_params]))
+        return ops.log(alpha(t, p))
 
     def clock(t, p):
-        return -log_snr(t, p[:n_sde_params])
+        return -log_snr(t, p)
 
     def eps_hat(t, x, p):
-        q = p[:n_sde_params]
-        return eps_from_score(score_kernel(t, x, p), x, alpha(t, q), sigma(t, q))
+        return eps_from_score(score_kernel(t, x, p), x, alpha(t, p), sigma(t, p))
 
     def log_factor_rate(t, p):
-        return f(t, p[:n_sde_params])
+        return f(t, p)
 
     def clock_rate(t, p):
-        q = p[:n_sde_params]
-        return -log_snr_rate(g2(t, q), sigma(t, q))
+        return -log_snr_rate(g2(t, p), sigma(t, p))
 
     return sdekit.SemilinearODE(log_factor, clock, eps_hat, log_factor_rate=log_factor_rate, clock_rate=clock_rate)

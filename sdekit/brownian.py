@@ -11,8 +11,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _bridge
+from . import _bridge, _rng
+from ._jitcache import heal_module
 from ._rng import seed_to_key
+
+# The compiled tree is cached on disk: discard an unreadable cache entry and recompile instead of failing.
+for _module in (_rng, _bridge):
+    heal_module(_module)
 
 __all__ = ["BrownianBlock", "BrownianPath", "dyadic_level"]
 
@@ -183,7 +188,7 @@ class BrownianPath:
         raise ValueError(f"`paths` must be None, a range or a slice, got {type(paths).__name__}.")
 
     def blocks(self, n_steps: int, *, paths=None, reverse: bool = False, block_steps: int | None = None, device=None,
-               dtype=None, generator: str | None = None, reuse_buffers: bool = False) -> Iterator[BrownianBlock]:
+               dtype=None, generator: str | None = None, reuse_buffers=False) -> Iterator[BrownianBlock]:
         """The increments on the grid of ``n_steps`` steps, block by block in integration order.
 
         This is how every backend reads a path: a block holds a few consecutive
@@ -215,11 +220,13 @@ class BrownianPath:
             Without them the blocks are NumPy float64 arrays.
         generator : {"numba", "torch"}, optional
             Force the tensor generator (``"numba"`` only makes CPU tensors).
-        reuse_buffers : bool
+        reuse_buffers : bool or callable
             Let the next block overwrite the arrays of the previous one (no
             allocation per block). Only for a consumer that keeps no reference to
             a block, nor to a result computed from it in place (such as an
-            autograd graph), once it asks for the next.
+            autograd graph), once it asks for the next. A callable is asked
+            before each refill (``reuse_buffers() -> bool``): the torch backend
+            reuses while the state it integrates records no graph.
 
         Yields
         ------
@@ -285,7 +292,8 @@ class BrownianPath:
         try:
             for first_step in range(0, n_steps, block_steps):
                 k = min(block_steps, n_steps - first_step)
-                if dw is None or not reuse_buffers or dw.shape[0] != k:
+                reuse = reuse_buffers() if callable(reuse_buffers) else reuse_buffers
+                if dw is None or not reuse or dw.shape[0] != k:
                     dw = np.empty((k, n_paths, noise_dim), dtype=host_dtype)
                     area = np.empty((k, n_paths, noise_dim), dtype=host_dtype) if self.levy_area else None
                 lanes_dw = dw.reshape(k, -1)

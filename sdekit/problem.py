@@ -68,7 +68,7 @@ def _normalise_entry(p, path: str, *, in_record: bool):
         if p.is_complex():
             raise ValueError(f"`{path}` must be real, got a {p.dtype} tensor.")
         return p  # torch tensors are kept for the torch backend
-    raise ValueError(f"`{path}` must be a number, an array or a namedtuple record, got {type(p).__name__}.")
+    raise ValueError(f"`{path}` must be a number or an array (or a namedtuple record of them), got {type(p).__name__}.")
 
 
 class Params:

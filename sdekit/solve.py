@@ -8,8 +8,7 @@ import os
 
 import numpy as np
 
-from . import _bridge, _rng, checks
-from ._jitcache import heal_module
+from . import checks
 from .backends import Tolerances, Work, get_backend
 from .brownian import BrownianPath
 from .problem import ODE, SDE
@@ -19,9 +18,6 @@ from .solution import Solution
 
 __all__ = ["solve"]
 
-
-for _module in (_rng, _bridge):
-    heal_module(_module)
 
 _FAILURE_TEXT = {
     _adaptive.MAX_STEPS: "max_steps reached",

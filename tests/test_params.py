@@ -96,7 +96,7 @@ def test_refusals_name_the_field():
     Drift1 = namedtuple("Drift1", "rate")
     with pytest.raises(ValueError, match=r"`params\.drift\.rate` must be real"):
         sdekit.ODE(lambda t, x, p: x, params=OUParams(drift=Drift1(1j), noise=0.0))
-    with pytest.raises(ValueError, match=r"`params\.noise` must be a number, an array or a namedtuple record, got str"):
+    with pytest.raises(ValueError, match=r"`params\.noise` must be a number or an array \(or a namedtuple record of them\), got str"):
         sdekit.ODE(lambda t, x, p: x, params=OUParams(drift=Drift1(1.0), noise="loud"))
     with pytest.raises(ValueError, match=r"`params\.noise\[1\]` must be a number or an array of numbers"):
         sdekit.ODE(lambda t, x, p: x, params=OUParams(drift=Drift1(1.0), noise=(1.0, ["a", None])))

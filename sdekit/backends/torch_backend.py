@@ -270,16 +270,17 @@ def _functions(inputs: Inputs):
 ODE_BLOCK_STEPS = 64  # steps between the finiteness checks of an ODE (an SDE checks once per block of increments)
 
 
-def _blocks(inputs: Inputs, work: Work, lo: int, hi: int):
+def _blocks(inputs: Inputs, work: Work, lo: int, hi: int, records_graph):
     """``(first_step, dw, levy_area)`` blocks of paths ``lo..hi-1`` in the solve's dtype (``dw`` None for ODEs).
 
-    The CPU generator recycles its buffers only while autograd is off: a graph may hold the increments.
+    The CPU generator recycles its buffers while ``records_graph()`` is False (the state after the previous block
+    needs no gradient, so no graph holds its increments).
     """
     if not inputs.noise_dim:
         return ((first_step, None, None) for first_step in range(0, work.n_steps, ODE_BLOCK_STEPS))
     options = inputs.options
     return work.brownian.blocks(work.n_steps, paths=range(lo, hi), reverse=work.reverse, device=options.device,
-                                dtype=options.dtype, reuse_buffers=not torch.is_grad_enabled())
+                                dtype=options.dtype, reuse_buffers=lambda: not records_graph())
 
 
 def _first_bad_step(work, f, g, params, x, first_step, n_block, dw, levy_area, zero, newly):
@@ -389,7 +390,7 @@ def run_fixed(inputs: Inputs, work: Work) -> Result:
         if save_idx.size and save_idx[0] == 0:
             saved.append(x)
             next_save = 1
-        for first_step, dw, levy_area in _blocks(inputs, work, lo, hi):
+        for first_step, dw, levy_area in _blocks(inputs, work, lo, hi, lambda: x.requires_grad):  # noqa: B023 - the current state, on purpose
             n_block = min(n_steps - first_step, ODE_BLOCK_STEPS) if dw is None else dw.shape[0]
             x_start = x
             for j in range(n_block):
