@@ -61,6 +61,13 @@ def _extended_class(base: type, names: tuple[str, ...]) -> type:
     return namedtuple(f"{base.__name__}With{''.join(n.title().replace('_', '') for n in names)}", base._fields + names)
 
 
+@functools.cache
+def _positional_class(n: int) -> type:
+    from collections import namedtuple
+
+    return namedtuple(f"Params{n}", [f"p{i}" for i in range(n)])
+
+
 def extend(record, **fields):
     """A record with the fields of ``record`` followed by ``fields`` (in the order given).
 
@@ -69,7 +76,10 @@ def extend(record, **fields):
 
     Parameters
     ----------
-    record : namedtuple instance
+    record : namedtuple instance, or a plain parameters tuple
+        A plain tuple is first made a record with the fields ``p0, p1, ...``
+        (its values normalised as a problem's ``params``), so that functions
+        reading it by position keep working.
         The record to extend; its fields keep their positions.
     **fields
         The new fields and their values.
@@ -83,8 +93,13 @@ def extend(record, **fields):
     (0.1, 20.0, 2.0)
     """
     if not is_record(record):
-        raise ValueError(f"`record` must be a namedtuple instance, got {type(record).__name__}; make one with "
-                         "collections.namedtuple.")
+        if not isinstance(record, tuple | list):
+            raise ValueError(f"`record` must be a namedtuple instance or a parameters tuple, got {type(record).__name__}; "
+                             "make one with collections.namedtuple.")
+        from .problem import _normalise_params
+
+        values = _normalise_params(tuple(record))
+        record = _positional_class(len(values))(*values)
     if not fields:
         raise ValueError("`extend` needs at least one new field, e.g. extend(record, scale=2.0).")
     cls = _extended_class(type(record), tuple(fields))

@@ -114,7 +114,16 @@ def test_extend_and_map_leaves():
     with pytest.raises(ValueError, match="already has the field"):
         extend(p, scale=1.0)
     with pytest.raises(ValueError, match="must be a namedtuple instance"):
-        extend((0.1, 20.0), scale=1.0)
+        extend("0.1, 20.0", scale=1.0)
     doubled = map_leaves(lambda v: 2 * v, p)
     assert type(doubled) is type(p) and doubled.offsets == (2.0, 4.0) and doubled.beta_max == 40.0
     assert not is_record((1.0, 2.0))
+
+
+def test_extend_names_the_fields_of_a_plain_tuple_by_position():
+    wider = extend((1.0, [2.0, 3.0]), scale=4.0)
+    assert wider[0] == 1.0 and wider.p0 == 1.0 and wider.scale == 4.0
+    np.testing.assert_array_equal(wider.p1, [2.0, 3.0])
+    assert type(extend((5.0, [6.0, 7.0]), scale=1.0)) is type(wider)  # one class: compiled code is reused
+    with pytest.raises(ValueError, match="`record` must be a namedtuple instance or a parameters tuple, got float"):
+        extend(1.0, scale=2.0)
