@@ -99,7 +99,11 @@ def _demo(args) -> int:
         el = time.perf_counter() - t
         print(f"  {meth:>9}: {el / (n_tp * 1000) * 1e9:6.2f} ns per path-step")
 
-    for section in demo_sections():
+    sections = demo_sections()
+    if not sections:
+        print("\nno other demo sections are installed (the diffusion front end registers one in the entry-point "
+              "group 'sdekit.demo'; after updating a source checkout, run pip install -e . again)")
+    for section in sections:
         section.load()(args.out, quick=args.quick)
     return 0
 
