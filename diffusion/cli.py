@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdekit.cli import check_writable
+from sdekit.checks import writable_path
 
 from . import datasets
 from .grids import GRIDS
@@ -94,10 +94,10 @@ def _sample(args) -> int:
     from .runs import Run, evaluate_samples, plot_samples, sample_run
 
     out = Path(args.out) if args.out else Path(args.run) / "samples.png"
-    check_writable(out, "--out")
-    check_writable(out.with_suffix(".npz"), "--out (its samples file)")
+    writable_path(out, "--out")
+    writable_path(out.with_suffix(".npz"), "--out (its samples file)")
     if args.json:
-        check_writable(args.json, "--json")
+        writable_path(args.json, "--json")
     run = Run.load(args.run, ema=not args.no_ema)
     n = args.n or (100 if run.data == "digits" else 5000)
     x, labels, last = sample_run(run, method=args.method, steps=args.steps, n=n, grid=args.grid, seed=args.seed,
@@ -127,7 +127,7 @@ def _likelihood(args) -> int:
     from .runs import Run, likelihood_run
 
     if args.json:
-        check_writable(args.json, "--json")
+        writable_path(args.json, "--json")
     run = Run.load(args.run, ema=not args.no_ema)
     r = likelihood_run(run, n=args.n, divergence=args.divergence, n_probes=args.probes, rtol=args.rtol,
                        atol=args.atol, seed=args.seed)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdekit.cli import check_writable
+from sdekit.checks import writable_path
 
 from . import datasets, metrics
 from .likelihood import log_likelihood
@@ -269,7 +269,7 @@ def train_run(out, data: str | None = None, *, sde: str | None = None, schedule:
     log = log or _say
     out = Path(out)
     ckpt = out / CHECKPOINT
-    check_writable(out, "--out", folder=True)
+    writable_path(out, "--out", folder=True)
     if resume:
         if not ckpt.exists():
             raise FileNotFoundError(f"nothing to resume: {ckpt} does not exist (train without --resume first).")

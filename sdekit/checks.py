@@ -2,6 +2,7 @@
 
 * arguments: positive counts and numbers, the time span, step counts and sizes, time sequences;
 * initial states: ``x0`` as a real float64 array (or the torch backend's tensor) of shape ``(rows, dim)``;
+* output paths of the command lines (:func:`writable_path`);
 * the user's functions: the entry probe that calls them once on a small batch (shapes and types, paths kept
   apart, the declared noise structure) and the per-call result check of the NumPy backend.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import tempfile
 
 import numpy as np
 
@@ -365,3 +368,25 @@ def check_functions(problem, x0, dim, m, evaluate, rtol=1e-9):
             raise diagonal_error(*hit, dim)
 
 
+def writable_path(path, option: str, *, folder: bool = False) -> None:
+    """Refuse, before any long work, an output ``path`` that cannot be written (one line naming ``option``).
+
+    The nearest existing ancestor must be a folder we can create files in (probed
+    with a temporary file, which also holds for root and read-only mounts); an
+    existing ``path`` must be a file (a folder for ``folder=True``).
+    """
+    p = os.path.abspath(path)
+    if os.path.exists(p) and os.path.isdir(p) != folder:
+        kind = "a file" if folder else "a folder"
+        raise ValueError(f"{option} {path} is {kind}; give {'a folder' if folder else 'a file name'} there.")
+    parent = p if folder and os.path.isdir(p) else os.path.dirname(p)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{option} {path} cannot be written: {parent} is a file, not a folder; choose another path.")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{option} {path} cannot be written ({exc.strerror or exc} in {parent}); choose a "
+                         "writable path.") from None

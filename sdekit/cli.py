@@ -15,6 +15,8 @@ import time
 
 import numpy as np
 
+from .checks import writable_path
+
 __all__ = ["main", "demo_sections"]
 
 
@@ -33,39 +35,13 @@ def _int_at_least(low: int):
     return check
 
 
-def check_writable(path, option: str, *, folder: bool = False) -> None:
-    """Refuse, before any long work, an output ``path`` that cannot be written (one line naming ``option``).
-
-    The nearest existing ancestor must be a folder we can create files in (probed
-    with a temporary file, which also holds for root and read-only mounts); an
-    existing ``path`` must be a file (a folder for ``folder=True``).
-    """
-    import tempfile
-
-    p = os.path.abspath(path)
-    if os.path.exists(p) and os.path.isdir(p) != folder:
-        kind = "a file" if folder else "a folder"
-        raise ValueError(f"{option} {path} is {kind}; give {'a folder' if folder else 'a file name'} there.")
-    parent = p if folder and os.path.isdir(p) else os.path.dirname(p)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ValueError(f"{option} {path} cannot be written: {parent} is a file, not a folder; choose another path.")
-    try:
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as exc:
-        raise ValueError(f"{option} {path} cannot be written ({exc.strerror or exc} in {parent}); choose a "
-                         "writable path.") from None
-
-
 def _demo(args) -> int:
     import numba
 
     from . import convergence, problems, solve
 
     try:
-        check_writable(args.out, "--out", folder=True)
+        writable_path(args.out, "--out", folder=True)
         os.makedirs(args.out, exist_ok=True)
     except (ValueError, OSError) as exc:
         print(f"sdekit demo: error: {exc}", file=sys.stderr)
@@ -130,7 +106,7 @@ def _converge(args) -> int:
     try:
         for path, option in ((args.plot, "--plot"), (args.work_plot, "--work-plot"), (args.csv, "--csv")):
             if path:
-                check_writable(path, option)
+                writable_path(path, option)
         ex = problems.get_problem(args.problem)
         methods = [m for m in args.methods.split(",") if m]
         st = convergence.study(ex, methods, args.steps, n_paths=args.paths, seed=args.seed, reference=args.reference,
