@@ -81,23 +81,11 @@ class Stepper:
         self.noise_dim = problem.noise_dim(dim) if problem.is_sde else 0
         self.n_drift, self.n_diffusion = plan.n_drift, plan.n_diffusion
         self._step, self._tab = plan.step, plan.tab
-        m = self.noise_dim
         if backend == "numpy":
-            from .backends.numpy_backend import wrap
-
-            self._drift = wrap(problem.drift, lambda n: (n, dim), "drift" if problem.is_sde else "rhs")
-            if problem.is_sde:
-                shape = (lambda n: (n, dim, m)) if problem.matrix_noise else (lambda n: (n, dim))
-                self._diffusion = wrap(problem.diffusion, shape, "diffusion")
+            from .backends.numpy_backend import step_functions
         else:
-            from .backends.torch_backend import wrap
-
-            self._drift = wrap(problem.drift, "drift" if problem.is_sde else "rhs", lambda n: (n, dim))
-            if problem.is_sde:
-                shape = (lambda n: (n, dim, m)) if problem.matrix_noise else (lambda n: (n, dim))
-                self._diffusion = wrap(problem.diffusion, "diffusion", shape)
-        if not problem.is_sde:
-            self._diffusion = None  # the ODE steps never evaluate a diffusion
+            from .backends.torch_backend import step_functions
+        self._drift, self._diffusion = step_functions(problem, dim, self.noise_dim)
         self._params: dict = {}
 
     def __repr__(self):

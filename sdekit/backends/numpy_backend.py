@@ -109,15 +109,20 @@ class NumpyBackend:
 BACKEND = NumpyBackend()
 
 
-def run_fixed(inputs: Inputs, work: Work) -> Result:
-    problem, dim, m = inputs.problem, inputs.dim, inputs.noise_dim
+def step_functions(problem, dim: int, m: int):
+    """``(f, g)``: the drift (an ODE's ``rhs``) and the diffusion as the steps call them, each result checked and
+    broadcast to ``(n, dim)`` (a matrix diffusion to ``(n, dim, m)``); an ODE's diffusion is zero."""
     f = wrap(problem.drift, lambda n: (n, dim), "drift" if m else "rhs")
     if not m:
-        g = _zero_diffusion
-    elif problem.matrix_noise:
-        g = wrap(problem.diffusion, lambda n: (n, dim, m), "diffusion")
-    else:
-        g = wrap(problem.diffusion, lambda n: (n, dim), "diffusion")
+        return f, _zero_diffusion
+    if problem.matrix_noise:
+        return f, wrap(problem.diffusion, lambda n: (n, dim, m), "diffusion")
+    return f, wrap(problem.diffusion, lambda n: (n, dim), "diffusion")
+
+
+def run_fixed(inputs: Inputs, work: Work) -> Result:
+    problem, dim, m = inputs.problem, inputs.dim, inputs.noise_dim
+    f, g = step_functions(problem, dim, m)
     params, step, tab, h, n_steps = inputs.params, work.plan.step, work.plan.tab, work.h, work.n_steps
     save_idx = work.save_idx  # an int64 array (a list would hold one Python object per saved time)
     out = np.empty((save_idx.size, inputs.n_paths, dim))

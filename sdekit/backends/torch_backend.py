@@ -257,8 +257,10 @@ def _batches(inputs: Inputs):
 
 
 # --------------------------------------------------------------------------- fixed steps
-def _functions(inputs: Inputs):
-    dim, m, problem = inputs.dim, inputs.noise_dim, inputs.problem
+def step_functions(problem, dim: int, m: int):
+    """``(f, g)``: the drift (an ODE's ``rhs``) and the diffusion as the steps call them, each result checked
+    (tensor, device, dtype, shape) and broadcast to ``(n, dim)`` (a matrix diffusion to ``(n, dim, m)``); an ODE's
+    diffusion is zero."""
     if not problem.is_sde:
         return wrap(problem.rhs, "rhs", lambda n: (n, dim)), _zero_diffusion
     f = wrap(problem.drift, "drift", lambda n: (n, dim))
@@ -374,7 +376,7 @@ class _Times:
 
 
 def run_fixed(inputs: Inputs, work: Work) -> Result:
-    f, g = _functions(inputs)
+    f, g = step_functions(inputs.problem, inputs.dim, inputs.noise_dim)
     params, h, n_steps, device = inputs.params, work.h, work.n_steps, inputs.options.device
     stepper = _stepper(inputs, work, f, g)
     times = _Times(inputs, work)
