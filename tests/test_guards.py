@@ -376,8 +376,10 @@ def test_kernel_cache_is_keyed_on_every_source_the_kernels_compile_in(tmp_path, 
     with open(copies[2], "a") as fh:  # schemes/_steps.py edited alone
         fh.write("# edited\n")
     assert _jitcache.source_digest(copies) != before
-    for kernel in (numba_kernels.block_diagonal, numba_kernels.block_matrix, numba_backend._adaptive_range):
-        assert kernel._cache._cache_file._source_stamp[1] == _jitcache.DIGEST
+    kernels = [numba_kernels.fixed_step_kernel(step, matrix_noise=False) for step in numba_kernels.DIAGONAL_STEPS]
+    kernels += [numba_kernels.fixed_step_kernel(step, matrix_noise=True) for step in numba_kernels.MATRIX_STEPS]
+    for kernel in [*kernels, numba_backend._adaptive_range]:
+        assert kernel.compiled._cache._cache_file._source_stamp[1] == _jitcache.DIGEST
     # the mechanism on a tiny cached function: same digest -> cache hit; another digest -> stale, compiled again
     src = tmp_path / "tiny_kernel.py"
     src.write_text(_TINY)

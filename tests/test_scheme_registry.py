@@ -6,7 +6,6 @@ step, and an unknown step fails loudly (Python side before the call; in the kern
 
 import numpy as np
 import pytest
-from numba import njit, types
 
 import sdekit as sk
 from sdekit import convergence, problems
@@ -89,10 +88,10 @@ def test_every_step_of_every_family_is_planned_and_has_a_kernel_branch(sri_gener
     planned = _planned_steps()
     family_steps = {step for s in list_schemes() if s.family is not None for step in s.family.steps}
     assert family_steps == set(planned), "a family step is not exercised by any problem here"
-    assert family_steps <= set(numba_kernels.STEP_ID), "a step has no compiled branch"
+    assert family_steps <= set(numba_kernels.KERNEL_STEPS), "a step has no compiled kernel"
 
 
-@pytest.mark.parametrize("step", list(numba_kernels.STEP_ID), ids=lambda s: s.__name__)
+@pytest.mark.parametrize("step", list(numba_kernels.KERNEL_STEPS), ids=lambda s: s.__name__)
 def test_each_kernel_branch_takes_the_numpy_step(step, sri_generic):
     scheme, problem = _planned_steps()[step]
     dim = 3 if problem.noise == "general" else 2
@@ -109,19 +108,21 @@ def test_an_unknown_step_fails_loudly():
     def not_a_step(f, g, p, tab, t, x, h, dw, levy_area):
         return x
 
-    with pytest.raises(ValueError, match="no compiled branch for the step 'not_a_step'"):
+    with pytest.raises(ValueError, match="no compiled kernel for the step 'not_a_step'"):
         numba_kernels.fixed_step_kernel(not_a_step, matrix_noise=False)
     with pytest.raises(ValueError, match="'sri' acts componentwise"):
         numba_kernels.fixed_step_kernel(sk.schemes._steps.sri, matrix_noise=True)
-    # A kernel handed an id it has no branch for returns the error code and leaves the states alone.
-    flat_fn = njit(numba_kernels.F64_1(types.float64, numba_kernels.F64_1, numba_kernels.FLAT))(lambda t, x, p: x * 0.0)
-    rows_fn = njit(numba_kernels.F64_2(types.float64, numba_kernels.F64_2, numba_kernels.FLAT))(lambda t, x, p: x * 0.0)
-    matrix_fn = njit(numba_kernels.F64_3(types.float64, numba_kernels.F64_2, numba_kernels.FLAT))(
-        lambda t, x, p: np.zeros((x.shape[0], x.shape[1], 1)))
-    for kernel, f, g in [(numba_kernels.block_diagonal, flat_fn, flat_fn), (numba_kernels.block_matrix, rows_fn, matrix_fn)]:
-        x = np.ones((2, 1))
-        noise = np.zeros((3, 2, 1))
-        code = kernel(len(numba_kernels.STEP_ID), f, g, np.zeros(1), np.zeros((1, 1)), x, 0, 3, 0.0, 0.1, noise, noise,
-                      np.arange(1, 4), 0, np.zeros((3, 2, 1)), 0, np.zeros(2, dtype=np.bool_), np.full(2, np.nan))
-        assert code == numba_kernels.UNKNOWN_STEP
-        np.testing.assert_array_equal(x, 1.0)
+    with pytest.raises(ValueError, match="'milstein_general' takes a \\(dim, m\\) diffusion matrix only"):
+        numba_kernels.fixed_step_kernel(sk.schemes._steps.milstein_general, matrix_noise=False)
+
+
+def test_each_step_has_a_kernel_of_its_own():
+    """One kernel per step (and noise shape), each with its own name and so its own cache entry: a solve compiles
+    only the kernel it runs, and no kernel can load another step's code."""
+    kernels = {(step, matrix): numba_kernels.fixed_step_kernel(step, matrix)
+               for step in numba_kernels.KERNEL_STEPS for matrix in (False, True)
+               if step in (numba_kernels.MATRIX_STEPS if matrix else numba_kernels.DIAGONAL_STEPS)}
+    assert {step for step, _ in kernels} == set(numba_kernels.KERNEL_STEPS)
+    names = {kernel.py_func.__qualname__ for kernel in kernels.values()}
+    assert len(names) == len(kernels)
+    assert all(numba_kernels.fixed_step_kernel(step, matrix) is kernel for (step, matrix), kernel in kernels.items())
