@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sdekit.checks import require
+
 __all__ = ["DATASETS", "SPLITS", "Dataset", "load", "log_prob"]
 
 DATASETS = ("moons", "swiss_roll", "checkerboard", "gmm", "digits")
@@ -68,9 +70,7 @@ def load(name: str, n: int | None = None, *, seed: int = 0, split: str = "all") 
     _check_split(split)
     rng = np.random.default_rng([seed, 1 if split == "test" else 0])
     if name == "digits":
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
+        d = require("sklearn.datasets", extra="diffusion", what="the digits data set").load_digits()
         k, y = d.data.astype(np.float64), d.target.astype(np.int64)
         if split != "all":
             order = np.random.default_rng(20261125).permutation(len(k))
@@ -93,8 +93,7 @@ def load(name: str, n: int | None = None, *, seed: int = 0, split: str = "all") 
         x = (x - _MOONS_SHIFT) / _MOONS_SCALE
         return Dataset(name, x, y.astype(np.int64), 2)
     if name == "swiss_roll":
-        from sklearn.datasets import make_swiss_roll
-
+        make_swiss_roll = require("sklearn.datasets", extra="diffusion", what="the swiss_roll data set").make_swiss_roll
         pts, _ = make_swiss_roll(n, noise=0.25, random_state=int(rng.integers(2**31)))
         return Dataset(name, pts[:, [0, 2]] / 7.0, None, None)
     if name == "checkerboard":

@@ -33,6 +33,7 @@ import numpy as np
 
 import sdekit
 from sdekit import ops
+from sdekit.checks import require
 
 from .reverse import probability_flow
 from .score import Score, _is_tensor
@@ -169,8 +170,7 @@ def log_likelihood(sde, score: Score, x, *, divergence="exact", n_probes: int = 
         if backend not in (None, "torch"):
             raise ValueError(f"divergence={divergence!r} differentiates the flow with torch; use backend='torch'.")
         backend = "torch"
-        import torch
-
+        torch = require("torch", extra="torch", what=f"log_likelihood(divergence={divergence!r})")
         if divergence == "exact":
             k, probes = 1, None
         else:

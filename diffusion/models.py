@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import math
 
-import torch
-from torch import nn
+from sdekit.checks import require
 
 from .score import PARAMETERISATIONS, Score
 from .sdes import DiffusionSDE
+
+torch = require("torch", extra="diffusion", what="diffusion.models (the score networks)")
+nn = torch.nn
 
 __all__ = ["SinusoidalEmbedding", "ScoreMLP", "UNet", "as_score", "drop_labels"]
 

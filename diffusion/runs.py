@@ -29,9 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from sdekit.checks import writable_path
+from sdekit.checks import require, writable_path
 
 from . import datasets, metrics
 from .likelihood import log_likelihood
@@ -40,6 +39,8 @@ from .sampling import METHODS, sample
 from .score import Score, classifier_free_guidance
 from .sdes import VESDE, VPSDE, DiffusionSDE, SubVPSDE
 from .training import CHECKPOINT, TrainConfig, dsm_loss, load_checkpoint, load_weights, train, write_atomic
+
+torch = require("torch", extra="diffusion", what="diffusion.runs (training and sampling runs)")
 
 __all__ = ["Run", "train_run", "sample_run", "evaluate_samples", "likelihood_run", "make_sde", "build_model",
            "defaults", "MODEL_DEFAULTS", "SDES", "RUN_FILE", "plot_losses", "plot_samples", "digit_classifier"]
@@ -424,8 +425,7 @@ _CLASSIFIER = {}
 def digit_classifier():
     """A logistic-regression classifier fitted on the real training digits; returns ``(model, test_accuracy)``."""
     if "digits" not in _CLASSIFIER:
-        from sklearn.linear_model import LogisticRegression
-
+        LogisticRegression = require("sklearn.linear_model", extra="diffusion", what="the digit classifier").LogisticRegression
         tr, te = datasets.load("digits", split="train"), datasets.load("digits", split="test")
         clf = LogisticRegression(max_iter=5000, C=0.1).fit(tr.x, tr.labels)
         _CLASSIFIER["digits"] = (clf, float(clf.score(te.x, te.labels)))
@@ -521,8 +521,7 @@ def likelihood_run(run: Run, *, n: int | None = None, divergence: str | None = N
 
 # --------------------------------------------------------------------------- plots
 def _plt():
-    import matplotlib
-
+    matplotlib = require("matplotlib", extra="diffusion", what="the plots of diffusion's runs")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

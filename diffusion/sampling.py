@@ -69,6 +69,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 import sdekit
+from sdekit.checks import require
 
 from .formulas import eps_from_score, x0_from_score
 from .grids import TimeGrid
@@ -253,8 +254,7 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
 
     like = None
     if backend == "torch":
-        import torch
-
+        torch = require("torch", extra="torch", what="sample(backend='torch')")
         dtype = torch.float64 if dtype is None else dtype
         like = torch.empty(0, dtype=dtype, device="cpu" if device is None else device)
     if x_T is None:

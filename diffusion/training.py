@@ -32,12 +32,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
+
+from sdekit.checks import require
 
 from .models import drop_labels
 from .score import convert
 from .sdes import DiffusionSDE
+
+torch = require("torch", extra="diffusion", what="diffusion.training")
 
 __all__ = ["dsm_loss", "ddpm_loss", "ssm_loss", "noisy_ssm_loss", "LOSSES", "EMA", "WEIGHTINGS", "TrainConfig", "train", "save_checkpoint",
            "load_checkpoint", "write_atomic"]

@@ -14,6 +14,7 @@ import numpy as np
 from . import _bridge, _rng
 from ._jitcache import heal_module
 from ._rng import seed_to_key
+from .checks import require
 
 # The compiled tree is cached on disk: discard an unreadable cache entry and recompile instead of failing.
 for _module in (_rng, _bridge):
@@ -244,8 +245,7 @@ class BrownianPath:
         if device is None and dtype is None and generator is None:
             steps = max(1, min(n_steps, block_steps or _NUMPY_BLOCK_NUMBERS // lanes))
             return self._compiled_blocks(n_steps, level, first_path, end_path, bool(reverse), steps, reuse_buffers)
-        import torch
-
+        torch = require("torch", extra="torch", what="BrownianPath tensors (device=, dtype= or generator=)")
         device = torch.device("cpu" if device is None else device)
         dtype = torch.float64 if dtype is None else dtype
         if generator is None:

@@ -3,12 +3,14 @@
 * arguments: positive counts and numbers, the time span, step counts and sizes, time sequences;
 * initial states: ``x0`` as a real float64 array (or the torch backend's tensor) of shape ``(rows, dim)``;
 * output paths of the command lines (:func:`writable_path`);
+* optional dependencies (torch, matplotlib, scikit-learn: the extras of the distribution), :func:`require`;
 * the user's functions: the entry probe that calls them once on a small batch (shapes and types, paths kept
   apart, the declared noise structure) and the per-call result check of the NumPy backend.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import numbers
 import os
@@ -390,3 +392,34 @@ def writable_path(path, option: str, *, folder: bool = False) -> None:
     except OSError as exc:
         raise ValueError(f"{option} {path} cannot be written ({exc.strerror or exc} in {parent}); choose a "
                          "writable path.") from None
+
+
+# import name -> the distribution pip installs it from, where they differ
+_DISTRIBUTIONS = {"sklearn": "scikit-learn"}
+
+
+class MissingDependency(ModuleNotFoundError, ValueError):
+    """An optional dependency is not installed: the message names the extra of sdekit that installs it.
+
+    It is an ``ImportError`` (what a missing package raises) and a ``ValueError`` (the command lines report those
+    in one line: the argument that asked for the package cannot be served by this installation).
+    """
+
+
+def require(module: str, *, extra: str, what: str):
+    """Import and return ``module`` (an optional dependency) that ``what`` needs.
+
+    If its package is not installed, raise :class:`MissingDependency` in one line: what needs it and the pip
+    command that installs the ``extra`` of sdekit holding it. An import error from inside an installed package
+    (a broken installation) is raised unchanged.
+    """
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        top = module.partition(".")[0]
+        if exc.name is None or exc.name.partition(".")[0] != top:
+            raise
+        package = _DISTRIBUTIONS.get(top, top)
+        raise MissingDependency(
+            f"{what} needs {package}, which is not installed; install the sdekit extra that brings it, from the "
+            f'sdekit checkout: pip install -c constraints.txt -e ".[{extra}]"', name=top) from None

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from .checks import writable_path
+from .checks import require, writable_path
 
 __all__ = ["main", "demo_sections"]
 
@@ -41,6 +41,8 @@ def _demo(args) -> int:
     from . import convergence, problems, solve
 
     try:
+        for module in ("matplotlib", "torch"):  # the demo extra: the plots, and the diffusion section trains a network
+            require(module, extra="demo", what="sdekit demo")
         writable_path(args.out, "--out", folder=True)
         os.makedirs(args.out, exist_ok=True)
     except (ValueError, OSError) as exc:

@@ -13,6 +13,8 @@ import io
 
 import numpy as np
 
+from .checks import require
+
 __all__ = ["table", "save_csv", "plot"]
 
 
@@ -73,8 +75,7 @@ def plot(study, path, kind: str = "errors"):
     ``kind="work"``: work-precision, strong error against wall time and
     against function evaluations per path.
     """
-    import matplotlib
-
+    matplotlib = require("matplotlib", extra="plot", what="plotting a convergence study")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

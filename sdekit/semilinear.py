@@ -51,15 +51,16 @@ DPM-Solver++, arXiv:2211.01095. Zhang & Chen (2023), DEIS, ICLR.
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from math import factorial
 
 import numpy as np
 
 from .problem import ODE, ParamsCarrier, _check_callable, _normalise_params
 
-__all__ = ["SemilinearODE", "amplification", "exponential_weights", "step_orders"]
+__all__ = ["SemilinearODE", "GridWeights", "amplification", "exponential_weights", "grid_weights", "step_orders"]
 
 
 class SemilinearODE(ParamsCarrier):
@@ -128,18 +129,45 @@ class SemilinearODE(ParamsCarrier):
         return f"SemilinearODE(params={self.params!r})"
 
 
-def _moments(h: float, q: int) -> np.ndarray:
-    """``M_m = int_0^h exp(tau - h) tau^m dtau`` for ``m < q`` (any sign of ``h``)."""
-    M = np.empty(q)
-    if abs(h) < 0.5:
-        # h^(m+1) m! sum_j (-h)^j / (j+m+1)!, 25 terms: below round-off for |h| < 0.5
-        for m in range(q):
-            M[m] = h ** (m + 1) * factorial(m) * sum((-h) ** j / factorial(j + m + 1) for j in range(25))
-        return M
-    M[0] = -math.expm1(-h)
-    for m in range(1, q):
-        M[m] = h**m - m * M[m - 1]
+# terms of the moments' series, below round-off for |h| < SERIES_BOUND; the recursion from expm1 above it
+SERIES_TERMS, SERIES_BOUND = 25, 0.5
+
+
+def _moments_of_steps(h: np.ndarray, q: int) -> np.ndarray:
+    """The moments of every step ``h[k]`` at once: an ``(h.size, q)`` array, ``M[k, m] = int_0^h exp(tau - h) tau^m dtau``.
+
+    Small steps (``|h| < 0.5``) sum ``h^(m+1) m! sum_j (-h)^j / (j+m+1)!`` over 25 terms, a vector operation per
+    term; larger ones use ``M_0 = 1 - exp(-h)`` (``expm1``) and ``M_m = h^m - m M_(m-1)`` (integration by parts),
+    which cancels for small ``h`` and is why the series is used there.
+    """
+    M = np.empty((h.size, q))
+    small = np.abs(h) < SERIES_BOUND
+    hs, hl = h[small], h[~small]
+    for m in range(q):
+        series = np.zeros(hs.size)
+        for j in range(SERIES_TERMS):
+            series = series + (-hs) ** j / float(factorial(j + m + 1))
+        M[small, m] = hs ** (m + 1) * float(factorial(m)) * series
+    if hl.size:
+        recursion = np.empty((hl.size, q))
+        recursion[:, 0] = -np.expm1(-hl)
+        for m in range(1, q):
+            recursion[:, m] = hl**m - m * recursion[:, m - 1]
+        M[~small] = recursion
     return M
+
+
+def _weights_of_steps(nodes: np.ndarray, lam_next: np.ndarray) -> np.ndarray:
+    """:func:`exponential_weights` of many steps at once: ``nodes`` ``(n, q)`` (each row current point first), ``lam_next`` ``(n,)``.
+
+    One batched solve of the transposed Vandermonde systems ``V^T w = M`` (the same LAPACK solve per step as
+    :func:`exponential_weights`).
+    """
+    tau = nodes - nodes[:, :1]
+    q = nodes.shape[1]
+    M = _moments_of_steps(lam_next - nodes[:, 0], q)
+    vandermonde_t = tau[:, None, :] ** np.arange(q)[:, None]  # [k, m, i] = tau[k, i]^m
+    return np.linalg.solve(vandermonde_t, M[:, :, None])[:, :, 0]
 
 
 def exponential_weights(lam_nodes, lam_next: float) -> np.ndarray:
@@ -149,12 +177,7 @@ def exponential_weights(lam_nodes, lam_next: float) -> np.ndarray:
     current point ``l_0``, then the earlier ones).
     """
     nodes = np.asarray(lam_nodes, dtype=np.float64)
-    tau = nodes - nodes[0]
-    h = float(lam_next - nodes[0])
-    q = nodes.size
-    M = _moments(h, q)
-    V = np.vander(tau, q, increasing=True)  # V[i, m] = tau_i^m
-    return np.linalg.solve(V.T, M)
+    return _weights_of_steps(nodes[None, :], np.array([lam_next], dtype=np.float64))[0]
 
 
 def amplification(lam_nodes, lam_next: float) -> float:
@@ -175,6 +198,39 @@ ORDERS = {"exp_euler": 1, "exp_ab2": 2, "exp_ab3": 3, "exp_ab3_ramp": 3}
 AB_ABS_SUM = {1: 1.0, 2: 2.0, 3: 11.0 / 3.0}
 # a step of q points is taken only if its amplification is at most MAX_AMPLIFICATION * AB_ABS_SUM[q]
 MAX_AMPLIFICATION = 2.0
+
+
+def _weights_on_grid(lam: np.ndarray, q: int) -> np.ndarray:
+    """``(lam.size - 1, q)``: row ``k`` the :func:`exponential_weights` of step ``k`` through ``lam[k], ..., lam[k - q + 1]``
+    (NaN for the first ``q - 1`` steps, which have too little history)."""
+    n = lam.size - 1
+    w = np.full((n, q), np.nan)
+    if n >= q:
+        nodes = np.stack([lam[q - 1 - j : n - j] for j in range(q)], axis=1)  # row k - q + 1: lam[k], lam[k-1], ...
+        w[q - 1 :] = _weights_of_steps(nodes, lam[q:])
+    return w
+
+
+def _orders_and_weights(method: str, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`step_orders` and the weights of every step as an ``(n_steps, ORDERS[method])`` array (zero-padded)."""
+    q_max = ORDERS[method]
+    n = lam.size - 1
+    steps = np.arange(n)
+    orders = np.minimum(steps + 1, q_max)
+    if method == "exp_ab3" and n:
+        orders[0] = 2
+    weights_by_order = {q: _weights_on_grid(lam, q) for q in range(1, q_max + 1)}
+    for q in range(q_max, 1, -1):  # lower a step one point at a time, as long as its amplification is too large
+        w = weights_by_order[q]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            amplifies = np.abs(w).sum(axis=1) / np.abs(w.sum(axis=1))
+        too_large = (orders == q) & (steps > 0) & (amplifies > MAX_AMPLIFICATION * AB_ABS_SUM[q])
+        orders[too_large] = q - 1
+    weights = np.zeros((n, q_max))
+    for q, w in weights_by_order.items():
+        rows = orders == q
+        weights[rows, :q] = w[rows]
+    return orders.astype(np.int64), weights
 
 
 def step_orders(method: str, lam) -> np.ndarray:
@@ -198,18 +254,55 @@ def step_orders(method: str, lam) -> np.ndarray:
     al. 2022; Zhao et al. 2023). ``exp_ab3``'s two-stage first step
     (``q`` reported as 2) is not reduced.
     """
-    lam = np.asarray(lam, dtype=np.float64)
-    q_max = ORDERS[method]
-    n = lam.size - 1
-    q = np.empty(n, dtype=np.int64)
-    for k in range(n):
-        qk = min(k + 1, q_max) if not (k == 0 and method == "exp_ab3") else 2
-        while k > 0 and qk > 1 and amplification(lam[k : k - qk if k - qk >= 0 else None : -1], lam[k + 1]) > (
-            MAX_AMPLIFICATION * AB_ABS_SUM[qk]
-        ):
-            qk -= 1
-        q[k] = qk
-    return q
+    return _orders_and_weights(method, np.asarray(lam, dtype=np.float64))[0]
+
+
+@dataclass(frozen=True)
+class GridWeights:
+    """Everything an exponential integrator's steps need from the clock values of its grid, computed once.
+
+    Attributes
+    ----------
+    orders : ndarray of int64 (n_steps,)
+        :func:`step_orders`.
+    weights : ndarray (n_steps, q_max)
+        Row ``k``: the :func:`exponential_weights` of step ``k`` on the values ``D_k, D_(k-1), ...``, zero beyond
+        ``orders[k]``. For ``exp_ab3`` row 0 weighs ``D_0`` and the midpoint value (see ``midpoint_weight``).
+    midpoint_weight : float or None
+        ``exp_ab3``: the exponential Euler weight from the first grid point to the midpoint of the first step.
+    """
+
+    orders: np.ndarray
+    weights: np.ndarray
+    midpoint_weight: float | None
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_weights(method: str, clock_bytes: bytes, clock_mid: float | None) -> GridWeights:
+    lam = np.frombuffer(clock_bytes, dtype=np.float64)
+    orders, weights = _orders_and_weights(method, lam)
+    midpoint_weight = None
+    if method == "exp_ab3":
+        # order-3 start: an exponential Euler step to the midpoint, then the 2-point weights through it
+        midpoint_weight = float(_weights_of_steps(lam[None, :1], np.array([clock_mid]))[0, 0])
+        weights[0, :2] = _weights_of_steps(np.array([[lam[0], clock_mid]]), lam[1:2])[0]
+        weights[0, 2:] = 0.0
+    for a in (orders, weights):
+        a.flags.writeable = False
+    return GridWeights(orders, weights, midpoint_weight)
+
+
+def grid_weights(method: str, clock, clock_mid: float | None = None) -> GridWeights:
+    """The :class:`GridWeights` of ``method`` on the clock values ``clock`` (one per grid time), cached.
+
+    All steps' weights come from one batched computation (:func:`exponential_weights` per step, vectorised), and
+    are kept (least recently used, 64 grids) keyed on the method and the clock values, so a second solve on the
+    same grid reuses them. ``clock_mid``: the clock at the midpoint in ``t`` of the first step (``exp_ab3`` only).
+    """
+    lam = np.ascontiguousarray(clock, dtype=np.float64)
+    if method == "exp_ab3" and clock_mid is None:
+        raise ValueError("method 'exp_ab3' needs `clock_mid`, the clock at the midpoint of the first step.")
+    return _grid_weights(method, lam.tobytes(), None if method != "exp_ab3" else float(clock_mid))
 
 
 def step_grid(t0, t1, n_steps, t_grid):

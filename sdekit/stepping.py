@@ -11,6 +11,7 @@ import numbers
 
 import numpy as np
 
+from .checks import require
 from .schemes import get_scheme
 
 __all__ = ["Stepper"]
@@ -84,6 +85,7 @@ class Stepper:
         if backend == "numpy":
             from .backends.numpy_backend import step_functions
         else:
+            require("torch", extra="torch", what="Stepper(backend='torch')")
             from .backends.torch_backend import step_functions
         self._drift, self._diffusion = step_functions(problem, dim, self.noise_dim)
         self._params: dict = {}

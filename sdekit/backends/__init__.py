@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ..checks import require
 from ..solution import Stats
 
 if TYPE_CHECKING:
@@ -182,6 +183,8 @@ def get_backend(name) -> Backend:
     """The backend called ``name`` (one of :data:`BACKENDS`); its module is imported on first use."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {list(BACKENDS)}.")
+    if name == "torch":
+        require("torch", extra="torch", what="backend='torch'")
     return importlib.import_module(f".{name}_backend", __name__).BACKEND
 
 

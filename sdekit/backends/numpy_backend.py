@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import checks
 from ..schemes import _adaptive
-from ..semilinear import ORDERS, SemilinearODE, exponential_weights, step_orders
+from ..semilinear import ORDERS, SemilinearODE, grid_weights
 from ..solution import Stats
 from . import Inputs, Options, Result, Work, fixed_step_stats, no_failures
 
@@ -188,66 +188,105 @@ def run_exponential(inputs: Inputs, work: Work, nonlinear) -> Result:
     x = np.array(np.broadcast_to(inputs.x0, (inputs.n_paths, dim)))
     saved, failure_time = integrate_exponential(
         inputs.problem, work, wrap(nonlinear, lambda n: (n, dim), "nonlinear"), inputs.params, x,
-        finite_rows=lambda v: np.isfinite(v).all(axis=1),
+        combine=_combine, all_finite=_all_finite, finite_rows=lambda v: np.isfinite(v).all(axis=1),
         with_nan_rows=lambda v, rows: np.where(rows[:, None], np.nan, v),
     )
     return Result(np.stack(saved), failure_time, no_failures(inputs.n_paths)[1],
                   fixed_step_stats(work, inputs.n_paths, 0))
 
 
-def integrate_exponential(problem, work: Work, nonlinear, params, x, *, finite_rows, with_nan_rows):
+def _combine(factor, x, terms):
+    """``factor x + sum_j c_j v_j`` over the ``(c_j, v_j)`` in ``terms``, into one new array."""
+    out = x * factor
+    for c, v in terms:
+        out += c * v
+    return out
+
+
+def _all_finite(x) -> bool:
+    """Whether every entry of ``x`` is finite, by one sum: NaN and infinities carry into it (a finite sum that
+    overflows is a false alarm, which the exact row check then clears)."""
+    return math.isfinite(float(np.sum(x)))
+
+
+def _on_grid(fn, grid, params) -> np.ndarray:
+    """``fn(t, params)`` at every time of ``grid`` as float64: one call on the whole grid when ``fn`` takes an
+    array of times and returns one float per time, agreeing to 1e-12 with single-time calls at both ends
+    (functions written with :mod:`sdekit.ops` do); otherwise one call per time."""
+    try:
+        with np.errstate(all="ignore"):
+            values = fn(grid, params)
+    except Exception:  # noqa: BLE001 - a function of one time (math.*, branches on t): called per time below
+        values = None
+    if isinstance(values, np.ndarray) and values.shape == grid.shape and values.dtype.kind == "f":
+        ends = np.array([float(fn(float(grid[i]), params)) for i in (0, -1)])
+        scale = 1e-12 * max(float(np.max(np.abs(ends))), 1e-300)
+        if np.all(np.abs(values[[0, -1]] - ends) <= scale):
+            return values.astype(np.float64)
+    return np.array([float(fn(float(t), params)) for t in grid])
+
+
+def integrate_exponential(problem, work: Work, nonlinear, params, x, *, combine, all_finite, finite_rows,
+                          with_nan_rows):
     """The exponential Adams–Bashforth steps (:mod:`sdekit.semilinear`) on the step times ``work.grid``.
 
     The state ``x`` holds all paths, in any array library: ``nonlinear(t, x, params)`` returns D checked and
-    broadcast to ``x``, ``finite_rows(x)`` a NumPy bool per row, ``with_nan_rows(x, rows)`` ``x`` with the
-    ``rows`` (a NumPy bool mask) set to NaN. Returns ``(saved states, failure_time)``: the states at
+    broadcast to ``x``, ``combine(a, x, terms)`` the new array ``a x + sum_j c_j v_j`` for the float ``a`` and
+    the ``(c_j, v_j)`` in ``terms`` (the array update), ``all_finite(x)`` a Python bool (cheap, called every
+    step: True only if every entry is finite, False may be a false alarm), ``finite_rows(x)`` a NumPy bool per
+    row (exact, called only when ``all_finite`` is False or a row has failed), ``with_nan_rows(x, rows)`` ``x``
+    with the ``rows`` (a NumPy bool mask) set to NaN. Returns ``(saved states, failure_time)``: the states at
     ``work.save_idx`` in a list, and the time each path first turned non-finite (NaN if never).
     The update is Hochbruck & Ostermann (2010), Acta Numerica 19, §2.5: ``x_{k+1} = e^{A_{k+1} - A_k} x_k
-    + e^{A_{k+1} + lambda_{k+1}} sum_j w_j D_{k-j}`` with the :func:`~sdekit.semilinear.exponential_weights` ``w``.
+    + e^{A_{k+1} + lambda_{k+1}} sum_j w_j D_{k-j}`` with the :func:`~sdekit.semilinear.exponential_weights` ``w``,
+    all computed before the first step (:func:`~sdekit.semilinear.grid_weights`, cached per grid): a step is
+    the evaluation of D, the array update and the ``all_finite`` check.
     """
     method, grid, save_idx = work.scheme.name, work.grid, work.save_idx
     q_max = ORDERS[method]
-    log_factor = np.array([float(problem.log_factor(float(t), problem.params)) for t in grid])
-    clock = np.array([float(problem.clock(float(t), problem.params)) for t in grid])
+    log_factor = _on_grid(problem.log_factor, grid, problem.params)
+    clock = _on_grid(problem.clock, grid, problem.params)
     if not (np.all(np.isfinite(log_factor)) and np.all(np.isfinite(clock))):
         bad = grid[~(np.isfinite(log_factor) & np.isfinite(clock))][0]
         raise ValueError(f"the log factor or the clock is not finite at t={bad}; keep the span inside their domain.")
     clock_steps = np.diff(clock)
     if not (np.all(clock_steps > 0) or np.all(clock_steps < 0)):
         raise ValueError("the clock lambda(t) must be strictly monotone on the grid (it is the interpolation variable).")
-    orders = step_orders(method, clock)
+    t_mid = log_factor_mid = clock_mid = None
+    if method == "exp_ab3":
+        # order-3 start: one extra evaluation at the first step's midpoint in t gives a local error O(h^3)
+        t_mid = 0.5 * (grid[0] + grid[1])
+        log_factor_mid = float(problem.log_factor(t_mid, problem.params))
+        clock_mid = float(problem.clock(t_mid, problem.params))
+    steps = grid_weights(method, clock, clock_mid)
+    # x_{k+1} = state_factor[k] x_k + sum_j coefficients[k][j] D_{k-j}, as Python floats (scalars of any array library)
+    state_factor = np.exp(np.diff(log_factor)).tolist()
+    coefficients = (np.exp(log_factor[1:] + clock[1:])[:, None] * steps.weights).tolist()
+    orders = steps.orders.tolist()
+    times = grid.tolist()
     failure_time = np.full(x.shape[0], np.nan)
-    failed = np.zeros(x.shape[0], dtype=bool)
+    failed = None  # the rows that failed, once one has
     saved = [x] if save_idx[0] == 0 else []
     next_save = len(saved)
     history: list = []  # the last q_max values of D, newest first
-    for k in range(grid.size - 1):
-        d = nonlinear(float(grid[k]), x, params)
+    for k in range(len(times) - 1):
+        d = nonlinear(times[k], x, params)
         history.insert(0, d)
         del history[q_max:]
+        c = coefficients[k]
         if k == 0 and method == "exp_ab3":
-            # order-3 start: one extra evaluation at the step's midpoint in t gives a local error O(h^3)
-            t_mid = 0.5 * (grid[0] + grid[1])
-            log_factor_mid = float(problem.log_factor(t_mid, problem.params))
-            clock_mid = float(problem.clock(t_mid, problem.params))
-            w = exponential_weights([clock[0]], clock_mid)
-            x_mid = math.exp(log_factor_mid - log_factor[0]) * x + math.exp(log_factor_mid + clock_mid) * (w[0] * d)
-            d_mid = nonlinear(t_mid, x_mid, params)
-            w = exponential_weights([clock[0], clock_mid], clock[1])
-            weighted = w[0] * d + w[1] * d_mid
+            x_mid = combine(math.exp(log_factor_mid - log_factor[0]), x,
+                            [(math.exp(log_factor_mid + clock_mid) * steps.midpoint_weight, d)])
+            x = combine(state_factor[0], x, [(c[0], d), (c[1], nonlinear(t_mid, x_mid, params))])
         else:
-            q = int(orders[k])
-            w = exponential_weights(clock[k : k - q if k - q >= 0 else None : -1], clock[k + 1])
-            weighted = w[0] * history[0]
-            for j in range(1, q):
-                weighted = weighted + w[j] * history[j]
-        x = math.exp(log_factor[k + 1] - log_factor[k]) * x + math.exp(log_factor[k + 1] + clock[k + 1]) * weighted
-        newly = ~finite_rows(x) & ~failed
-        if newly.any():
-            failure_time[newly] = grid[k + 1]
-            failed |= newly
-        if failed.any():
-            x = with_nan_rows(x, failed)
+            x = combine(state_factor[k], x, list(zip(c[: orders[k]], history, strict=False)))
+        if failed is not None or not all_finite(x):
+            newly = ~finite_rows(x) if failed is None else ~finite_rows(x) & ~failed
+            if newly.any():
+                failure_time[newly] = times[k + 1]
+                failed = newly if failed is None else failed | newly
+            if failed is not None:
+                x = with_nan_rows(x, failed)
         if next_save < save_idx.size and save_idx[next_save] == k + 1:
             saved.append(x)
             next_save += 1

@@ -436,12 +436,22 @@ def _nonlinear(fn):
     return checked
 
 
+def _combine(factor, x, terms):
+    """``factor x + sum_j c_j v_j`` over the ``(c_j, v_j)`` in ``terms``: one new tensor, the terms added in place
+    (``add_(v, alpha=c)``: no temporary per term)."""
+    out = x.mul(factor)
+    for c, v in terms:
+        out.add_(v, alpha=c)
+    return out
+
+
 def run_exponential(inputs: Inputs, work: Work) -> Result:
     """The exponential integrators on the whole batch (the loop of :func:`numpy_backend.integrate_exponential`)."""
     x = inputs.x0.expand(inputs.n_paths, inputs.dim) if inputs.x0.shape[0] == 1 else inputs.x0
     device = x.device
     saved, failure_time = integrate_exponential(
         inputs.problem, work, _nonlinear(inputs.problem.nonlinear), inputs.params, x,
+        combine=_combine, all_finite=lambda v: math.isfinite(float(v.detach().sum())),
         finite_rows=lambda v: torch.isfinite(v.detach()).all(dim=1).cpu().numpy(),
         with_nan_rows=lambda v, rows: torch.where(torch.as_tensor(rows, device=device)[:, None],
                                                   torch.full_like(v, math.nan), v),
