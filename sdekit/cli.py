@@ -133,6 +133,13 @@ def _converge(args) -> int:
     return 0
 
 
+def _warmup(args) -> int:
+    from .warmup import warmup
+
+    warmup(verbose=not args.quiet)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="sdekit", description="Solve SDEs fast and correctly.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,6 +172,10 @@ def main(argv=None) -> int:
     conv.add_argument("--no-progress", action="store_true", help="no progress bar")
     conv.add_argument("--list-problems", action="store_true", help="list the exact problems and exit")
     conv.set_defaults(func=_converge)
+    warm = sub.add_parser("warmup", help="compile every Numba kernel of sdekit now (once per installation; e.g. in the "
+                          "build step of a container), instead of at the first solve that needs it")
+    warm.add_argument("--quiet", action="store_true", help="print nothing")
+    warm.set_defaults(func=_warmup)
     args = parser.parse_args(argv)
     np.seterr(all="ignore")
     return args.func(args)

@@ -167,3 +167,11 @@ def test_warmup_lists_every_kernel():
     lines = []
     assert warmup.warmup(print_fn=lines.append) >= 0.0
     assert lines[0].startswith("sdekit warmup") and lines[-1].startswith("done in")
+
+
+def test_warmup_command_line(capsys):
+    from sdekit.cli import main
+
+    assert main(["warmup"]) == 0
+    out = capsys.readouterr().out
+    assert "euler step (diagonal noise)" in out and "Brownian tree" in out and "done in" in out
