@@ -174,13 +174,14 @@ def _nonlinear(inputs: Inputs):
     flat, layout = flatten_params(inputs.params)
     n_params = flat.size
     compiled = adapter(inputs.problem, "nonlinear", "2d", inputs.dim, 0, layout)
+    # the compiled entry point itself: no argument typing on each of the per-step calls
+    entry = compiled.overloads[compiled.signatures[0]].entry_point
     flat = np.concatenate([flat, np.zeros(ERR_SLOT)])
 
     def nonlinear(t, x, params):
-        result = compiled(float(t), np.ascontiguousarray(x, dtype=np.float64), flat)
-        err = shape_error(flat, n_params, ("nonlinear",), inputs.dim, 0, ("2d",))
-        if err is not None:
-            raise err
+        result = entry(float(t), np.ascontiguousarray(x, dtype=np.float64), flat)
+        if flat[n_params]:
+            raise shape_error(flat, n_params, ("nonlinear",), inputs.dim, 0, ("2d",))
         return result
 
     return nonlinear
