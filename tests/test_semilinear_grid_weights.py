@@ -104,3 +104,21 @@ def test_grid_weights_are_cached_read_only():
 def test_exp_ab3_needs_the_midpoint_clock():
     with pytest.raises(ValueError, match="clock_mid"):
         grid_weights("exp_ab3", np.linspace(0.0, 1.0, 5))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_overflowing_sum_is_not_a_failure(backend):
+    """The steps check finiteness by one sum; a sum that overflows while every entry is finite fails no path."""
+    import sdekit
+
+    x0 = np.array([[1.5e308, 1.5e308], [1.0, 2.0]])
+    if backend == "torch":
+        import torch
+
+        x0 = torch.as_tensor(x0)
+    constant = sdekit.SemilinearODE(lambda t, p: 0.0 * t, lambda t, p: t, lambda t, x, p: 0.0 * x)
+    still = sdekit.ODE(lambda t, x, p: 0.0 * x)
+    for problem, method in ((constant, "exp_ab2"), (still, "euler")):
+        sol = sdekit.solve(problem, x0, (0.0, 1.0), method=method, n_steps=4, backend=backend)
+        assert sol.success, (method, sol.message)
+        np.testing.assert_array_equal(np.asarray(sol.x[-1]), np.asarray(x0))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.linalg.blas import daxpy
 
 from .. import checks
 from ..schemes import _adaptive
@@ -135,6 +136,7 @@ def run_fixed(inputs: Inputs, work: Work) -> Result:
         else:
             blocks = [(0, np.zeros((n_steps, size, 0)), None)]
         failed = np.zeros(size, dtype=bool)
+        any_failed = False
         next_save = 0
         if save_idx.size and save_idx[0] == 0:
             out[0, lo:hi] = x
@@ -146,11 +148,13 @@ def run_fixed(inputs: Inputs, work: Work) -> Result:
                 k = first_step + j
                 t = work.t0 + k * h
                 x = np.array(step(f, g, params, tab, t, x, h, dw[j], levy_area[j]))
-                bad = ~np.isfinite(x).all(axis=1) & ~failed
-                if bad.any():
-                    failure_time[lo:hi][bad] = t + h
-                    failed |= bad
-                x[failed] = np.nan
+                if any_failed or not _all_finite(x):  # the rows only when the one-sum check fails
+                    bad = ~np.isfinite(x).all(axis=1) & ~failed
+                    if bad.any():
+                        failure_time[lo:hi][bad] = t + h
+                        failed |= bad
+                        any_failed = True
+                    x[failed] = np.nan
                 if next_save < save_idx.size and save_idx[next_save] == k + 1:
                     out[next_save, lo:hi] = x
                     next_save += 1
@@ -196,11 +200,12 @@ def run_exponential(inputs: Inputs, work: Work, nonlinear) -> Result:
 
 
 def _combine(factor, x, terms):
-    """``factor x + sum_j c_j v_j`` over the ``(c_j, v_j)`` in ``terms``, into one new array."""
-    out = x * factor
+    """``factor x + sum_j c_j v_j`` over the ``(c_j, v_j)`` in ``terms``, into one new array: each term one pass of
+    BLAS ``daxpy`` (``y <- c v + y``) over the flat float64 state, without a temporary."""
+    out = (x * factor).reshape(-1)
     for c, v in terms:
-        out += c * v
-    return out
+        out = daxpy(v.reshape(-1), out, a=c)
+    return out.reshape(x.shape)
 
 
 def _all_finite(x) -> bool:
