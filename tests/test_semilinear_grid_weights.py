@@ -122,3 +122,26 @@ def test_overflowing_sum_is_not_a_failure(backend):
         sol = sdekit.solve(problem, x0, (0.0, 1.0), method=method, n_steps=4, backend=backend)
         assert sol.success, (method, sol.message)
         np.testing.assert_array_equal(np.asarray(sol.x[-1]), np.asarray(x0))
+
+
+def test_scalar_only_and_array_misbehaving_clocks_give_the_same_solution():
+    """The log factor and clock are evaluated on the whole grid at once only where that agrees with single-time
+    calls; a function of one time (math.*, a branch on t) or one that is wrong on arrays (here: the maximum of
+    the times) is called per time, and every variant gives the same solution."""
+    import sdekit
+
+    def nonlinear(t, x, p):
+        return np.cos(x) + t
+
+    x0 = np.array([[0.3], [-1.2]])
+    reference = sdekit.solve(sdekit.SemilinearODE(lambda t, p: -2.0 * t, lambda t, p: 3.0 * t, nonlinear), x0,
+                             (0.0, 1.0), method="exp_ab3", n_steps=9).x
+    variants = [
+        (lambda t, p: -2.0 * t, lambda t, p: 3.0 * t if t < 5.0 else 3.0 * t),  # branch: ValueError on arrays
+        (lambda t, p: math.log(math.exp(-2.0 * t)), lambda t, p: 3.0 * t),  # math.*: TypeError on arrays
+        (lambda t, p: -2.0 * t, lambda t, p: 3.0 * (np.max(t) + 0.0 * t)),  # arrays: every value the last time's
+    ]
+    for log_factor, clock in variants:
+        sol = sdekit.solve(sdekit.SemilinearODE(log_factor, clock, nonlinear), x0, (0.0, 1.0), method="exp_ab3",
+                           n_steps=9)
+        np.testing.assert_allclose(sol.x, reference, rtol=1e-13, atol=1e-15)

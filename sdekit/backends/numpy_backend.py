@@ -224,9 +224,9 @@ def _on_grid(fn, grid, params) -> np.ndarray:
     except Exception:  # noqa: BLE001 - a function of one time (math.*, branches on t): called per time below
         values = None
     if isinstance(values, np.ndarray) and values.shape == grid.shape and values.dtype.kind == "f":
-        ends = np.array([float(fn(float(grid[i]), params)) for i in (0, -1)])
-        scale = 1e-12 * max(float(np.max(np.abs(ends))), 1e-300)
-        if np.all(np.abs(values[[0, -1]] - ends) <= scale):
+        first, last = float(fn(float(grid[0]), params)), float(fn(float(grid[-1]), params))
+        tolerance = 1e-12 * max(abs(first), abs(last), 1e-300)
+        if abs(float(values[0]) - first) <= tolerance and abs(float(values[-1]) - last) <= tolerance:
             return values.astype(np.float64)
     return np.array([float(fn(float(t), params)) for t in grid])
 
@@ -251,11 +251,11 @@ def integrate_exponential(problem, work: Work, nonlinear, params, x, *, combine,
     q_max = ORDERS[method]
     log_factor = _on_grid(problem.log_factor, grid, problem.params)
     clock = _on_grid(problem.clock, grid, problem.params)
-    if not (np.all(np.isfinite(log_factor)) and np.all(np.isfinite(clock))):
+    if not (np.isfinite(log_factor).all() and np.isfinite(clock).all()):
         bad = grid[~(np.isfinite(log_factor) & np.isfinite(clock))][0]
         raise ValueError(f"the log factor or the clock is not finite at t={bad}; keep the span inside their domain.")
-    clock_steps = np.diff(clock)
-    if not (np.all(clock_steps > 0) or np.all(clock_steps < 0)):
+    clock_steps = clock[1:] - clock[:-1]
+    if not ((clock_steps > 0).all() or (clock_steps < 0).all()):
         raise ValueError("the clock lambda(t) must be strictly monotone on the grid (it is the interpolation variable).")
     t_mid = log_factor_mid = clock_mid = None
     if method == "exp_ab3":
@@ -265,7 +265,7 @@ def integrate_exponential(problem, work: Work, nonlinear, params, x, *, combine,
         clock_mid = float(problem.clock(t_mid, problem.params))
     steps = grid_weights(method, clock, clock_mid)
     # x_{k+1} = state_factor[k] x_k + sum_j coefficients[k][j] D_{k-j}, as Python floats (scalars of any array library)
-    state_factor = np.exp(np.diff(log_factor)).tolist()
+    state_factor = np.exp(log_factor[1:] - log_factor[:-1]).tolist()
     coefficients = (np.exp(log_factor[1:] + clock[1:])[:, None] * steps.weights).tolist()
     orders = steps.orders.tolist()
     times = grid.tolist()
