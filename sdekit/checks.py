@@ -278,11 +278,13 @@ def check_rows_independent(call, name, x, r0, rtol=ROW_RTOL):
     """
     if not np.all(np.isfinite(r0)):
         return
+    atol = rtol * float(np.max(np.abs(r0), initial=0.0))
     for i in range(x.shape[0]):
         ri = quiet(call, x[i : i + 1])
         if ri is None:
             continue
-        if not np.allclose(ri[0], r0[i], rtol=rtol, atol=rtol * float(np.max(np.abs(r0), initial=0.0))):
+        # np.allclose's test, written out (both sides are finite here; allclose costs ~20 us on a few numbers)
+        if not np.all(np.abs(ri[0] - r0[i]) <= atol + rtol * np.abs(r0[i])):
             raise ValueError(
                 f"`{name}` mixes paths: its row {i} on a batch differs from its value on that row alone. x holds one "
                 "path per row; index components as x[:, i] (not rows, x[i]) and do not reduce over rows."

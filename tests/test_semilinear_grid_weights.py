@@ -104,3 +104,44 @@ def test_grid_weights_are_cached_read_only():
 def test_exp_ab3_needs_the_midpoint_clock():
     with pytest.raises(ValueError, match="clock_mid"):
         grid_weights("exp_ab3", np.linspace(0.0, 1.0, 5))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_overflowing_sum_is_not_a_failure(backend):
+    """The steps check finiteness by one sum; a sum that overflows while every entry is finite fails no path."""
+    import sdekit
+
+    x0 = np.array([[1.5e308, 1.5e308], [1.0, 2.0]])
+    if backend == "torch":
+        import torch
+
+        x0 = torch.as_tensor(x0)
+    constant = sdekit.SemilinearODE(lambda t, p: 0.0 * t, lambda t, p: t, lambda t, x, p: 0.0 * x)
+    still = sdekit.ODE(lambda t, x, p: 0.0 * x)
+    for problem, method in ((constant, "exp_ab2"), (still, "euler")):
+        sol = sdekit.solve(problem, x0, (0.0, 1.0), method=method, n_steps=4, backend=backend)
+        assert sol.success, (method, sol.message)
+        np.testing.assert_array_equal(np.asarray(sol.x[-1]), np.asarray(x0))
+
+
+def test_scalar_only_and_array_misbehaving_clocks_give_the_same_solution():
+    """The log factor and clock are evaluated on the whole grid at once only where that agrees with single-time
+    calls; a function of one time (math.*, a branch on t) or one that is wrong on arrays (here: the maximum of
+    the times) is called per time, and every variant gives the same solution."""
+    import sdekit
+
+    def nonlinear(t, x, p):
+        return np.cos(x) + t
+
+    x0 = np.array([[0.3], [-1.2]])
+    reference = sdekit.solve(sdekit.SemilinearODE(lambda t, p: -2.0 * t, lambda t, p: 3.0 * t, nonlinear), x0,
+                             (0.0, 1.0), method="exp_ab3", n_steps=9).x
+    variants = [
+        (lambda t, p: -2.0 * t, lambda t, p: 3.0 * t if t < 5.0 else 3.0 * t),  # branch: ValueError on arrays
+        (lambda t, p: math.log(math.exp(-2.0 * t)), lambda t, p: 3.0 * t),  # math.*: TypeError on arrays
+        (lambda t, p: -2.0 * t, lambda t, p: 3.0 * (np.max(t) + 0.0 * t)),  # arrays: every value the last time's
+    ]
+    for log_factor, clock in variants:
+        sol = sdekit.solve(sdekit.SemilinearODE(log_factor, clock, nonlinear), x0, (0.0, 1.0), method="exp_ab3",
+                           n_steps=9)
+        np.testing.assert_allclose(sol.x, reference, rtol=1e-13, atol=1e-15)

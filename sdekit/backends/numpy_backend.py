@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.linalg.blas import daxpy
 
 from .. import checks
 from ..schemes import _adaptive
@@ -135,6 +136,7 @@ def run_fixed(inputs: Inputs, work: Work) -> Result:
         else:
             blocks = [(0, np.zeros((n_steps, size, 0)), None)]
         failed = np.zeros(size, dtype=bool)
+        any_failed = False
         next_save = 0
         if save_idx.size and save_idx[0] == 0:
             out[0, lo:hi] = x
@@ -146,11 +148,13 @@ def run_fixed(inputs: Inputs, work: Work) -> Result:
                 k = first_step + j
                 t = work.t0 + k * h
                 x = np.array(step(f, g, params, tab, t, x, h, dw[j], levy_area[j]))
-                bad = ~np.isfinite(x).all(axis=1) & ~failed
-                if bad.any():
-                    failure_time[lo:hi][bad] = t + h
-                    failed |= bad
-                x[failed] = np.nan
+                if any_failed or not _all_finite(x):  # the rows only when the one-sum check fails
+                    bad = ~np.isfinite(x).all(axis=1) & ~failed
+                    if bad.any():
+                        failure_time[lo:hi][bad] = t + h
+                        failed |= bad
+                        any_failed = True
+                    x[failed] = np.nan
                 if next_save < save_idx.size and save_idx[next_save] == k + 1:
                     out[next_save, lo:hi] = x
                     next_save += 1
@@ -196,11 +200,12 @@ def run_exponential(inputs: Inputs, work: Work, nonlinear) -> Result:
 
 
 def _combine(factor, x, terms):
-    """``factor x + sum_j c_j v_j`` over the ``(c_j, v_j)`` in ``terms``, into one new array."""
-    out = x * factor
+    """``factor x + sum_j c_j v_j`` over the ``(c_j, v_j)`` in ``terms``, into one new array: each term one pass of
+    BLAS ``daxpy`` (``y <- c v + y``) over the flat float64 state, without a temporary."""
+    out = (x * factor).reshape(-1)
     for c, v in terms:
-        out += c * v
-    return out
+        out = daxpy(v.reshape(-1), out, a=c)
+    return out.reshape(x.shape)
 
 
 def _all_finite(x) -> bool:
@@ -219,9 +224,9 @@ def _on_grid(fn, grid, params) -> np.ndarray:
     except Exception:  # noqa: BLE001 - a function of one time (math.*, branches on t): called per time below
         values = None
     if isinstance(values, np.ndarray) and values.shape == grid.shape and values.dtype.kind == "f":
-        ends = np.array([float(fn(float(grid[i]), params)) for i in (0, -1)])
-        scale = 1e-12 * max(float(np.max(np.abs(ends))), 1e-300)
-        if np.all(np.abs(values[[0, -1]] - ends) <= scale):
+        first, last = float(fn(float(grid[0]), params)), float(fn(float(grid[-1]), params))
+        tolerance = 1e-12 * max(abs(first), abs(last), 1e-300)
+        if abs(float(values[0]) - first) <= tolerance and abs(float(values[-1]) - last) <= tolerance:
             return values.astype(np.float64)
     return np.array([float(fn(float(t), params)) for t in grid])
 
@@ -246,11 +251,11 @@ def integrate_exponential(problem, work: Work, nonlinear, params, x, *, combine,
     q_max = ORDERS[method]
     log_factor = _on_grid(problem.log_factor, grid, problem.params)
     clock = _on_grid(problem.clock, grid, problem.params)
-    if not (np.all(np.isfinite(log_factor)) and np.all(np.isfinite(clock))):
+    if not (np.isfinite(log_factor).all() and np.isfinite(clock).all()):
         bad = grid[~(np.isfinite(log_factor) & np.isfinite(clock))][0]
         raise ValueError(f"the log factor or the clock is not finite at t={bad}; keep the span inside their domain.")
-    clock_steps = np.diff(clock)
-    if not (np.all(clock_steps > 0) or np.all(clock_steps < 0)):
+    clock_steps = clock[1:] - clock[:-1]
+    if not ((clock_steps > 0).all() or (clock_steps < 0).all()):
         raise ValueError("the clock lambda(t) must be strictly monotone on the grid (it is the interpolation variable).")
     t_mid = log_factor_mid = clock_mid = None
     if method == "exp_ab3":
@@ -260,7 +265,7 @@ def integrate_exponential(problem, work: Work, nonlinear, params, x, *, combine,
         clock_mid = float(problem.clock(t_mid, problem.params))
     steps = grid_weights(method, clock, clock_mid)
     # x_{k+1} = state_factor[k] x_k + sum_j coefficients[k][j] D_{k-j}, as Python floats (scalars of any array library)
-    state_factor = np.exp(np.diff(log_factor)).tolist()
+    state_factor = np.exp(log_factor[1:] - log_factor[:-1]).tolist()
     coefficients = (np.exp(log_factor[1:] + clock[1:])[:, None] * steps.weights).tolist()
     orders = steps.orders.tolist()
     times = grid.tolist()
