@@ -35,6 +35,14 @@ def _int_at_least(low: int):
     return check
 
 
+def _first_calls(study) -> str:
+    """One line: each method's first solve in ``study`` (compilation and set-up), which its timings exclude."""
+    if not study.first_call_seconds:
+        return "first calls: none (the numpy backend compiles nothing)"
+    calls = ", ".join(f"{m} {s:.2f} s" for m, s in study.first_call_seconds.items())
+    return f"first calls (compile and set-up, not in the times above): {calls}"
+
+
 def _demo(args) -> int:
     import numba
 
@@ -61,6 +69,7 @@ def _demo(args) -> int:
                                progress=not args.quick)
         print()
         print(st.table())
+        print(_first_calls(st))
         for kind, stem in (("errors", "convergence"), ("work", "work_precision")):
             path = os.path.join(args.out, f"{stem}_{name}.png")
             st.plot(path, kind=kind)
@@ -68,14 +77,17 @@ def _demo(args) -> int:
 
     n_tp = 10_000 if args.quick else 100_000
     p = problems.ornstein_uhlenbeck().problem
-    print(f"\nthroughput: Euler-Maruyama on scalar OU, {n_tp} paths x 1000 steps, "
-          f"{numba.get_num_threads()} threads (numba backend)")
+    print(f"\nthroughput on scalar OU, {n_tp} paths x 1000 steps, {numba.get_num_threads()} threads (numba backend); "
+          "the first call (2 paths x 2 steps: compilation and set-up) is timed apart")
+    print(f"  {'method':>9}  {'first call s':>12}  {'run s':>6}  ns per path-step")
     for meth in ("euler", "milstein", "sra1", "sriw1"):
-        solve(p, 2.0, (0.0, 1.0), method=meth, n_steps=1000, n_paths=1000, seed=0, save_at=[1.0])
+        t = time.perf_counter()
+        solve(p, 2.0, (0.0, 1.0), method=meth, n_steps=2, n_paths=2, seed=0, save_at=[1.0])
+        first = time.perf_counter() - t
         t = time.perf_counter()
         solve(p, 2.0, (0.0, 1.0), method=meth, n_steps=1000, n_paths=n_tp, seed=0, save_at=[1.0])
         el = time.perf_counter() - t
-        print(f"  {meth:>9}: {el / (n_tp * 1000) * 1e9:6.2f} ns per path-step")
+        print(f"  {meth:>9}  {first:12.2f}  {el:6.2f}  {el / (n_tp * 1000) * 1e9:6.2f}")
 
     sections = demo_sections()
     if not sections:
@@ -118,6 +130,8 @@ def _converge(args) -> int:
         print(f"sdekit converge: error: {exc}", file=sys.stderr)
         return 2
     print(st.table(args.format))
+    if args.format == "text":
+        print(_first_calls(st))
     try:
         for path, kind in ((args.plot, "errors"), (args.work_plot, "work")):
             if path:
@@ -146,7 +160,8 @@ def main(argv=None) -> int:
     demo = sub.add_parser("demo", help="solve OU and GBM with several schemes, fit orders, measure speed, plot; then "
                           "the sections that installed packages add (entry points sdekit.demo)")
     demo.add_argument("--out", default="out", help="folder for the plots (default: out)")
-    demo.add_argument("--quick", action="store_true", help="fewer paths and steps (about 20 s)")
+    demo.add_argument("--quick", action="store_true",
+                      help="fewer paths, steps, samplers and training steps (about 75 s on 2 cores with a warm cache)")
     demo.set_defaults(func=_demo)
     conv = sub.add_parser(
         "converge", help="strong and weak errors against step count, fitted orders, work-precision, plots",

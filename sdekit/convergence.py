@@ -149,7 +149,10 @@ class Study:
     ``phi(X_T) - phi(X_T^ref)`` (their mean is the weak error, their standard
     deviation / sqrt(n) its standard error). ``seconds[m]`` and ``evals[m]``
     are the wall time of each solve and the function evaluations (drift plus
-    diffusion) per path.
+    diffusion) per path. ``first_call_seconds[m]`` is the wall time of each
+    method's untimed first solve (at the coarsest step count, before the timed
+    ones): compilation and set-up, kept out of ``seconds`` (absent for the
+    numpy backend, which compiles nothing).
     """
 
     problem: str
@@ -167,6 +170,7 @@ class Study:
     phi: str = "x"
     reference_error: float | None = None
     backend: str = "numba"
+    first_call_seconds: dict = field(default_factory=dict)
 
     # -- numbers ----------------------------------------------------------------------------
     def strong_error(self, method) -> np.ndarray:
@@ -381,10 +385,10 @@ def study(problem, methods, steps, *, x0=None, t_span=None, n_paths: int = 1000,
         bar.update()
     phi_ref = _phi_values(phi, ref)
 
-    strong, weak, seconds, evals = {}, {}, {}, {}
+    strong, weak, seconds, evals, first_call = {}, {}, {}, {}, {}
     for meth in methods:
         if backend != "numpy":
-            run(meth, steps[0])  # compile / warm up outside the timings
+            first_call[meth] = run(meth, steps[0])[1]  # compile / warm up outside the timings
         e = np.empty((len(steps), n_paths))
         d = np.empty((len(steps), n_paths))
         sec = np.empty(len(steps))
@@ -399,7 +403,7 @@ def study(problem, methods, steps, *, x0=None, t_span=None, n_paths: int = 1000,
 
     dts = abs(t1 - t0) / steps
     st = Study(name, ref_label, steps, dts, tuple(methods), n_paths, strong, weak, seconds, evals,
-               phi=phi_name, reference_error=reference_error, backend=backend)
+               phi=phi_name, reference_error=reference_error, backend=backend, first_call_seconds=first_call)
     rng = steps >= (fit_from or 0)
     if rng.sum() < 2:
         raise ValueError(f"fit_from={fit_from} leaves fewer than two step counts to fit; lower it.")

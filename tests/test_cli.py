@@ -4,12 +4,18 @@ import os
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow  # the README's main job end to end (about a minute with a warm cache): every part, every plot
 def test_demo_quick_writes_its_plots(tmp_path):
     r = subprocess.run([sys.executable, "-m", "sdekit", "demo", "--quick", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "order" in r.stdout and "ns per path-step" in r.stdout
+    # compilation is reported apart from the timings: per study, per throughput method, per sampler
+    assert r.stdout.count("first calls (compile and set-up, not in the times above): euler ") == 2
+    assert "first call s" in r.stdout and "first s" in r.stdout and r.stdout.count(", first call ") == 2
     assert "sliced KS" in r.stdout and "log-likelihood" in r.stdout
     assert "diffusion training demo" in r.stdout and "sliced W1 / floor" in r.stdout
     for name in ("convergence_ou", "convergence_gbm", "work_precision_ou", "work_precision_gbm", "samples_oracle",

@@ -153,6 +153,7 @@ def test_converge_command_end_to_end(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "strong order sriw1" in r.stdout and "weak order" in r.stdout
+    assert "first calls (compile and set-up, not in the times above): euler " in r.stdout
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and work.stat().st_size > 5000
     assert len(table.read_text().strip().splitlines()) == 1 + 3 * 4
     bad = subprocess.run([sys.executable, "-m", "sdekit", "converge", "--problem", "nope"], capture_output=True,

@@ -18,6 +18,21 @@ def _cli(*args, timeout=600):
                           timeout=timeout)
 
 
+def _in_process(capsys, *args):
+    """``python -m diffusion ARGS`` run by its ``main`` in this process: (exit status, stdout, stderr).
+
+    The end-to-end tests start the real command; the error checks run here, which saves a Python, torch
+    and Numba start-up per check (an uncaught exception would fail the test, as a traceback would)."""
+    from diffusion.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse's own errors exit with status 2
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def _png(path):
     assert path.exists() and path.stat().st_size > 5_000, path
     with open(path, "rb") as fh:
@@ -129,17 +144,18 @@ def test_cli_train_sample_likelihood_on_moons(tmp_path):
              tmp_path / "m.json")
     assert r.returncode == 0, r.stderr
     assert "sliced W1" in r.stdout and "noise floor" in r.stdout
+    assert "first call on 8 samples, compilation and set-up" in r.stdout  # timed apart from the run
     _png(out)
     saved = np.load(tmp_path / "samples.npz")
     assert saved["x"].shape == (300, 2) and np.all(np.isfinite(saved["x"]))
     m = json.loads((tmp_path / "m.json").read_text())
-    assert m["nfe"] == 21 and m["sliced_w1_ratio"] > 0
+    assert m["nfe"] == 21 and m["sliced_w1_ratio"] > 0 and m["first_call_seconds"] > 0
 
     r = _cli("likelihood", "--run", run, "--n", 40, "--json", tmp_path / "l.json")
     assert r.returncode == 0, r.stderr
     assert "nats" in r.stdout and "KL" in r.stdout
     lk = json.loads((tmp_path / "l.json").read_text())
-    assert lk["n"] == 40 and math.isfinite(lk["nll"]) and lk["divergence"] == "exact"
+    assert lk["n"] == 40 and math.isfinite(lk["nll"]) and lk["divergence"] == "exact" and lk["first_call_seconds"] > 0
     # KL(data || model) >= 0: an undertrained model may not beat the data's own entropy beyond noise
     assert lk["kl"] > -4 * lk["kl_se"]
 
@@ -170,35 +186,41 @@ def test_cli_digits_conditional_grid_and_bits_per_dim(tmp_path):
     assert "bits/dim" in r.stdout and "Hutchinson" in r.stdout
 
 
-def test_cli_errors_are_one_clear_line(tmp_path):
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    # the real command once: its error reaches stderr as one line, exit status 2, no traceback
     r = _cli("sample", "--run", tmp_path / "nowhere")
     assert r.returncode == 2 and "no run folder" in r.stderr and "Traceback" not in r.stderr
-    r = _cli("train", "--data", "mnist", "--out", tmp_path / "x")
-    assert r.returncode == 2 and "unknown dataset 'mnist'" in r.stderr and "moons" in r.stderr
-    r = _cli("sample", "--run", tmp_path, "--method", "dpm_fast")
-    assert r.returncode == 2 and "unknown method 'dpm_fast'" in r.stderr and "sra1" in r.stderr
-    r = _cli("train", "--data", "moons", "--out", tmp_path / "y", "--steps", 0)
-    assert r.returncode == 2 and "positive integer" in r.stderr
-    r = _cli("train", "--out", tmp_path / "z", "--resume")
-    assert r.returncode == 2 and "nothing to resume" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stdout == ""
+
+    def error(*args):
+        code, out, err = _in_process(capsys, *args)
+        assert code == 2, (args, code, out, err)
+        return err
+
+    assert "unknown dataset 'mnist'" in (e := error("train", "--data", "mnist", "--out", tmp_path / "x")) and "moons" in e
+    assert "unknown method 'dpm_fast'" in (e := error("sample", "--run", tmp_path, "--method", "dpm_fast")) and "sra1" in e
+    assert "positive integer" in error("train", "--data", "moons", "--out", tmp_path / "y", "--steps", 0)
+    assert "nothing to resume" in error("train", "--out", tmp_path / "z", "--resume")
 
     run = tmp_path / "run"
-    assert _cli("train", "--data", "gmm", "--out", run, "--steps", 5, "--eval-every", 0, "--no-progress",
-                "--n", 500).returncode == 0
-    r = _cli("sample", "--run", run, "--label", 2)
-    assert r.returncode == 2 and "not class-conditional" in r.stderr
+    assert _in_process(capsys, "train", "--data", "gmm", "--out", run, "--steps", 5, "--eval-every", 0,
+                       "--no-progress", "--n", 500)[0] == 0
+    assert "not class-conditional" in error("sample", "--run", run, "--label", 2)
     ckpt = run / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated, e.g. by a full disk
     for verb in ("sample", "likelihood"):
-        r = _cli(verb, "--run", run)
-        assert r.returncode == 2 and "corrupt or truncated" in r.stderr and "Traceback" not in r.stderr
-    r = _cli("train", "--out", run, "--resume")
-    assert r.returncode == 2 and "corrupt or truncated" in r.stderr
+        e = error(verb, "--run", run)
+        assert "corrupt or truncated" in e and len(e.strip().splitlines()) == 1
+    assert "corrupt or truncated" in error("train", "--out", run, "--resume")
     assert len(ckpt.read_bytes()) == 1000  # the damaged file is reported, not replaced
 
 
+@pytest.mark.slow
 def test_a_two_minute_moons_model_is_within_twice_the_noise_floor(tmp_path):
-    """The issue's 2-D bar at test size: 3,000 steps (about 15 s on 2 cores), 2,000 samples from two integrators.
+    """The 2-D quality bar at test size: 3,000 steps, 2,000 samples from two integrators.
+
+    It stays long (about a minute on 2 cores, most of it training): fewer steps leave the samples at
+    1.5-1.9 times the floor (measured at 1,000-1,500 steps), too close to the bar to tell a regression.
 
     The sliced W1 and KS distances of the samples to held-out data are compared with the mean distance
     between two independent data samples of the same size (8 pairs); the bar is a ratio of 2.
