@@ -161,7 +161,7 @@ def main(argv=None) -> int:
                           "the sections that installed packages add (entry points sdekit.demo)")
     demo.add_argument("--out", default="out", help="folder for the plots (default: out)")
     demo.add_argument("--quick", action="store_true",
-                      help="fewer paths, steps, samplers and training steps (about 75 s on 2 cores with a warm cache)")
+                      help="fewer paths, steps, samplers and training steps (about 30 s on 2 cores with a warm cache)")
     demo.set_defaults(func=_demo)
     conv = sub.add_parser(
         "converge", help="strong and weak errors against step count, fitted orders, work-precision, plots",
