@@ -151,7 +151,7 @@ def _describe_function(fn, seen: dict, depth: int, top: bool):
         # a plain function called from compiled code: Numba reaches it through an overload we cannot see
         raise Uncacheable(f"function {fn.__qualname__}")
     code = fn.__code__
-    names = _code_names(code)
+    names = code_names(code)
     g = fn.__globals__
     global_values = tuple((n, _describe(g[n], seen, depth + 1)) for n in sorted(names) if n in g)
     shadowed = tuple(sorted(n for n in names if n not in g and hasattr(builtins, n)))
@@ -178,11 +178,12 @@ def _describe_constant(c):
     return (type(c).__name__, repr(c))
 
 
-def _code_names(code) -> set:
+def code_names(code) -> set:
+    """Every name a code object (and the code nested in it) reads from globals or as an attribute."""
     names = set(code.co_names)
     for c in code.co_consts:
         if inspect.iscode(c):
-            names |= _code_names(c)
+            names |= code_names(c)
     return names
 
 

@@ -137,14 +137,6 @@ def _fingerprint(v):
     return None
 
 
-def _code_names(code):
-    names = set(code.co_names)
-    for c in code.co_consts:
-        if inspect.iscode(c):
-            names |= _code_names(c)
-    return names
-
-
 def frozen_values(fn, depth: int = 3):
     """``({name: fingerprint}, dispatchers)``: the numeric globals and closure values ``fn`` reads (and those of
     the functions it calls, ``depth`` levels down), which Numba compiles in as constants, and the Numba
@@ -164,7 +156,7 @@ def frozen_values(fn, depth: int = 3):
             return
         seen.add(id(f))
         g = f.__globals__
-        items = [(n, g[n]) for n in sorted(_code_names(f.__code__)) if n in g]
+        items = [(n, g[n]) for n in sorted(_codegen.code_names(f.__code__)) if n in g]
         for n, cell in zip(f.__code__.co_freevars, f.__closure__ or (), strict=False):
             try:
                 items.append((n, cell.cell_contents))
