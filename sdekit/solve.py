@@ -13,6 +13,7 @@ from .backends import Tolerances, Work, get_backend
 from .brownian import BrownianPath
 from .problem import ODE, SDE
 from .schemes import SCHEMES, _adaptive, get_scheme
+from .schemes._stability import stability_boundary
 from .semilinear import ORDERS, SemilinearODE, step_grid
 from .solution import Solution
 
@@ -23,6 +24,8 @@ _FAILURE_TEXT = {
     _adaptive.MAX_STEPS: "max_steps reached",
     _adaptive.STEP_UNDERFLOW: "step size underflow",
     _adaptive.NONFINITE: "non-finite state",
+    _adaptive.UNSTABLE: ("explicit scheme unstable at this step size (the state grew a thousandfold against a contracting "
+                         "drift); use implicit_euler / skrock, or a smaller step"),
 }
 
 
@@ -46,6 +49,7 @@ def solve(
     dtype=None,
     compile: bool = False,  # noqa: A002 - torch's word for it
     t_grid=None,
+    detect_instability: bool = True,
 ) -> Solution:
     """Solve an SDE or ODE for many paths.
 
@@ -96,12 +100,19 @@ def solve(
     t_grid : sequence of float, optional
         Exponential integrators: the step times (from ``t0`` to ``t1``),
         instead of ``n_steps``/``dt``.
+    detect_instability : bool
+        Explicit fixed-step schemes: stop a path whose state grew a
+        thousandfold while the drift along its last step lies outside the
+        scheme's stability interval (rule: ``sdekit.schemes._stability``,
+        docs/stiff.md); it is reported as failed ("explicit scheme
+        unstable"). False lets such paths run on (to study a divergence).
 
     Returns
     -------
     Solution
         ``x`` has shape ``(len(t), n_paths, dim)``. Paths whose state became
-        non-finite are reported in ``failed`` / ``failure_time`` and hold NaN
+        non-finite (or unstable, see ``detect_instability``) are reported in
+        ``failed`` / ``failure_time`` and hold NaN
         from then on; the other paths are unaffected.
     """
 
@@ -127,8 +138,11 @@ def solve(
     else:
         save_t, save_idx = _grid_save_points(save_at, grid)
     plan = None if scheme.adaptive or grid is not None else scheme.plan(problem, inputs.dim)
+    if not isinstance(detect_instability, bool):
+        raise ValueError(f"`detect_instability` must be True or False, got {detect_instability!r}.")
+    beta = stability_boundary(plan) if plan is not None and detect_instability else 0.0
     work = Work(scheme, t0, t1, save_t, save_idx, plan=plan, n_steps=n_steps, h=h, grid=grid, brownian=noise,
-                tolerances=tolerances)
+                tolerances=tolerances, stability_boundary=beta)
     return _solution(engine.run(inputs, work), work, engine.name)
 
 

@@ -121,6 +121,9 @@ class Work:
         The noise of an SDE.
     tolerances : Tolerances or None
         Adaptive schemes.
+    stability_boundary : float
+        Fixed-step explicit schemes: ``beta`` of the instability rule (:mod:`sdekit.schemes._stability`); 0.0
+        turns the check off.
     """
 
     scheme: Scheme
@@ -134,6 +137,7 @@ class Work:
     grid: np.ndarray | None = None
     brownian: BrownianPath | None = None
     tolerances: Tolerances | None = None
+    stability_boundary: float = 0.0
 
     @property
     def reverse(self) -> bool:
@@ -152,7 +156,8 @@ class Result:
     failure_time : ndarray (n_paths,)
         Time of each path's failure, NaN where it succeeded.
     failure_codes : ndarray of int64 (n_paths,)
-        ``schemes._adaptive`` codes of the adaptive failures (0: none, or a non-finite state of a fixed step).
+        ``schemes._adaptive`` failure codes (0: none, or a non-finite state of a fixed step; fixed steps also
+        record UNSTABLE and the codes of :data:`sdekit.schemes._stability.NONFINITE_CODES`).
     stats : Stats
     """
 

@@ -30,6 +30,7 @@ from numba import njit, types
 from numba.core.errors import NumbaIRAssumptionWarning
 
 from ..schemes import _adaptive
+from ..schemes._stability import nonfinite_code
 from ..solution import Stats
 from . import Inputs, Result, Work, fixed_step_stats, no_failures
 from .numba_adapters import ERR_SLOT, adapter, flatten_params, shape_error
@@ -195,6 +196,7 @@ def run_fixed(inputs: Inputs, work: Work) -> Result:
     save_idx = np.ascontiguousarray(work.save_idx, dtype=np.int64)
     out = np.empty((save_idx.size, inputs.n_paths, dim))
     failure_time, failure_codes = no_failures(inputs.n_paths)
+    nonfinite = nonfinite_code(work.plan.step)
 
     def blocks(first_path, size, steps):
         """``(first_step, dw, levy_area)`` blocks of ``steps`` steps of the sub-batch (zero-width for an ODE)."""
@@ -210,6 +212,7 @@ def run_fixed(inputs: Inputs, work: Work) -> Result:
             x = np.array(np.broadcast_to(x0[first_path : first_path + size] if x0.shape[0] > 1 else x0, (size, dim)),
                          order="C")
             failed = np.zeros(size, dtype=np.bool_)
+            scale = np.abs(x).max(axis=1)  # the instability rule's reference scale per path
             next_save = 0
             if save_idx.size and save_idx[0] == 0:
                 out[0, first_path : first_path + size] = x
@@ -217,7 +220,8 @@ def run_fixed(inputs: Inputs, work: Work) -> Result:
             for first_step, dw, levy_area in blocks(first_path, size, block_steps(size, m, n_steps)):
                 next_save = kernel(f, g, thread_flat, tab, x, first_step, first_step + dw.shape[0], work.t0,
                                    work.h, dw, dw if levy_area is None else levy_area, save_idx, next_save, out,
-                                   first_path, failed, failure_time)
+                                   first_path, failed, failure_time, failure_codes, scale, work.stability_boundary,
+                                   nonfinite)
                 check(thread_flat)
 
     _run_parallel(integrate, _ranges(inputs.n_paths, batch_max, numba.get_num_threads()))

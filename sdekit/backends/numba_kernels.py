@@ -20,7 +20,7 @@ from numba import njit, types
 
 from .. import ops
 from .._jitcache import heal_cache
-from ..schemes import _steps
+from ..schemes import _stability, _steps
 
 F64_1 = types.float64[::1]
 F64_2 = types.float64[:, ::1]
@@ -99,8 +99,9 @@ def fixed_step_kernel(step, matrix_noise: bool) -> CachedKernel:
 
 
 @njit(inline="always")
-def commit(x, x_next, t_end, lo, failed, failure_time):
-    """Copy the new states into ``x``; a path that turns non-finite is frozen at NaN."""
+def commit(x, x_next, t_end, lo, failed, failure_time, codes, nonfinite_code):
+    """Copy the new states into ``x``; a path that turns non-finite fails with ``nonfinite_code`` (its time and code
+    in ``failure_time``/``codes`` at ``lo + row``); a failed path is frozen at NaN."""
     nb, dim = x.shape
     for a in range(nb):
         bad = failed[a]
@@ -112,9 +113,67 @@ def commit(x, x_next, t_end, lo, failed, failure_time):
             if bad:
                 failed[a] = True
                 failure_time[lo + a] = t_end
+                codes[lo + a] = nonfinite_code
         if bad:
             for c in range(dim):
                 x[a, c] = np.nan
+
+
+@njit(inline="always")
+def grown_rows(x_next, scale, failed):
+    """The live rows whose ``max|x|`` exceeds ``GROWTH`` times their reference ``scale`` (the instability rule of
+    :mod:`sdekit.schemes._stability`, step 2's trigger); a zero scale is set to the row's first non-zero norm."""
+    nb, dim = x_next.shape
+    rows = np.empty(nb, dtype=np.int64)
+    n = 0
+    for a in range(nb):
+        if failed[a]:
+            continue
+        norm = 0.0
+        for c in range(dim):
+            v = abs(x_next[a, c])
+            if v > norm or v != v:  # a NaN stays (the row is then skipped, as NumPy's max over it is NaN)
+                norm = v
+        if not math.isfinite(norm):
+            continue  # commit() records it
+        if scale[a] == 0.0:
+            scale[a] = norm
+        elif norm > _stability.GROWTH * scale[a]:
+            rows[n] = a
+            n += 1
+    return rows[:n]
+
+
+@njit(inline="always")
+def gather(x, rows):
+    """``x[rows]`` as a new C-contiguous array."""
+    out = np.empty((rows.size, x.shape[1]))
+    for i in range(rows.size):
+        for c in range(x.shape[1]):
+            out[i, c] = x[rows[i], c]
+    return out
+
+
+@njit(inline="always")
+def judge_grown(h, beta, rows, old, new, f_old, f_new, scale, failed, failure_time, codes, lo, t_end):
+    """The drift test of the instability rule on the grown ``rows``: unstable rows fail (code UNSTABLE at
+    ``t_end``), the others take their new norm as reference scale."""
+    for i in range(rows.size):
+        dd = 0.0
+        df = 0.0
+        norm = 0.0
+        for c in range(old.shape[1]):
+            d = new[i, c] - old[i, c]
+            dd += d * d
+            df += d * (f_new[i, c] - f_old[i, c])
+            norm = max(norm, abs(new[i, c]))
+        a = rows[i]
+        if _stability.secant_unstable(h, beta, df, dd):
+            failed[a] = True
+            failure_time[lo + a] = t_end
+            codes[lo + a] = _stability.UNSTABLE
+        else:
+            scale[a] = norm
 
 
 @njit(inline="always")
@@ -132,6 +191,7 @@ def _block_signature(fn_f, fn_g):
     return types.int64(
         fn_f, fn_g, FLAT, F64_2, F64_2, types.int64, types.int64, types.float64, types.float64,
         F64_3, F64_3, types.int64[::1], types.int64, F64_3, types.int64, types.boolean[::1], types.float64[::1],
+        types.int64[::1], types.float64[::1], types.float64, types.int64,
     )
 
 
@@ -139,10 +199,11 @@ def _diagonal_kernel(step):
     """The kernel of ``step`` with diagonal-shaped noise (or an ODE)."""
 
     def block_diagonal(f, g, p, tab, x, k0, k1, t0, h, dw, levy_area, save_idx, next_save, out, lo, failed,
-                       failure_time):
+                       failure_time, codes, scale, beta, nonfinite_code):
         """Steps ``k0..k1-1`` of a sub-batch; returns the next save slot.
 
-        The steps run on flat (n*dim,) views; scalar noise (m = 1) is expanded to every component.
+        The steps run on flat (n*dim,) views; scalar noise (m = 1) is expanded to every component. ``beta > 0``
+        turns on the instability rule (:mod:`sdekit.schemes._stability`) with the rows' reference ``scale``.
         """
         nb, dim = x.shape
         m = dw.shape[2]
@@ -160,8 +221,15 @@ def _diagonal_kernel(step):
                             dw_expanded[a * dim + c] = dw[k - k0, a, 0]
                             area_expanded[a * dim + c] = levy_area[k - k0, a, 0]
                 d, e = dw_expanded, area_expanded
-            x_next = step(f, g, p, tab, t, xf, h, d, e)
-            commit(x, x_next.reshape((nb, dim)), t + h, lo, failed, failure_time)
+            x_next = step(f, g, p, tab, t, xf, h, d, e).reshape((nb, dim))
+            if beta > 0.0:
+                rows = grown_rows(x_next, scale, failed)
+                if rows.size:
+                    old, new = gather(x, rows), gather(x_next, rows)
+                    f_old = f(t, old.reshape(-1), p).reshape(old.shape)
+                    f_new = f(t, new.reshape(-1), p).reshape(old.shape)
+                    judge_grown(h, beta, rows, old, new, f_old, f_new, scale, failed, failure_time, codes, lo, t + h)
+            commit(x, x_next, t + h, lo, failed, failure_time, codes, nonfinite_code)
             next_save = save(x, k, save_idx, next_save, out, lo)
         return next_save
 
@@ -172,12 +240,19 @@ def _matrix_kernel(step):
     """The kernel of ``step`` with an (n, dim, m) diffusion."""
 
     def block_matrix(f, g, p, tab, x, k0, k1, t0, h, dw, levy_area, save_idx, next_save, out, lo, failed,
-                     failure_time):
-        """Steps ``k0..k1-1`` of a sub-batch; returns the next save slot."""
+                     failure_time, codes, scale, beta, nonfinite_code):
+        """Steps ``k0..k1-1`` of a sub-batch; returns the next save slot (``beta``, ``scale``: as the diagonal
+        kernel's)."""
         for k in range(k0, k1):
             t = t0 + k * h
             x_next = step(f, g, p, tab, t, x, h, dw[k - k0], levy_area[k - k0])
-            commit(x, x_next, t + h, lo, failed, failure_time)
+            if beta > 0.0:
+                rows = grown_rows(x_next, scale, failed)
+                if rows.size:
+                    old, new = gather(x, rows), gather(x_next, rows)
+                    judge_grown(h, beta, rows, old, new, f(t, old, p), f(t, new, p), scale, failed, failure_time,
+                                codes, lo, t + h)
+            commit(x, x_next, t + h, lo, failed, failure_time, codes, nonfinite_code)
             next_save = save(x, k, save_idx, next_save, out, lo)
         return next_save
 

@@ -16,7 +16,8 @@ import numpy as np
 from scipy.linalg.blas import daxpy
 
 from .. import checks
-from ..schemes import _adaptive
+from ..schemes import _adaptive, _stability
+from ..schemes._stability import nonfinite_code
 from ..semilinear import ORDERS, SemilinearODE, grid_weights
 from ..solution import Stats
 from . import Inputs, Options, Result, Work, fixed_step_stats, no_failures
@@ -128,6 +129,7 @@ def run_fixed(inputs: Inputs, work: Work) -> Result:
     save_idx = work.save_idx  # an int64 array (a list would hold one Python object per saved time)
     out = np.empty((save_idx.size, inputs.n_paths, dim))
     failure_time, failure_codes = no_failures(inputs.n_paths)
+    beta, nonfinite = work.stability_boundary, nonfinite_code(step)
     for lo, hi in _batches(inputs.n_paths, n_steps, m):
         size = hi - lo
         x = np.array(np.broadcast_to(inputs.x0[lo:hi] if inputs.x0.shape[0] > 1 else inputs.x0, (size, dim)), order="C")
@@ -136,6 +138,7 @@ def run_fixed(inputs: Inputs, work: Work) -> Result:
         else:
             blocks = [(0, np.zeros((n_steps, size, 0)), None)]
         failed = np.zeros(size, dtype=bool)
+        scale = np.abs(x).max(axis=1)  # the instability rule's reference scale per path
         any_failed = False
         next_save = 0
         if save_idx.size and save_idx[0] == 0:
@@ -147,11 +150,16 @@ def run_fixed(inputs: Inputs, work: Work) -> Result:
             for j in range(dw.shape[0]):
                 k = first_step + j
                 t = work.t0 + k * h
-                x = np.array(step(f, g, params, tab, t, x, h, dw[j], levy_area[j]))
+                x_next = np.array(step(f, g, params, tab, t, x, h, dw[j], levy_area[j]))
+                if beta > 0.0 and check_growth(f, params, t, h, beta, x, x_next, scale, failed, failure_time[lo:hi],
+                                               failure_codes[lo:hi]):
+                    any_failed = True
+                x = x_next
                 if any_failed or not _all_finite(x):  # the rows only when the one-sum check fails
                     bad = ~np.isfinite(x).all(axis=1) & ~failed
                     if bad.any():
                         failure_time[lo:hi][bad] = t + h
+                        failure_codes[lo:hi][bad] = nonfinite
                         failed |= bad
                         any_failed = True
                     x[failed] = np.nan
@@ -159,6 +167,31 @@ def run_fixed(inputs: Inputs, work: Work) -> Result:
                     out[next_save, lo:hi] = x
                     next_save += 1
     return Result(out, failure_time, failure_codes, fixed_step_stats(work, inputs.n_paths, m))
+
+
+def check_growth(f, params, t, h, beta, x, x_next, scale, failed, failure_time, failure_codes) -> bool:
+    """The instability rule (:mod:`sdekit.schemes._stability`) after the step ``x -> x_next`` from ``t``, on NumPy
+    arrays: updates the rows' reference ``scale``; rows found unstable fail (``failed``, ``failure_time`` ``t + h``,
+    code UNSTABLE). Returns whether a row failed."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        norm = np.abs(x_next).max(axis=1)  # NaN for a row holding NaN: neither branch takes it
+        live = ~failed & np.isfinite(norm)
+        fresh = live & (scale == 0.0)
+        scale[fresh] = norm[fresh]
+        rows = np.nonzero(live & ~fresh & (norm > _stability.GROWTH * scale))[0]
+        if rows.size == 0:
+            return False
+        old, new = x[rows], x_next[rows]
+        d = new - old
+        dd = np.einsum("ij,ij->i", d, d)
+        df = np.einsum("ij,ij->i", d, f(t, new, params) - f(t, old, params))
+        unstable = (h * df < -beta * dd) & np.isfinite(df) & np.isfinite(dd)
+    scale[rows[~unstable]] = norm[rows[~unstable]]
+    bad = rows[unstable]
+    failed[bad] = True
+    failure_time[bad] = t + h
+    failure_codes[bad] = _stability.UNSTABLE
+    return bad.size > 0
 
 
 def run_adaptive(inputs: Inputs, work: Work) -> Result:

@@ -17,7 +17,10 @@ kernels over all paths. Nothing loops over paths in Python.
   adds to the current state), so the backend checks once per block of steps;
   when a path has failed inside a block the block is replayed without
   gradients to find the step. Saved states of a failed path are NaN from its
-  failure on.
+  failure on. The instability rule of the explicit schemes
+  (:mod:`sdekit.schemes._stability`) is checked the same way: each step keeps
+  the block's largest ``max|x|`` per path (no synchronisation), and the rows
+  that grew past the rule's trigger are replayed step by step.
 * **dopri5** steps the whole batch with one step size, controlled by the
   worst path (the error norm is the maximum over paths of the per-path RMS
   norm of the other backends). With one path it takes exactly the steps of
@@ -37,7 +40,8 @@ import torch
 
 from .. import checks
 from ..params import is_record
-from ..schemes import _adaptive
+from ..schemes import _adaptive, _stability
+from ..schemes._stability import nonfinite_code
 from ..semilinear import SemilinearODE
 from ..solution import Stats
 from . import Inputs, Options, Result, Work, fixed_step_stats, no_failures
@@ -285,21 +289,40 @@ def _blocks(inputs: Inputs, work: Work, lo: int, hi: int, records_graph):
                                 dtype=options.dtype, reuse_buffers=lambda: not records_graph())
 
 
-def _first_bad_step(work, f, g, params, x, first_step, n_block, dw, levy_area, zero, newly):
-    """Replay a block without gradients; the step (absolute index) where each ``newly`` path failed."""
-    plan, h = work.plan, work.h
-    first = torch.full((x.shape[0],), first_step + n_block - 1, dtype=torch.int64, device=x.device)
-    found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+def _replay_block(work, f, g, params, x, first_step, n_block, dw, levy_area, zero, scale, nonfinite):
+    """Replay a block's steps without gradients on some rows (``x``: their states at the block's start, ``dw``,
+    ``levy_area``, ``zero``: their increments), step by step as the other backends run it: the non-finite check and
+    the instability rule (:mod:`sdekit.schemes._stability`, with ``work.stability_boundary``; it updates ``scale``,
+    the rows' reference scales). Returns ``(fail_step, codes)``: per row the index of the first state it failed at
+    (``work.n_steps + 1`` if none) and its failure code."""
+    plan, h, beta = work.plan, work.h, work.stability_boundary
+    never = work.n_steps + 1
+    fail = torch.full((x.shape[0],), never, dtype=torch.int64, device=x.device)
+    codes = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
     with torch.no_grad():
         for j in range(n_block):
-            x = plan.step(f, g, params, plan.tab, work.t0 + (first_step + j) * h, x, h, zero if dw is None else dw[j],
-                          zero if levy_area is None else levy_area[j])
-            bad = ~torch.isfinite(x).all(dim=1) & ~found
-            first = torch.where(bad, first_step + j, first)
-            found |= bad
-            if bool(found[newly].all()):
-                break
-    return first[newly]
+            t = work.t0 + (first_step + j) * h
+            x_next = plan.step(f, g, params, plan.tab, t, x, h, zero if dw is None else dw[j],
+                               zero if levy_area is None else levy_area[j])
+            if beta > 0.0:
+                norm = x_next.abs().amax(dim=1)  # NaN for a row holding NaN: neither branch takes it
+                live = (fail == never) & torch.isfinite(norm)
+                fresh = live & (scale == 0.0)
+                scale[fresh] = norm[fresh]
+                rows = (live & ~fresh & (norm > _stability.GROWTH * scale)).nonzero().squeeze(1)
+                if rows.numel():
+                    old, new = x[rows], x_next[rows]
+                    d = new - old
+                    dd, df = (d * d).sum(dim=1), (d * (f(t, new, params) - f(t, old, params))).sum(dim=1)
+                    unstable = (h * df < -beta * dd) & torch.isfinite(df) & torch.isfinite(dd)
+                    fail[rows[unstable]] = first_step + j + 1
+                    codes[rows[unstable]] = _stability.UNSTABLE
+                    scale[rows[~unstable]] = norm[rows[~unstable]]
+            bad = ~torch.isfinite(x_next).all(dim=1) & (fail == never)
+            fail[bad] = first_step + j + 1
+            codes[bad] = nonfinite
+            x = x_next
+    return fail, codes
 
 
 class _Tab:
@@ -384,9 +407,12 @@ def run_fixed(inputs: Inputs, work: Work) -> Result:
     failure_time, failure_codes = no_failures(inputs.n_paths)
     outs = []
     never = n_steps + 1
+    beta, nonfinite = work.stability_boundary, nonfinite_code(work.plan.step)
     for lo, hi, x in _batches(inputs):
         zero = x.new_zeros((hi - lo, max(inputs.noise_dim, 1)))
         fail_step = torch.full((hi - lo,), never, dtype=torch.int64, device=device)
+        codes = torch.zeros((hi - lo,), dtype=torch.int64, device=device)
+        scale = x.detach().abs().amax(dim=1)  # the instability rule's reference scale per path
         saved = []
         next_save = 0
         if save_idx.size and save_idx[0] == 0:
@@ -395,17 +421,31 @@ def run_fixed(inputs: Inputs, work: Work) -> Result:
         for first_step, dw, levy_area in _blocks(inputs, work, lo, hi, lambda: x.requires_grad):  # noqa: B023 - the current state, on purpose
             n_block = min(n_steps - first_step, ODE_BLOCK_STEPS) if dw is None else dw.shape[0]
             x_start = x
+            peak = torch.zeros_like(scale)  # the block's largest max|x| per path (NaN once a row holds NaN)
             for j in range(n_block):
                 k = first_step + j
                 x = stepper(times[k], x, zero if dw is None else dw[j], zero if levy_area is None else levy_area[j])
+                if beta > 0.0:
+                    peak = torch.maximum(peak, x.detach().abs().amax(dim=1))
                 if next_save < save_idx.size and save_idx[next_save] == k + 1:
                     saved.append(x)
                     next_save += 1
-            bad = ~torch.isfinite(x.detach()).all(dim=1) & (fail_step == never)
-            if bool(bad.any()):
-                rows = bad.nonzero().squeeze(1)
-                fail_step[rows] = _first_bad_step(work, f, g, params, x_start.detach(), first_step, n_block, dw,
-                                                  levy_area, zero, rows) + 1
+            # rows to replay step by step: non-finite ones, and (instability rule) any whose scale is unset or
+            # which grew past GROWTH times it in the block; the others took no branch of the rule in the block
+            suspect = ~torch.isfinite(x.detach()).all(dim=1)
+            if beta > 0.0:
+                suspect |= (peak > _stability.GROWTH * scale) | ((scale == 0.0) & (peak > 0.0)) | torch.isnan(peak)
+            suspect &= fail_step == never
+            if bool(suspect.any()):
+                rows = suspect.nonzero().squeeze(1)
+                row_scale = scale[rows]
+                row_fail, row_codes = _replay_block(
+                    work, f, g, params, x_start.detach()[rows], first_step, n_block,
+                    None if dw is None else dw[:, rows], None if levy_area is None else levy_area[:, rows],
+                    zero[rows], row_scale, nonfinite)
+                scale[rows] = row_scale
+                fail_step[rows] = row_fail
+                codes[rows] = row_codes
         out = torch.stack(saved)
         failed = fail_step != never
         if bool(failed.any()):
@@ -415,6 +455,7 @@ def run_fixed(inputs: Inputs, work: Work) -> Result:
             steps = fail_step.cpu().numpy()
             rows = np.nonzero(steps != never)[0]
             failure_time[lo + rows] = (work.t0 + (steps[rows] - 1) * h) + h  # t_k + h, as the other backends
+            failure_codes[lo + rows] = codes.cpu().numpy()[rows]
         outs.append(out)
     x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
     return Result(x, failure_time, failure_codes, fixed_step_stats(work, inputs.n_paths, inputs.noise_dim))
