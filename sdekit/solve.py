@@ -12,7 +12,7 @@ from . import checks
 from .backends import Tolerances, Work, get_backend
 from .brownian import BrownianPath
 from .problem import ODE, SDE
-from .schemes import SCHEMES, _adaptive, get_scheme
+from .schemes import SCHEMES, _adaptive, get_scheme, stabilized
 from .schemes._stability import stability_boundary
 from .semilinear import ORDERS, SemilinearODE, step_grid
 from .solution import Solution
@@ -49,6 +49,7 @@ def solve(
     dtype=None,
     compile: bool = False,  # noqa: A002 - torch's word for it
     t_grid=None,
+    spectral_radius: float | None = None,
     detect_instability: bool = True,
 ) -> Solution:
     """Solve an SDE or ODE for many paths.
@@ -100,6 +101,11 @@ def solve(
     t_grid : sequence of float, optional
         Exponential integrators: the step times (from ``t0`` to ``t1``),
         instead of ``n_steps``/``dt``.
+    spectral_radius : float, optional
+        Stabilized schemes ``"skrock"``/``"srock"`` only: a bound of the spectral radius of the drift's
+        Jacobian along the paths; the number of stages per step follows from ``|h| * spectral_radius``
+        (:mod:`sdekit.schemes.stabilized`). Default: estimated once by power iteration at ``t0`` and ``x0``;
+        give a bound when the stiffness grows along the path.
     detect_instability : bool
         Explicit fixed-step schemes: stop a path whose state grew a
         thousandfold while the drift along its last step lies outside the
@@ -117,6 +123,8 @@ def solve(
     """
 
     scheme, problem = _scheme(problem, method, t_grid)
+    if spectral_radius is not None and scheme.family is not stabilized.STABILIZED:
+        raise ValueError(f"`spectral_radius` applies to the stabilized schemes 'skrock'/'srock'; drop it for {scheme.name}.")
     engine = get_backend(backend)
     options = engine.options(problem, x0, device=device, dtype=dtype, compile=compile)
     t0, t1 = checks.time_span(t_span)
@@ -137,7 +145,10 @@ def solve(
         save_t, save_idx = _save_points(save_at, t0, t1, h, n_steps)
     else:
         save_t, save_idx = _grid_save_points(save_at, grid)
-    plan = None if scheme.adaptive or grid is not None else scheme.plan(problem, inputs.dim)
+    if scheme.family is stabilized.STABILIZED:
+        plan = stabilized.solve_plan(scheme, problem, inputs, t0, h, spectral_radius)
+    else:
+        plan = None if scheme.adaptive or grid is not None else scheme.plan(problem, inputs.dim)
     if not isinstance(detect_instability, bool):
         raise ValueError(f"`detect_instability` must be True or False, got {detect_instability!r}.")
     beta = stability_boundary(plan) if plan is not None and detect_instability else 0.0

@@ -35,9 +35,9 @@ FN3 = types.FunctionType(F64_3(types.float64, F64_2, FLAT))
 # The step functions with a kernel: DIAGONAL_STEPS take diagonal-shaped noise (n, dim) (or none), MATRIX_STEPS an
 # (n, dim, m) diffusion matrix.
 KERNEL_STEPS = (_steps.euler, _steps.euler_heun, _steps.milstein, _steps.milstein_general, _steps.sra, _steps.sri,
-                _steps.sriw1, _steps.erk)
+                _steps.sriw1, _steps.erk, _steps.skrock, _steps.srock)
 DIAGONAL_STEPS = frozenset(KERNEL_STEPS) - {_steps.milstein_general}
-MATRIX_STEPS = frozenset({_steps.euler, _steps.euler_heun, _steps.milstein_general, _steps.sra})
+MATRIX_STEPS = frozenset({_steps.euler, _steps.euler_heun, _steps.milstein_general, _steps.sra, _steps.skrock, _steps.srock})
 for _step in KERNEL_STEPS:
     ops.jittable(_step)  # a kernel calls its step through the step's Python function (cached by reference)
 

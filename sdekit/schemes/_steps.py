@@ -328,3 +328,42 @@ def erk(f, g, p, tab, t, x, h, dw, levy_area):
         if b[i] != 0.0:
             out = out + (b[i] * h) * K[i]
     return out
+
+
+def skrock(f, g, p, tab, t, x, h, dw, levy_area):
+    """SK-ROCK (Itô): ``s`` damped Chebyshev stages with the noise entering at the first stage.
+
+    Abdulle, Almuslimani & Vilmart (2018), SIAM/ASA J. Uncertain. Quantif. 6(2), eq. (2.7)-(2.9):
+    ``Q = sigma(X) dW``, ``K_1 = X + mu_1 h f(X + nu_1 Q) + kappa_1 Q``,
+    ``K_j = mu_j h f(K_{j-1}) + nu_j K_{j-1} + kappa_j K_{j-2}`` (``j = 2..s``), ``X_{n+1} = K_s``.
+    ``tab`` rows (packed by :func:`sdekit.schemes.stabilized.chebyshev_tab`): ``mu``, ``nu``, ``kappa`` (stage
+    ``j`` in column ``j - 1``) and ``c`` (column ``j``: the time fraction of ``K_j``); ``s = tab.shape[1]``.
+    """
+    s = tab.shape[1]
+    mu, nu, kappa, c = tab[0], tab[1], tab[2], tab[3]
+    q = apply_noise(g(t, x, p), dw)
+    prev = x
+    cur = x + (mu[0] * h) * f(t, x + nu[0] * q, p) + kappa[0] * q
+    for j in range(1, s):
+        nxt = (mu[j] * h) * f(t + c[j] * h, cur, p) + nu[j] * cur + kappa[j] * prev
+        prev = cur
+        cur = nxt
+    return cur
+
+
+def srock(f, g, p, tab, t, x, h, dw, levy_area):
+    """S-ROCK (Itô): ``s`` damped Chebyshev stages of the drift, then the noise at the last stage.
+
+    Abdulle & Cirilli (2008), SIAM J. Sci. Comput. 30(2), the Itô method:
+    ``K_1 = X + mu_1 h f(X)``, ``K_j = mu_j h f(K_{j-1}) + nu_j K_{j-1} + kappa_j K_{j-2}`` (``j = 2..s``),
+    ``X_{n+1} = K_s + sigma(K_{s-1}) dW``. ``tab`` as for :func:`skrock` (``nu_1``, ``kappa_1`` unused).
+    """
+    s = tab.shape[1]
+    mu, nu, kappa, c = tab[0], tab[1], tab[2], tab[3]
+    prev = x
+    cur = x + (mu[0] * h) * f(t, x, p)
+    for j in range(1, s):
+        nxt = (mu[j] * h) * f(t + c[j] * h, cur, p) + nu[j] * cur + kappa[j] * prev
+        prev = cur
+        cur = nxt
+    return cur + apply_noise(g(t + c[s - 1] * h, prev, p), dw)
