@@ -333,6 +333,43 @@ def diagonal_error(i, j, dim):
     )
 
 
+JAC_RTOL = 1e-3  # agreement of a user Jacobian with central differences of the drift (relative to the larger one)
+
+
+def check_jacobian(jac, f0, call_f, xp, dim, evaluate, rtol):
+    """Refuse a ``jac`` of the wrong shape, mixing rows, or disagreeing with central differences of the drift.
+
+    The differences use the step ``delta_j = 1e-4 (1 + |x_j|)`` (float64; ``1e-2 (1 + |x_j|)`` when the backend
+    computes in float32, ``rtol`` above 1e-6), truncation error ``O(delta^2)``; the check compares
+    ``max |J - J_fd|`` with ``JAC_RTOL`` times ``max |J_fd| + max |f| / (1 + max |x|)`` (the second term bounds the
+    differences' rounding), which a Jacobian with a wrong entry, sign or factor fails.
+    """
+    name = "jac"
+
+    def call(x):
+        return evaluate(jac, name, x, (x.shape[0], dim, dim), " (the drift's Jacobian, J[r, i, j] = d f_i / d x_j)")
+
+    J = call(xp)
+    check_rows_independent(call, name, xp, J, ROW_RTOL)
+    step = (1e-4 if rtol <= 1e-6 else 1e-2) * (1.0 + np.abs(xp))
+    J_fd = np.empty_like(J)
+    for j in range(dim):
+        up, down = xp.copy(), xp.copy()
+        up[:, j] += step[:, j]
+        down[:, j] -= step[:, j]
+        J_fd[:, :, j] = (call_f(up) - call_f(down)) / (2.0 * step[:, j : j + 1])
+    scale = float(np.max(np.abs(J_fd), initial=0.0)) + float(np.max(np.abs(f0), initial=0.0)) / (1.0 + float(np.max(np.abs(xp))))
+    err = np.abs(J - J_fd)
+    worst = np.unravel_index(int(np.argmax(err)), err.shape)
+    if not err[worst] <= JAC_RTOL * max(scale, 1e-300):
+        r, i, j = (int(v) for v in worst)
+        raise ValueError(
+            f"`jac` disagrees with the drift: at the probe point J[{i}, {j}] = {J[worst]:.6g} but central differences of "
+            f"the drift give {J_fd[worst]:.6g} (row {r}); fix jac (J[r, i, j] = d drift_i / d x_j) or drop it to use "
+            "finite differences."
+        )
+
+
 def check_functions(problem, x0, dim, m, evaluate, rtol=1e-9):
     """Probe the user's functions on a small batch near ``x0``: shapes and types, paths kept apart, the declared noise.
 
@@ -358,6 +395,8 @@ def check_functions(problem, x0, dim, m, evaluate, rtol=1e-9):
         r0 = call(xp)
         check_rows_independent(call, name, xp, r0, max(rtol, ROW_RTOL))
         values[name] = (r0, call)
+    if getattr(problem, "jac", None) is not None:
+        check_jacobian(problem.jac, *values["drift" if problem.is_sde else "rhs"], xp, dim, evaluate, rtol)
     if not problem.is_sde:
         return
     g0, call = values["diffusion"]

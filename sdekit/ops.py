@@ -168,9 +168,15 @@ def jittable(fn):
     params = inspect.signature(fn).parameters.values()
     if any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params):
         raise ValueError(f"`jittable`: {fn.__name__} must take positional arguments only (no *args, **kw or keyword-only).")
-    names = ", ".join(p.name for p in params)
     ns = {"fn": fn}
-    exec(f"def typer({names}):\n    return fn\n", ns)  # noqa: S102 - the typing function mirrors fn's signature
+    names = []
+    for i, p in enumerate(params):  # defaults too: Numba requires the typer's signature to be the function's
+        if p.default is p.empty:
+            names.append(p.name)
+        else:
+            ns[f"_default{i}"] = p.default
+            names.append(f"{p.name}=_default{i}")
+    exec(f"def typer({', '.join(names)}):\n    return fn\n", ns)  # noqa: S102 - the typing function mirrors fn's signature
     overload(fn)(ns["typer"])
     try:
         fn._sdekit_jittable = True

@@ -147,6 +147,14 @@ class SDE(ParamsCarrier):
         (``L^j sigma_k = L^k sigma_j``), which lets Milstein reach order 1.
     params : tuple
         Numbers and arrays passed to both functions.
+    jac : callable, optional
+        The drift's Jacobian ``jac(t, x, params)``: an array broadcastable to
+        ``(n, dim, dim)`` with ``J[r, i, j] = d drift_i / d x_j`` at row ``r``
+        (a ``(dim, dim)`` matrix is used for every row). Read by the
+        drift-implicit schemes (``implicit_euler``, ...) for their Newton
+        iterations; without it they take finite differences (numpy, numba) or
+        autograd (torch). The entry probe compares it with a finite difference
+        of the drift and refuses one that disagrees.
 
     Examples
     --------
@@ -166,9 +174,12 @@ class SDE(ParamsCarrier):
         noise_dim: int | None = None,
         commutative: bool = False,
         params: tuple = (),
+        jac: Callable | None = None,
     ):
         _check_callable(drift, "drift")
         _check_callable(diffusion, "diffusion")
+        if jac is not None:
+            _check_callable(jac, "jac")
         if noise not in NOISE_TYPES:
             raise ValueError(f"`noise` must be one of {NOISE_TYPES}, got {noise!r}.")
         if calculus not in CALCULI:
@@ -193,6 +204,7 @@ class SDE(ParamsCarrier):
         self._noise_dim = None if noise_dim is None else int(noise_dim)
         self.commutative = bool(commutative) or noise != "general"
         self.params = _normalise_params(params)
+        self.jac = jac
 
     @property
     def matrix_noise(self) -> bool:
@@ -221,15 +233,20 @@ class ODE(ParamsCarrier):
 
     ``rhs`` is called on a batch ``x`` of shape ``(n, dim)`` and returns an
     array broadcastable to it; ``params`` is a tuple of numbers and arrays.
+    ``jac(t, x, params)``, optional, is the Jacobian of ``rhs``, broadcastable
+    to ``(n, dim, dim)`` with ``J[r, i, j] = d rhs_i / d x_j`` (see :class:`SDE`).
     """
 
     is_sde = False
     noise = None
 
-    def __init__(self, rhs: Callable, *, params: tuple = ()):
+    def __init__(self, rhs: Callable, *, params: tuple = (), jac: Callable | None = None):
         _check_callable(rhs, "rhs")
+        if jac is not None:
+            _check_callable(jac, "jac")
         self.rhs = rhs
         self.params = _normalise_params(params)
+        self.jac = jac
 
     @property
     def drift(self):

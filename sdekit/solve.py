@@ -12,7 +12,7 @@ from . import checks
 from .backends import Tolerances, Work, get_backend
 from .brownian import BrownianPath
 from .problem import ODE, SDE
-from .schemes import SCHEMES, _adaptive, get_scheme, stabilized
+from .schemes import SCHEMES, _adaptive, get_scheme, implicit, stabilized
 from .schemes._stability import stability_boundary
 from .semilinear import ORDERS, SemilinearODE, step_grid
 from .solution import Solution
@@ -24,6 +24,7 @@ _FAILURE_TEXT = {
     _adaptive.MAX_STEPS: "max_steps reached",
     _adaptive.STEP_UNDERFLOW: "step size underflow",
     _adaptive.NONFINITE: "non-finite state",
+    _adaptive.NEWTON: "Newton iteration did not converge; give the problem a correct `jac`, or take smaller steps",
     _adaptive.UNSTABLE: ("explicit scheme unstable at this step size (the state grew a thousandfold against a contracting "
                          "drift); use implicit_euler / skrock, or a smaller step"),
 }
@@ -51,6 +52,7 @@ def solve(
     t_grid=None,
     spectral_radius: float | None = None,
     detect_instability: bool = True,
+    theta: float | None = None,
 ) -> Solution:
     """Solve an SDE or ODE for many paths.
 
@@ -112,6 +114,12 @@ def solve(
         scheme's stability interval (rule: ``sdekit.schemes._stability``,
         docs/stiff.md); it is reported as failed ("explicit scheme
         unstable"). False lets such paths run on (to study a divergence).
+    theta : float, optional
+        Drift-implicit schemes (``"implicit_euler"``, ``"implicit_euler_heun"``,
+        ``"implicit_milstein"``) only: the weight in [0, 1] of the drift at the
+        end of the step (default 1, drift-implicit Euler; 0.5 the trapezoidal
+        rule; below 0.5 the drift is no longer A-stable). See
+        :mod:`sdekit.schemes.implicit`.
 
     Returns
     -------
@@ -123,6 +131,8 @@ def solve(
     """
 
     scheme, problem = _scheme(problem, method, t_grid)
+    if theta is not None:
+        scheme = implicit.with_theta(scheme, theta)
     if spectral_radius is not None and scheme.family is not stabilized.STABILIZED:
         raise ValueError(f"`spectral_radius` applies to the stabilized schemes 'skrock'/'srock'; drop it for {scheme.name}.")
     engine = get_backend(backend)

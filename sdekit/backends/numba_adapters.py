@@ -437,7 +437,7 @@ def shape_error(flat, n_params, names, dim, m, forms):
         if flat[base]:
             n, nd = int(flat[base + 1]), int(flat[base + 2])
             shape = tuple(int(v) for v in flat[base + 3 : base + 3 + min(nd, 3)]) + (("...",) if nd > 3 else ())
-            target = (n, dim, m) if forms[slot] == "3d" else (n, dim)
+            target = (n, dim, dim if name == "jac" else m) if forms[slot] == "3d" else (n, dim)
             return ValueError(
                 f"`{name}` returned shape {shape} for x of shape ({n}, {dim}); it must broadcast to {target} "
                 "(one row per path, trailing axes aligned)."

@@ -38,7 +38,7 @@ from .numba_kernels import F64_1 as _F64_1
 from .numba_kernels import F64_2 as _F64_2
 from .numba_kernels import F64_3 as _F64_3
 from .numba_kernels import FLAT as _FLAT
-from .numba_kernels import FN2, cached_kernel, fixed_step_kernel
+from .numba_kernels import FN2, JACOBIAN_STEPS, cached_kernel, fixed_step_kernel, no_jacobian
 from .numpy_backend import NumpyBackend, run_exponential
 
 __all__ = ["BACKEND", "NumbaBackend", "flatten_params"]
@@ -111,12 +111,15 @@ def block_steps(n_batch: int, m: int, n_steps: int) -> int:
     return int(max(1, min(n_steps, (1 << 17) // max(1, n_batch * m))))
 
 
-def compile_functions(inputs: Inputs, adaptive: bool):
+def compile_functions(inputs: Inputs, adaptive: bool, jacobian: bool = False):
     """Compile (or fetch) the adapters of the problem's functions; errors name the function.
 
-    Returns ``(f, g, flat, check)``: ``flat`` holds the params and, after them, the adapters' error slots;
+    Returns ``(f, g, jac, flat, check)``: ``flat`` holds the params and, after them, the adapters' error slots;
     ``check(flat)`` raises the shape error an adapter flagged (each thread works on its own copy of ``flat``).
     """
+    ``jacobian``: the kernel of a drift-implicit step, which works on (n, dim) states ("2d" drift and diagonal
+    diffusion) and takes the drift's Jacobian ``jac``, the "3d" adapter of ``problem.jac`` with ``m = dim`` (a
+    placeholder of that type, never called, when the problem has none); otherwise ``jac`` is None.
     flat, layout = flatten_params(inputs.params)
     n_params = flat.size
     problem, dim, m = inputs.problem, inputs.dim, inputs.noise_dim
@@ -127,18 +130,24 @@ def compile_functions(inputs: Inputs, adaptive: bool):
     elif problem.matrix_noise:
         names, forms = ("drift", "diffusion"), ("2d", "3d")
     else:
+    elif jacobian:
+        names, forms = ("drift", "diffusion"), ("2d", "2d")
         names, forms = ("drift", "diffusion"), ("flat", "flat")
-    adapters = [adapter(problem, name, form, dim, m, layout, slot)
+    user_jac = jacobian and getattr(problem, "jac", None) is not None
+    if user_jac:
+        names, forms = names + ("jac",), forms + ("3d",)
+    adapters = [adapter(problem, name, form, dim, dim if name == "jac" else m, layout, slot)
                 for slot, (name, form) in enumerate(zip(names, forms, strict=True))]
     f, g = adapters[0], (adapters[1] if len(adapters) > 1 else (None if adaptive else _zero_diffusion.compiled))
     flat = np.concatenate([flat, np.zeros(ERR_SLOT * len(names))])
+    jac = (adapters[-1] if user_jac else no_jacobian.compiled) if jacobian else None
 
     def check(thread_flat):
         err = shape_error(thread_flat, n_params, names, dim, m, forms)
         if err is not None:
             raise err
 
-    return f, g, flat, check
+    return f, g, jac, flat, check
 
 
 class NumbaBackend(NumpyBackend):
@@ -189,7 +198,9 @@ def _nonlinear(inputs: Inputs):
 
 
 def run_fixed(inputs: Inputs, work: Work) -> Result:
-    f, g, flat, check = compile_functions(inputs, adaptive=False)
+    jacobian = work.plan.step in JACOBIAN_STEPS
+    f, g, jac, flat, check = compile_functions(inputs, adaptive=False, jacobian=jacobian)
+    extra = (jac,) if jacobian else ()  # the drift-implicit kernels take the Jacobian last
     problem, tab, m, n_steps, dim, x0 = inputs.problem, work.plan.tab, inputs.noise_dim, work.n_steps, inputs.dim, inputs.x0
     kernel = fixed_step_kernel(work.plan.step, bool(problem.is_sde and problem.matrix_noise)).compiled
     batch_max = sub_batch(dim, m)
@@ -221,7 +232,7 @@ def run_fixed(inputs: Inputs, work: Work) -> Result:
                 next_save = kernel(f, g, thread_flat, tab, x, first_step, first_step + dw.shape[0], work.t0,
                                    work.h, dw, dw if levy_area is None else levy_area, save_idx, next_save, out,
                                    first_path, failed, failure_time, failure_codes, scale, work.stability_boundary,
-                                   nonfinite)
+                                   nonfinite, *extra)
                 check(thread_flat)
 
     _run_parallel(integrate, _ranges(inputs.n_paths, batch_max, numba.get_num_threads()))
@@ -229,7 +240,7 @@ def run_fixed(inputs: Inputs, work: Work) -> Result:
 
 
 def run_adaptive(inputs: Inputs, work: Work) -> Result:
-    f, _, flat, check = compile_functions(inputs, adaptive=True)
+    f, _, _, flat, check = compile_functions(inputs, adaptive=True)
     tab, tol = work.scheme.tableau, work.tolerances
     error_weights = np.ascontiguousarray(tab.b - tab.b_err)
     out = np.full((work.save_t.size, inputs.n_paths, inputs.dim), np.nan)

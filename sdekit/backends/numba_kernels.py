@@ -36,8 +36,13 @@ FN3 = types.FunctionType(F64_3(types.float64, F64_2, FLAT))
 # (n, dim, m) diffusion matrix.
 KERNEL_STEPS = (_steps.euler, _steps.euler_heun, _steps.milstein, _steps.milstein_general, _steps.sra, _steps.sri,
                 _steps.sriw1, _steps.erk, _steps.skrock, _steps.srock)
-DIAGONAL_STEPS = frozenset(KERNEL_STEPS) - {_steps.milstein_general}
+# The drift-implicit steps: their kernels (_jacobian_kernel) work on (n, dim) states and take the drift's Jacobian.
+JACOBIAN_STEPS = (_steps.implicit_euler, _steps.implicit_euler_heun, _steps.implicit_milstein,
+                  _steps.implicit_milstein_general)
+KERNEL_STEPS += JACOBIAN_STEPS
+DIAGONAL_STEPS = frozenset(KERNEL_STEPS) - {_steps.milstein_general, _steps.implicit_milstein_general}
 MATRIX_STEPS = frozenset({_steps.euler, _steps.euler_heun, _steps.milstein_general, _steps.sra, _steps.skrock, _steps.srock})
+MATRIX_STEPS |= {_steps.implicit_euler, _steps.implicit_euler_heun, _steps.implicit_milstein_general}
 for _step in KERNEL_STEPS:
     ops.jittable(_step)  # a kernel calls its step through the step's Python function (cached by reference)
 
@@ -89,13 +94,24 @@ def fixed_step_kernel(step, matrix_noise: bool) -> CachedKernel:
         raise ValueError(f"the step {name!r} takes a (dim, m) diffusion matrix only.")
     key = (step, matrix_noise)
     if key not in _KERNELS:
-        make = _matrix_kernel if matrix_noise else _diagonal_kernel
-        kernel = make(step)
+        if step in JACOBIAN_STEPS:
+            kernel = _jacobian_kernel(step)
+            signature = _block_signature(FN2, FN3 if matrix_noise else FN2)
+            signature = signature.return_type(*signature.args, FN3)
+        else:
+            kernel = (_matrix_kernel if matrix_noise else _diagonal_kernel)(step)
+            signature = _block_signature(FN2, FN3) if matrix_noise else _block_signature(FN1, FN1)
         # its own name, so its own cache index: kernels of different steps never share (or race for) an entry
-        kernel.__qualname__ = f"{kernel.__name__}_{name}"
-        _KERNELS[key] = CachedKernel(kernel, _block_signature(FN2, FN3) if matrix_noise else _block_signature(FN1, FN1),
-                                     nogil=True)
+        kernel.__qualname__ = f"{kernel.__name__}_{name}{'_matrix' if matrix_noise and step in JACOBIAN_STEPS else ''}"
+        _KERNELS[key] = CachedKernel(kernel, signature, nogil=True)
     return _KERNELS[key]
+
+
+@cached_kernel(F64_3(types.float64, F64_2, FLAT))
+def no_jacobian(t, x, p):
+    """The Jacobian argument of a drift-implicit kernel when the problem has no ``jac`` (the step then takes
+    finite differences of the drift and never calls it)."""
+    return np.zeros((x.shape[0], x.shape[1], x.shape[1]))
 
 
 @njit(inline="always")
@@ -257,3 +273,23 @@ def _matrix_kernel(step):
         return next_save
 
     return block_matrix
+
+
+def _jacobian_kernel(step):
+    """The kernel of a drift-implicit ``step`` (:data:`JACOBIAN_STEPS`): (n, dim) states, the drift's Jacobian last.
+
+    The diffusion is "2d" (diagonal-shaped; scalar noise stays one column, which the step broadcasts) or "3d". The
+    instability rule (``scale``, ``beta``) is not applied: these steps are not in its table.
+    """
+
+    def block_jacobian(f, g, p, tab, x, k0, k1, t0, h, dw, levy_area, save_idx, next_save, out, lo, failed,
+                       failure_time, codes, scale, beta, nonfinite_code, jac):
+        """Steps ``k0..k1-1`` of a sub-batch; returns the next save slot."""
+        for k in range(k0, k1):
+            t = t0 + k * h
+            x_next = step(f, g, p, tab, t, x, h, dw[k - k0], levy_area[k - k0], jac)
+            commit(x, x_next, t + h, lo, failed, failure_time, codes, nonfinite_code)
+            next_save = save(x, k, save_idx, next_save, out, lo)
+        return next_save
+
+    return block_jacobian

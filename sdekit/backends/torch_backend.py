@@ -269,6 +269,8 @@ def step_functions(problem, dim: int, m: int):
         return wrap(problem.rhs, "rhs", lambda n: (n, dim)), _zero_diffusion
     f = wrap(problem.drift, "drift", lambda n: (n, dim))
     if problem.matrix_noise:
+    jac = getattr(problem, "jac", None)  # read by the drift-implicit steps (``_steps.drift_jacobian``)
+    f.jacobian = None if jac is None else wrap(jac, "jac", lambda n: (n, dim, dim))
         return f, wrap(problem.diffusion, "diffusion", lambda n: (n, dim, m))
     return f, wrap(problem.diffusion, "diffusion", lambda n: (n, dim))
 

@@ -24,6 +24,7 @@ from ._steps import empty_stages, put
 
 # Failure codes returned by ``integrate_path``.
 OK, MAX_STEPS, STEP_UNDERFLOW, NONFINITE = 0, 1, 2, 3
+NEWTON = 4  # a drift-implicit fixed step whose Newton iteration did not converge (sdekit.schemes.implicit)
 UNSTABLE = 5  # an explicit fixed step left its stability region (the rule: sdekit.schemes._stability)
 
 

@@ -30,7 +30,7 @@ import math
 import sys
 
 import numpy as np
-from numba.extending import overload
+from numba.extending import overload, register_jitable
 
 
 def empty_stages(s, x):
@@ -367,3 +367,267 @@ def srock(f, g, p, tab, t, x, h, dw, levy_area):
         prev = cur
         cur = nxt
     return cur + apply_noise(g(t + c[s - 1] * h, prev, p), dw)
+
+
+# --------------------------------------------------------------------------- drift-implicit steps
+# The drift-implicit steps solve a small nonlinear system per path by Newton's method. Their ``tab`` row 0 is
+# [calculus flag (1 Itô, 0 Stratonovich), theta, user Jacobian flag (1: call ``jac``), Newton tolerance, Newton
+# iteration limit]. The user's Jacobian ``jac(t, x, p) -> (n, dim, dim)`` reaches them as a tenth argument ``jac``
+# on the numba backend (its kernels take a third function; a placeholder of that type when the flag is 0, never
+# called) and as the attribute ``f.jacobian`` of the drift on the NumPy and torch backends, whose step calls are
+# the nine-argument calls of every other step.
+
+FD_STEP = 1.4901161193847656e-08  # sqrt(machine epsilon of float64): forward differences lose half the digits
+
+
+def drift_jacobian(f, jac, tab, t, x, p):
+    """The drift's Jacobian ``J[r, i, j] = d f_i / d x_j`` at the rows of ``x`` (n, dim) -> (n, dim, dim).
+
+    The user's Jacobian when ``tab[0, 2]`` is 1 (``jac``, or on NumPy arrays and torch tensors, where ``jac`` may
+    be None, the ``jacobian`` attribute the backend gave the drift ``f``: see ``step_functions``); otherwise
+    autograd for torch tensors (exact, any dtype: a forward difference in float32 would keep about 4 digits) and
+    forward differences for NumPy arrays, with the step
+    ``sqrt(eps) (1 + |x_j|)`` per row and component (Dennis & Schnabel 1996, §5.4).
+    """
+    if tab[0, 2] != 0.0:
+        return (jac if jac is not None else f.jacobian)(t, x, p)
+    torch = sys.modules.get("torch")
+    n, d = x.shape
+    if torch is not None and isinstance(x, torch.Tensor):
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            fx = f(t, xg, p)
+            if not fx.requires_grad:  # a drift that does not depend on x
+                return x.new_zeros((n, d, d))
+            rows = []
+            for i in range(d):  # rows are independent (the probe checks it): d_x sum_r f_i(x_r) gives row i of every J
+                (grad,) = torch.autograd.grad(fx[:, i].sum(), xg, retain_graph=i < d - 1, allow_unused=True)
+                rows.append(torch.zeros_like(x) if grad is None else grad)
+        return torch.stack(rows, dim=1).detach()
+    fx = f(t, x, p)
+    J = np.empty((n, d, d), dtype=x.dtype)
+    for j in range(d):
+        dx = FD_STEP * (1.0 + np.abs(x[:, j]))
+        xj = x.copy()
+        xj[:, j] += dx
+        J[:, :, j] = (f(t, xj, p) - fx) / dx[:, None]
+    return J
+
+
+@overload(drift_jacobian)
+def _ov_drift_jacobian(f, jac, tab, t, x, p):
+    def impl(f, jac, tab, t, x, p):
+        if tab[0, 2] != 0.0:
+            return jac(t, x, p)
+        n, d = x.shape
+        fx = f(t, x, p)
+        J = np.empty((n, d, d))
+        for j in range(d):
+            xj = x.copy()
+            dx = np.empty(n)
+            for r in range(n):
+                dx[r] = FD_STEP * (1.0 + abs(x[r, j]))
+                xj[r, j] += dx[r]
+            fj = f(t, xj, p)
+            for r in range(n):
+                for i in range(d):
+                    J[r, i, j] = (fj[r, i] - fx[r, i]) / dx[r]
+        return J
+
+    return impl
+
+
+def solve_rows(A, b):
+    """Solve ``A[r] y[r] = b[r]`` for every row: A (n, d, d), b (n, d) -> (n, d).
+
+    NumPy: ``np.linalg.solve`` on the stacked matrices; torch: ``torch.linalg.solve``; inside Numba: Gaussian
+    elimination with partial pivoting per row (Golub & Van Loan 2013, Algorithm 3.4.1). A singular row gives
+    non-finite values in that row only (NumPy and torch would raise for the whole batch, so they are solved
+    row by row then; the torch fallback is the least-squares pseudo-solution made non-finite).
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(A, torch.Tensor):
+        y, info = torch.linalg.solve_ex(A, b)
+        if bool((info != 0).any()):
+            y = torch.where((info != 0)[:, None], torch.full_like(y, math.nan), y)
+        return y
+    try:
+        return np.linalg.solve(A, b[:, :, None])[:, :, 0]
+    except np.linalg.LinAlgError:
+        y = np.full(b.shape, np.nan)
+        for r in range(b.shape[0]):
+            try:
+                y[r] = np.linalg.solve(A[r], b[r])
+            except np.linalg.LinAlgError:
+                pass
+        return y
+
+
+@overload(solve_rows)
+def _ov_solve_rows(A, b):
+    def impl(A, b):
+        n, d = b.shape
+        y = np.empty((n, d))
+        M = np.empty((d, d))
+        v = np.empty(d)
+        for r in range(n):
+            for i in range(d):
+                v[i] = b[r, i]
+                for j in range(d):
+                    M[i, j] = A[r, i, j]
+            singular = False
+            for k in range(d):
+                piv = k
+                for i in range(k + 1, d):
+                    if abs(M[i, k]) > abs(M[piv, k]):
+                        piv = i
+                if M[piv, k] == 0.0:
+                    singular = True
+                    break
+                if piv != k:
+                    for j in range(d):
+                        M[k, j], M[piv, j] = M[piv, j], M[k, j]
+                    v[k], v[piv] = v[piv], v[k]
+                for i in range(k + 1, d):
+                    m = M[i, k] / M[k, k]
+                    if m != 0.0:
+                        for j in range(k, d):
+                            M[i, j] -= m * M[k, j]
+                        v[i] -= m * v[k]
+            for i in range(d - 1, -1, -1):
+                acc = v[i]
+                for j in range(i + 1, d):
+                    acc -= M[i, j] * y[r, j]
+                y[r, i] = acc / M[i, i] if not singular else np.nan
+        return y
+
+    return impl
+
+
+def newton_matrix(J, c):
+    """``I - c J`` for every row of J (n, d, d)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(J, torch.Tensor):
+        return torch.eye(J.shape[1], dtype=J.dtype, device=J.device) - c * J
+    return np.eye(J.shape[1]) - c * J
+
+
+@overload(newton_matrix)
+def _ov_newton_matrix(J, c):
+    def impl(J, c):
+        n, d, _ = J.shape
+        M = np.empty((n, d, d))
+        for r in range(n):
+            for i in range(d):
+                for j in range(d):
+                    M[r, i, j] = (1.0 if i == j else 0.0) - c * J[r, i, j]
+        return M
+
+    return impl
+
+
+def newton_error(dx, x):
+    """Per row ``max_i |dx_i| / (1 + |x_i|)`` (n,): the scaled size of a Newton correction."""
+    if isinstance(dx, np.ndarray):
+        return (np.abs(dx) / (1.0 + np.abs(x))).max(axis=1)
+    return (dx.abs() / (1.0 + x.abs())).amax(dim=1)
+
+
+@overload(newton_error)
+def _ov_newton_error(dx, x):
+    def impl(dx, x):
+        n, d = dx.shape
+        e = np.zeros(n)
+        for r in range(n):
+            for i in range(d):
+                v = abs(dx[r, i]) / (1.0 + abs(x[r, i]))
+                if not v <= e[r]:  # NaN propagates
+                    e[r] = v
+        return e
+
+    return impl
+
+
+def newton_done(err, tol):
+    """True when every row's correction is within ``tol`` (rows already non-finite are failed paths: ignored)."""
+    return not bool(((err > tol) & (err < math.inf)).any())
+
+
+@overload(newton_done)
+def _ov_newton_done(err, tol):
+    def impl(err, tol):
+        for r in range(err.shape[0]):
+            if err[r] > tol and err[r] < math.inf:
+                return False
+        return True
+
+    return impl
+
+
+def reject_rows(x, err, tol):
+    """``x`` with NaN in the rows whose last Newton correction exceeded ``tol`` (Newton did not converge)."""
+    bad = ~(err <= tol)
+    if isinstance(x, np.ndarray):
+        return np.where(bad[:, None], np.nan, x)
+    return x.masked_fill(bad[:, None], math.nan)
+
+
+@overload(reject_rows)
+def _ov_reject_rows(x, err, tol):
+    def impl(x, err, tol):
+        out = x.copy()
+        for r in range(x.shape[0]):
+            if not err[r] <= tol:
+                for i in range(x.shape[1]):
+                    out[r, i] = np.nan
+        return out
+
+    return impl
+
+
+@register_jitable
+def drift_implicit(f, jac, p, tab, t, x, h, explicit):
+    """Solve ``y = explicit + theta h (f(t + h, y) - f(t, x))`` for ``y`` by Newton's method, per path.
+
+    ``explicit`` is the explicit scheme's step from ``x`` (Euler–Maruyama, Euler–Heun or Milstein); the drift
+    term ``f(t, x) h`` it contains is replaced by ``((1 - theta) f(t, x) + theta f(t + h, y)) h``: the
+    drift-implicit theta scheme of the same noise terms (Kloeden & Platen 1992, §12.2, eqs. 12.2.4 and 12.2.6;
+    Higham 2000). Newton starts from the explicit step and solves ``(I - theta h J(t + h, y)) dy = -R(y)`` with
+    ``R(y) = y - theta h f(t + h, y) - c``; it stops when every path's correction satisfies
+    ``max_i |dy_i| / (1 + |y_i|) <= tab[0, 3]``, after at most ``tab[0, 4]`` iterations. A path still above
+    the tolerance then (or whose correction is non-finite) is returned as NaN: its Newton iteration failed.
+    """
+    theta = tab[0, 1]
+    th = theta * h
+    c = explicit - th * f(t, x, p)
+    y = explicit
+    tol = tab[0, 3]
+    err = newton_error(y - c, y)  # a placeholder of the right shape and type, replaced by the first iteration
+    for _ in range(int(tab[0, 4])):
+        r = y - th * f(t + h, y, p) - c
+        dy = solve_rows(newton_matrix(drift_jacobian(f, jac, tab, t + h, y, p), th), r)
+        y = y - dy
+        err = newton_error(dy, y)
+        if newton_done(err, tol):
+            break
+    return reject_rows(y, err, tol)
+
+
+def implicit_euler(f, g, p, tab, t, x, h, dw, levy_area, jac=None):
+    """Drift-implicit theta Euler–Maruyama (Itô): ``y = x + ((1-theta) f(t,x) + theta f(t+h,y)) h + g(t,x) dW``."""
+    return drift_implicit(f, jac, p, tab, t, x, h, euler(f, g, p, tab, t, x, h, dw, levy_area))
+
+
+def implicit_euler_heun(f, g, p, tab, t, x, h, dw, levy_area, jac=None):
+    """Drift-implicit theta Euler–Heun (Stratonovich): the noise by the trapezoidal rule of :func:`euler_heun`."""
+    return drift_implicit(f, jac, p, tab, t, x, h, euler_heun(f, g, p, tab, t, x, h, dw, levy_area))
+
+
+def implicit_milstein(f, g, p, tab, t, x, h, dw, levy_area, jac=None):
+    """Drift-implicit theta derivative-free Milstein, diagonal and scalar noise (noise terms of :func:`milstein`)."""
+    return drift_implicit(f, jac, p, tab, t, x, h, milstein(f, g, p, tab, t, x, h, dw, levy_area))
+
+
+def implicit_milstein_general(f, g, p, tab, t, x, h, dw, levy_area, jac=None):
+    """Drift-implicit theta derivative-free Milstein, commutative matrix noise (of :func:`milstein_general`)."""
+    return drift_implicit(f, jac, p, tab, t, x, h, milstein_general(f, g, p, tab, t, x, h, dw, levy_area))
