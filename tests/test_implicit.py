@@ -44,7 +44,7 @@ SCHEME_CALCULUS = [("implicit_euler", "ito"), ("implicit_euler_heun", "stratonov
 def test_mean_square_stable_where_euler_diverges(method, calculus, lam_h):
     """dX = lam X dt + mu X dW with 2 lam + mu^2 < 0 (mean-square stable SDE), and OU, at lam h = -10 .. -1e6.
 
-    Drift-implicit Euler multiplies E X^2 per step by (1 + mu^2 h) / (1 - lam h)^2 < 1 (Higham 2000, Theorem 4.1):
+    Drift-implicit Euler multiplies E X^2 per step by (1 + mu^2 h) / (1 - lam h)^2 < 1 (Higham 2000):
     after 20 steps every path is far below its start. Euler–Maruyama multiplies it by (1 + lam h)^2 + mu^2 h > 81:
     it is flagged (instability rule, or a non-finite state) or returns astronomically large states.
     """

@@ -591,7 +591,7 @@ def drift_implicit(f, jac, p, tab, t, x, h, explicit):
 
     ``explicit`` is the explicit scheme's step from ``x`` (Euler–Maruyama, Euler–Heun or Milstein); the drift
     term ``f(t, x) h`` it contains is replaced by ``((1 - theta) f(t, x) + theta f(t + h, y)) h``: the
-    drift-implicit theta scheme of the same noise terms (Kloeden & Platen 1992, §12.2, eqs. 12.2.4 and 12.2.6;
+    drift-implicit theta scheme of the same noise terms (Kloeden & Platen 1992, §12.2, eq. 12.2.4;
     Higham 2000). Newton starts from the explicit step and solves ``(I - theta h J(t + h, y)) dy = -R(y)`` with
     ``R(y) = y - theta h f(t + h, y) - c``; it stops when every path's correction satisfies
     ``max_i |dy_i| / (1 + |y_i|) <= tab[0, 3]``, after at most ``tab[0, 4]`` iterations. A path still above

@@ -6,10 +6,10 @@ Each step is its explicit scheme with the drift term ``f(t, x) h`` replaced by
 the explicit step (see ``_steps.drift_implicit``). ``theta = 1`` (the default) is the drift-implicit (backward)
 Euler scheme, mean-square stable on ``dX = lambda X dt + mu X dW`` for every ``h`` where the SDE is
 (``2 Re(lambda) + |mu|^2 < 0``), and ``theta = 1/2`` the trapezoidal rule; ``theta >= 1/2`` keeps the drift
-A-stable, ``theta < 1/2`` does not (Higham 2000, SIAM J. Numer. Anal. 38(3), Theorems 3.3 and 4.1). ``theta``
+A-stable, ``theta < 1/2`` does not (Higham 2000, SIAM J. Numer. Anal. 38(3)). ``theta``
 changes no order: the strong order is that of the explicit scheme (Kloeden & Platen 1992, §12.2: drift-implicit
-Euler order 1/2, order 1 for additive noise, eq. 12.2.4; the implicit Milstein scheme order 1, eq. 12.2.6 (its
-derivative-free form: §12.3)), the weak order 1 (§15.4).
+Euler order 1/2, order 1 for additive noise, eq. 12.2.4; the implicit Milstein scheme order 1; derivative-free
+implicit schemes: §12.3), the weak order 1 (that of Euler–Maruyama).
 
 Newton: ``(I - theta h J(t + h, y)) dy = -R(y)``, ``J`` from the problem's ``jac`` when it has one, else forward
 differences (NumPy, Numba) or autograd (torch); it stops when every path's correction has
@@ -112,6 +112,6 @@ IMPLICIT_EULER_HEUN = register(Scheme(
 IMPLICIT_MILSTEIN = register(Scheme(
     "implicit_milstein", "sde", dict.fromkeys(_COMMUTING, 1.0), dict.fromkeys(_COMMUTING, 1.0), ("ito", "stratonovich"),
     tableau=Theta(1.0), family=IMPLICIT_MILSTEIN_FAMILY,
-    reference="Kloeden & Platen (1992), §12.2, eq. 12.2.6 (drift-implicit Milstein), derivative-free form §12.3 "
+    reference="Kloeden & Platen (1992), §12.2 (implicit Milstein), derivative-free: §12.3 "
               "(support values as in eqs. 11.1.5 and 11.1.7).",
 ))
