@@ -221,3 +221,15 @@ def test_theta_is_refused_where_it_does_not_apply():
         sk.solve(ou, 1.0, (0.0, 1.0), method="implicit_euler", theta=1.5, n_steps=4, n_paths=2, seed=0,
                  backend="numpy")
     assert implicit.with_theta(sk.get_scheme("implicit_milstein", ou), 0.5).tableau.theta == 0.5
+
+
+def test_gradient_through_newton_on_torch():
+    """The torch solve is differentiable through the Newton iterations: on dX = lam X dt + sigma dW with theta = 1,
+    X_n = x0 (1 - lam h)^{-n} + (terms free of x0), so d sum_paths X_n / d x0 = n_paths (1 - lam h)^{-n}."""
+    torch = pytest.importorskip("torch")
+    x0 = torch.tensor([[1.5]], dtype=torch.float64, requires_grad=True)
+    lam, n_steps, n_paths = -50.0, 8, 4
+    sol = sk.solve(_ou(lam, 0.3), x0, (0.0, 1.0), method="implicit_euler", n_steps=n_steps, n_paths=n_paths, seed=0,
+                   backend="torch")
+    sol.final.sum().backward()
+    assert x0.grad.item() == pytest.approx(n_paths * (1.0 - lam / n_steps) ** -n_steps, rel=1e-12)
