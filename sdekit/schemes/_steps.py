@@ -380,8 +380,9 @@ def srock(f, g, p, tab, t, x, h, dw, levy_area):
 FD_STEP = 1.4901161193847656e-08  # sqrt(machine epsilon of float64): forward differences lose half the digits
 
 
-def drift_jacobian(f, jac, tab, t, x, p):
-    """The drift's Jacobian ``J[r, i, j] = d f_i / d x_j`` at the rows of ``x`` (n, dim) -> (n, dim, dim).
+def drift_jacobian(f, jac, tab, t, x, p, fx):
+    """The drift's Jacobian ``J[r, i, j] = d f_i / d x_j`` at the rows of ``x`` (n, dim) -> (n, dim, dim); ``fx`` is
+    ``f(t, x, p)`` (the base of the differences).
 
     The user's Jacobian when ``tab[0, 2]`` is 1 (``jac``, or on NumPy arrays and torch tensors, where ``jac`` may
     be None, the ``jacobian`` attribute the backend gave the drift ``f``: see ``step_functions``); otherwise
@@ -396,15 +397,14 @@ def drift_jacobian(f, jac, tab, t, x, p):
     if torch is not None and isinstance(x, torch.Tensor):
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            fx = f(t, xg, p)
-            if not fx.requires_grad:  # a drift that does not depend on x
+            fg = f(t, xg, p)
+            if not fg.requires_grad:  # a drift that does not depend on x
                 return x.new_zeros((n, d, d))
             rows = []
             for i in range(d):  # rows are independent (the probe checks it): d_x sum_r f_i(x_r) gives row i of every J
-                (grad,) = torch.autograd.grad(fx[:, i].sum(), xg, retain_graph=i < d - 1, allow_unused=True)
+                (grad,) = torch.autograd.grad(fg[:, i].sum(), xg, retain_graph=i < d - 1, allow_unused=True)
                 rows.append(torch.zeros_like(x) if grad is None else grad)
         return torch.stack(rows, dim=1).detach()
-    fx = f(t, x, p)
     J = np.empty((n, d, d), dtype=x.dtype)
     for j in range(d):
         dx = FD_STEP * (1.0 + np.abs(x[:, j]))
@@ -415,12 +415,11 @@ def drift_jacobian(f, jac, tab, t, x, p):
 
 
 @overload(drift_jacobian)
-def _ov_drift_jacobian(f, jac, tab, t, x, p):
-    def impl(f, jac, tab, t, x, p):
+def _ov_drift_jacobian(f, jac, tab, t, x, p, fx):
+    def impl(f, jac, tab, t, x, p, fx):
         if tab[0, 2] != 0.0:
             return jac(t, x, p)
         n, d = x.shape
-        fx = f(t, x, p)
         J = np.empty((n, d, d))
         for j in range(d):
             xj = x.copy()
@@ -604,8 +603,8 @@ def drift_implicit(f, jac, p, tab, t, x, h, explicit):
     tol = tab[0, 3]
     err = newton_error(y - c, y)  # a placeholder of the right shape and type, replaced by the first iteration
     for _ in range(int(tab[0, 4])):
-        r = y - th * f(t + h, y, p) - c
-        dy = solve_rows(newton_matrix(drift_jacobian(f, jac, tab, t + h, y, p), th), r)
+        fy = f(t + h, y, p)
+        dy = solve_rows(newton_matrix(drift_jacobian(f, jac, tab, t + h, y, p, fy), th), y - th * fy - c)
         y = y - dy
         err = newton_error(dy, y)
         if newton_done(err, tol):

@@ -59,9 +59,9 @@ def _tab(scheme, problem):
 
 def _newton_drift(problem, dim):
     """Drift evaluations of the step's implicit part with one Newton iteration: ``f(t, x)``, the residual and, without
-    a user Jacobian, ``dim`` forward differences (each further iteration costs as much again; the counts in
+    a user Jacobian, ``dim`` forward differences from it (each further iteration costs as much again; the counts in
     ``Solution.stats`` are those of one iteration)."""
-    return 2 + (0 if getattr(problem, "jac", None) is not None else 1 + dim)
+    return 2 + (0 if getattr(problem, "jac", None) is not None else dim)
 
 
 def _plan_euler(scheme, problem, dim):
