@@ -60,14 +60,18 @@ def test_sde_backends_agree(problem, x0, method, direction, ref, other, rtol):
 def test_ode_backends_agree(method, ref, other, rtol):
     ex = problems.gaussian_pf_ode()
     kw = dict(method=method, save_at=[0.0, 0.25, 0.5, 1.0])
-    if method != "dopri5":
+    adaptive = sk.get_scheme(method, ex.problem).adaptive
+    if not adaptive:
         kw["n_steps"] = 16
-    # torch steps a batch with one step size, so its dopri5 matches the per-path integrators on one path.
-    x0 = np.array([[1.0, -1.0]]) if method == "dopri5" and other == "torch" else np.array([[1.0, -1.0], [0.3, 0.2]])
+    # torch steps a batch with one step size, so its adaptive schemes match the per-path integrators on one path.
+    x0 = np.array([[1.0, -1.0]]) if adaptive and other == "torch" else np.array([[1.0, -1.0], [0.3, 0.2]])
     a = sk.solve(ex.problem, x0, (0.0, 1.0), backend=ref, **kw)
     b = sk.solve(ex.problem, x0, (0.0, 1.0), backend=other, **kw)
     np.testing.assert_allclose(_x(b), _x(a), rtol=rtol, atol=1e-14)
-    assert a.stats == b.stats
+    if method.startswith("rodas") and other == "torch":  # torch's Jacobian by autograd, numba's by differences of f
+        assert (a.stats.n_accepted, a.stats.n_rejected) == (b.stats.n_accepted, b.stats.n_rejected)
+    else:
+        assert a.stats == b.stats
 
 
 def test_results_do_not_depend_on_the_batch():

@@ -33,6 +33,7 @@ from ..schemes import _adaptive
 from ..schemes._stability import nonfinite_code
 from ..solution import Stats
 from . import Inputs, Result, Work, fixed_step_stats, no_failures
+from . import rosenbrock
 from .numba_adapters import ERR_SLOT, adapter, flatten_params, shape_error
 from .numba_kernels import F64_1 as _F64_1
 from .numba_kernels import F64_2 as _F64_2
@@ -171,7 +172,7 @@ class NumbaBackend(NumpyBackend):
         if work.scheme.kind == "semilinear":  # one evaluation of D per step on the whole batch: NumPy's loop
             return run_exponential(inputs, work, _nonlinear(inputs))
         if work.scheme.adaptive:
-            return run_adaptive(inputs, work)
+            return rosenbrock.run_numba(inputs, work) if rosenbrock.solves(work) else run_adaptive(inputs, work)
         return run_fixed(inputs, work)
 
 

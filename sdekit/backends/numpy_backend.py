@@ -21,6 +21,7 @@ from ..schemes._stability import nonfinite_code
 from ..semilinear import ORDERS, SemilinearODE, grid_weights
 from ..solution import Stats
 from . import Inputs, Options, Result, Work, fixed_step_stats, no_failures
+from . import rosenbrock
 
 
 def wrap(fn, target, name="drift"):
@@ -104,7 +105,7 @@ class NumpyBackend:
         if work.scheme.kind == "semilinear":
             return run_exponential(inputs, work, inputs.problem.nonlinear)
         if work.scheme.adaptive:
-            return run_adaptive(inputs, work)
+            return rosenbrock.run_numpy(inputs, work) if rosenbrock.solves(work) else run_adaptive(inputs, work)
         return run_fixed(inputs, work)
 
 

@@ -45,6 +45,7 @@ from ..schemes._stability import nonfinite_code
 from ..semilinear import SemilinearODE
 from ..solution import Stats
 from . import Inputs, Options, Result, Work, fixed_step_stats, no_failures
+from . import rosenbrock
 from .numpy_backend import integrate_exponential
 
 _DEVICE_HINT = "Move it to the solve's device (tensor.to(device), module.to(device)) or pass device=... to solve."
@@ -232,7 +233,7 @@ class TorchBackend:
         if work.scheme.kind == "semilinear":
             return run_exponential(inputs, work)
         if work.scheme.adaptive:
-            return run_adaptive(inputs, work)
+            return rosenbrock.run_torch(inputs, work) if rosenbrock.solves(work) else run_adaptive(inputs, work)
         return run_fixed(inputs, work)
 
 
