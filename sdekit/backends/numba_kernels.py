@@ -9,6 +9,12 @@ functions are written here, in a file, because Numba caches only functions
 with a source file; each kernel gets a name of its own, so each has its own
 cache entry). :func:`fixed_step_kernel` is the lookup: it raises for a step
 without a kernel, and for a componentwise step given a diffusion matrix.
+
+Failures are recorded per path: :func:`commit` stops a path whose new state is
+not finite (its time and code, the step's ``nonfinite_code``, in the solve's
+arrays), and with ``beta > 0`` the kernels apply the instability rule of the
+explicit schemes (:mod:`sdekit.schemes._stability`: :func:`grown_rows` is its
+trigger, :func:`judge_grown` its drift test, code UNSTABLE).
 """
 
 from __future__ import annotations
