@@ -135,3 +135,18 @@ def test_detect_instability_must_be_a_bool():
     with pytest.raises(ValueError, match="detect_instability"):
         sk.solve(_linear_sde(-1.0, 0.1), 1.0, (0.0, 1.0), method="euler", n_steps=4, seed=0, detect_instability=1)
 
+
+def test_torch_block_replay_finds_the_same_failures(monkeypatch):
+    # off the CPU the torch backend accumulates the trigger over a block and replays it; run that path on the CPU
+    from sdekit.backends import torch_backend
+
+    monkeypatch.setattr(torch_backend, "PER_STEP_DEVICES", ())
+    cubic = sk.SDE(lambda t, x, p: -10.0 * x**3, lambda t, x, p: 0.5 + 0.0 * x, noise="additive")
+    x0 = np.linspace(0.0, 3.0, 40)[:, None]  # x0 = 0: the scale is set by the first step (rule step 1)
+    kw = dict(method="euler", n_steps=32, seed=7, save_at=[0.5, 1.0])
+    ref = sk.solve(cubic, x0, (0.0, 1.0), backend="numpy", **kw)
+    replayed = sk.solve(cubic, x0, (0.0, 1.0), backend="torch", **kw)
+    assert 0 < ref.failed.sum() < 40
+    np.testing.assert_array_equal(replayed.failed, ref.failed)
+    np.testing.assert_array_equal(replayed.failure_time, ref.failure_time)
+    np.testing.assert_allclose(_x(replayed), _x(ref), rtol=1e-10, atol=1e-14)

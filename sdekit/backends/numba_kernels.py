@@ -142,11 +142,11 @@ def commit(x, x_next, t_end, lo, failed, failure_time, codes, nonfinite_code):
 
 
 @njit(inline="always")
-def grown_rows(x_next, scale, failed):
+def grown_rows(x_next, scale, failed, rows):
     """The live rows whose ``max|x|`` exceeds ``GROWTH`` times their reference ``scale`` (the instability rule of
-    :mod:`sdekit.schemes._stability`, step 2's trigger); a zero scale is set to the row's first non-zero norm."""
+    :mod:`sdekit.schemes._stability`, step 2's trigger), written to the start of ``rows``; returns their number. A
+    zero scale is set to the row's first non-zero norm."""
     nb, dim = x_next.shape
-    rows = np.empty(nb, dtype=np.int64)
     n = 0
     for a in range(nb):
         if failed[a]:
@@ -163,7 +163,7 @@ def grown_rows(x_next, scale, failed):
         elif norm > _stability.GROWTH * scale[a]:
             rows[n] = a
             n += 1
-    return rows[:n]
+    return n
 
 
 @njit(inline="always")
@@ -230,6 +230,7 @@ def _diagonal_kernel(step):
         nb, dim = x.shape
         m = dw.shape[2]
         xf = x.reshape(-1)
+        grown = np.empty(nb, dtype=np.int64)
         dw_expanded = np.zeros(nb * dim)
         area_expanded = np.zeros(nb * dim)
         for k in range(k0, k1):
@@ -245,8 +246,9 @@ def _diagonal_kernel(step):
                 d, e = dw_expanded, area_expanded
             x_next = step(f, g, p, tab, t, xf, h, d, e).reshape((nb, dim))
             if beta > 0.0:
-                rows = grown_rows(x_next, scale, failed)
-                if rows.size:
+                n_grown = grown_rows(x_next, scale, failed, grown)
+                if n_grown:
+                    rows = grown[:n_grown]
                     old, new = gather(x, rows), gather(x_next, rows)
                     f_old = f(t, old.reshape(-1), p).reshape(old.shape)
                     f_new = f(t, new.reshape(-1), p).reshape(old.shape)
@@ -265,12 +267,14 @@ def _matrix_kernel(step):
                      failure_time, codes, scale, beta, nonfinite_code):
         """Steps ``k0..k1-1`` of a sub-batch; returns the next save slot (``beta``, ``scale``: as the diagonal
         kernel's)."""
+        grown = np.empty(x.shape[0], dtype=np.int64)
         for k in range(k0, k1):
             t = t0 + k * h
             x_next = step(f, g, p, tab, t, x, h, dw[k - k0], levy_area[k - k0])
             if beta > 0.0:
-                rows = grown_rows(x_next, scale, failed)
-                if rows.size:
+                n_grown = grown_rows(x_next, scale, failed, grown)
+                if n_grown:
+                    rows = grown[:n_grown]
                     old, new = gather(x, rows), gather(x_next, rows)
                     judge_grown(h, beta, rows, old, new, f(t, old, p), f(t, new, p), scale, failed, failure_time,
                                 codes, lo, t + h)

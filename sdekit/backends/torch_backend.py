@@ -18,9 +18,10 @@ kernels over all paths. Nothing loops over paths in Python.
   when a path has failed inside a block the block is replayed without
   gradients to find the step. Saved states of a failed path are NaN from its
   failure on. The instability rule of the explicit schemes
-  (:mod:`sdekit.schemes._stability`) is checked the same way: each step keeps
-  the block's largest ``max|x|`` per path (no synchronisation), and the rows
-  that grew past the rule's trigger are replayed step by step.
+  (:mod:`sdekit.schemes._stability`): each step compares ``max|x|`` per path
+  with the rule's trigger as tensors; on the CPU the rows that pass it are
+  judged at that step (one bool read per step), on other devices the block
+  is replayed for them afterwards (no synchronisation per step).
 * **dopri5** steps the whole batch with one step size, controlled by the
   worst path (the error norm is the maximum over paths of the per-path RMS
   norm of the other backends). With one path it takes exactly the steps of
@@ -269,13 +270,16 @@ def step_functions(problem, dim: int, m: int):
     if not problem.is_sde:
         return wrap(problem.rhs, "rhs", lambda n: (n, dim)), _zero_diffusion
     f = wrap(problem.drift, "drift", lambda n: (n, dim))
-    if problem.matrix_noise:
     jac = getattr(problem, "jac", None)  # read by the drift-implicit steps (``_steps.drift_jacobian``)
     f.jacobian = None if jac is None else wrap(jac, "jac", lambda n: (n, dim, dim))
+    if problem.matrix_noise:
         return f, wrap(problem.diffusion, "diffusion", lambda n: (n, dim, m))
     return f, wrap(problem.diffusion, "diffusion", lambda n: (n, dim))
 
 
+# devices on which the instability rule is judged at each step (a bool read per step is cheap there); elsewhere the
+# trigger is accumulated over a block and the block replayed for the rows that passed it
+PER_STEP_DEVICES = ("cpu",)
 ODE_BLOCK_STEPS = 64  # steps between the finiteness checks of an ODE (an SDE checks once per block of increments)
 
 
@@ -314,18 +318,25 @@ def _replay_block(work, f, g, params, x, first_step, n_block, dw, levy_area, zer
                 scale[fresh] = norm[fresh]
                 rows = (live & ~fresh & (norm > _stability.GROWTH * scale)).nonzero().squeeze(1)
                 if rows.numel():
-                    old, new = x[rows], x_next[rows]
-                    d = new - old
-                    dd, df = (d * d).sum(dim=1), (d * (f(t, new, params) - f(t, old, params))).sum(dim=1)
-                    unstable = (h * df < -beta * dd) & torch.isfinite(df) & torch.isfinite(dd)
-                    fail[rows[unstable]] = first_step + j + 1
-                    codes[rows[unstable]] = _stability.UNSTABLE
-                    scale[rows[~unstable]] = norm[rows[~unstable]]
+                    _judge_grown(f, params, t, h, beta, x[rows], x_next[rows], norm[rows], rows, scale, fail, codes,
+                                 first_step + j + 1)
             bad = ~torch.isfinite(x_next).all(dim=1) & (fail == never)
             fail[bad] = first_step + j + 1
             codes[bad] = nonfinite
             x = x_next
     return fail, codes
+
+
+def _judge_grown(f, params, t, h, beta, old, new, norm, rows, scale, fail, codes, step_index):
+    """The drift test of the instability rule on the grown ``rows`` (``old``, ``new``: their states before and after
+    the step from ``t``, ``norm`` their new ``max|x|``): unstable rows fail at ``step_index`` with code UNSTABLE, the
+    others take ``norm`` as their reference scale."""
+    d = new - old
+    dd, df = (d * d).sum(dim=1), (d * (f(t, new, params) - f(t, old, params))).sum(dim=1)
+    unstable = (h * df < -beta * dd) & torch.isfinite(df) & torch.isfinite(dd)
+    fail[rows[unstable]] = step_index
+    codes[rows[unstable]] = _stability.UNSTABLE
+    scale[rows[~unstable]] = norm[~unstable]
 
 
 class _Tab:
@@ -411,6 +422,9 @@ def run_fixed(inputs: Inputs, work: Work) -> Result:
     outs = []
     never = n_steps + 1
     beta, nonfinite = work.stability_boundary, nonfinite_code(work.plan.step)
+    # the instability rule: on the CPU judged at the step a row passes the trigger (a test of one bool per step);
+    # on other devices the trigger is accumulated without synchronising and the block replayed for those rows
+    per_step = beta > 0.0 and torch.device(device).type in PER_STEP_DEVICES
     for lo, hi, x in _batches(inputs):
         zero = x.new_zeros((hi - lo, max(inputs.noise_dim, 1)))
         fail_step = torch.full((hi - lo,), never, dtype=torch.int64, device=device)
@@ -424,24 +438,40 @@ def run_fixed(inputs: Inputs, work: Work) -> Result:
         for first_step, dw, levy_area in _blocks(inputs, work, lo, hi, lambda: x.requires_grad):  # noqa: B023 - the current state, on purpose
             n_block = min(n_steps - first_step, ODE_BLOCK_STEPS) if dw is None else dw.shape[0]
             x_start = x
-            peak = torch.zeros_like(scale)  # the block's largest max|x| per path (NaN once a row holds NaN)
+            if beta > 0.0:  # the rule's trigger, step by step as a tensor
+                scale_start = scale.clone()
+                unset = bool((scale == 0.0).any())  # rows whose first non-zero state sets their scale (rule step 1)
+                threshold = None if unset else _stability.GROWTH * scale
+                grown = None if per_step else torch.zeros_like(scale, dtype=torch.bool)
             for j in range(n_block):
                 k = first_step + j
+                x_prev = x
                 x = stepper(times[k], x, zero if dw is None else dw[j], zero if levy_area is None else levy_area[j])
                 if beta > 0.0:
-                    peak = torch.maximum(peak, x.detach().abs().amax(dim=1))
+                    norm = x.detach().abs().amax(dim=1)
+                    if unset:
+                        scale = torch.where((scale == 0.0) & torch.isfinite(norm), norm, scale)
+                    over = norm > (_stability.GROWTH * scale if unset else threshold)
+                    if not per_step:
+                        grown |= over
+                    elif bool(over.any()):
+                        rows = (over & torch.isfinite(norm) & (fail_step == never)).nonzero().squeeze(1)
+                        with torch.no_grad():
+                            _judge_grown(f, params, times[k], h, beta, x_prev.detach()[rows], x.detach()[rows],
+                                         norm[rows], rows, scale, fail_step, codes, k + 1)
+                        threshold = None if unset else _stability.GROWTH * scale
                 if next_save < save_idx.size and save_idx[next_save] == k + 1:
                     saved.append(x)
                     next_save += 1
-            # rows to replay step by step: non-finite ones, and (instability rule) any whose scale is unset or
-            # which grew past GROWTH times it in the block; the others took no branch of the rule in the block
+            # rows to replay step by step: non-finite ones, and (instability rule, off the CPU) those that passed the
+            # trigger in the block; the others took at most rule step 1, which the tracking above did exactly
             suspect = ~torch.isfinite(x.detach()).all(dim=1)
-            if beta > 0.0:
-                suspect |= (peak > _stability.GROWTH * scale) | ((scale == 0.0) & (peak > 0.0)) | torch.isnan(peak)
+            if beta > 0.0 and not per_step:
+                suspect |= grown
             suspect &= fail_step == never
             if bool(suspect.any()):
                 rows = suspect.nonzero().squeeze(1)
-                row_scale = scale[rows]
+                row_scale = scale_start[rows]
                 row_fail, row_codes = _replay_block(
                     work, f, g, params, x_start.detach()[rows], first_step, n_block,
                     None if dw is None else dw[:, rows], None if levy_area is None else levy_area[:, rows],
