@@ -43,8 +43,13 @@ CASES = [
 
 # The asymptotic range: on these problems the local slopes have settled (to
 # within about 0.01) from 256 steps on; coarser grids bias the fitted slope by
-# more than the Monte Carlo interval, which covers sampling noise only.
+# more than the Monte Carlo interval, which covers sampling noise only. That
+# remaining bias is allowed for (SETTLED): drift-implicit Euler on the commuting
+# linear systems, whose error is mostly the drift's, C h (1 - c h) with c ~ |A|
+# (backward Euler: (1 - z)^-n e^{-nz} = 1 + n z^2 / 2 + n z^3 / 3 + ...), fits
+# 0.999 [0.999, 1.000]: order 1 approached from below, by 0.001.
 STEPS = [256, 512, 1024, 2048, 4096]
+SETTLED = 0.01
 
 
 @pytest.mark.slow
@@ -55,11 +60,12 @@ def test_strong_order(method, noise, calculus, backend):
 
 
 def _assert_declared_strong_order(exact, method, steps, n_paths, backend):
-    """The fitted strong order's 95% bootstrap interval contains or exceeds the declared order, and is narrower than 0.4."""
+    """The fitted strong order's 95% bootstrap interval contains or exceeds the declared order (less SETTLED), and is
+    narrower than 0.4."""
     declared = sk.get_scheme(method, exact.problem).order_for(exact.problem)
     st = convergence.study(exact, [method], steps, n_paths=n_paths, seed=7, n_boot=500, backend=backend)
     fit = st.strong_fits[method]
-    assert fit.contains_or_exceeds(declared), f"{method} on {exact.name}: {fit} vs declared {declared}"
+    assert fit.contains_or_exceeds(declared - SETTLED), f"{method} on {exact.name}: {fit} vs declared {declared}"
     assert fit.ci_high - fit.ci_low < 0.4, f"interval too wide: {fit}"
 
 
