@@ -117,10 +117,10 @@ def compile_functions(inputs: Inputs, adaptive: bool, jacobian: bool = False):
 
     Returns ``(f, g, jac, flat, check)``: ``flat`` holds the params and, after them, the adapters' error slots;
     ``check(flat)`` raises the shape error an adapter flagged (each thread works on its own copy of ``flat``).
-    """
     ``jacobian``: the kernel of a drift-implicit step, which works on (n, dim) states ("2d" drift and diagonal
     diffusion) and takes the drift's Jacobian ``jac``, the "3d" adapter of ``problem.jac`` with ``m = dim`` (a
     placeholder of that type, never called, when the problem has none); otherwise ``jac`` is None.
+    """
     flat, layout = flatten_params(inputs.params)
     n_params = flat.size
     problem, dim, m = inputs.problem, inputs.dim, inputs.noise_dim
@@ -130,9 +130,9 @@ def compile_functions(inputs: Inputs, adaptive: bool, jacobian: bool = False):
         names, forms = ("rhs",), ("flat",)
     elif problem.matrix_noise:
         names, forms = ("drift", "diffusion"), ("2d", "3d")
-    else:
     elif jacobian:
         names, forms = ("drift", "diffusion"), ("2d", "2d")
+    else:
         names, forms = ("drift", "diffusion"), ("flat", "flat")
     user_jac = jacobian and getattr(problem, "jac", None) is not None
     if user_jac:
@@ -140,8 +140,8 @@ def compile_functions(inputs: Inputs, adaptive: bool, jacobian: bool = False):
     adapters = [adapter(problem, name, form, dim, dim if name == "jac" else m, layout, slot)
                 for slot, (name, form) in enumerate(zip(names, forms, strict=True))]
     f, g = adapters[0], (adapters[1] if len(adapters) > 1 else (None if adaptive else _zero_diffusion.compiled))
-    flat = np.concatenate([flat, np.zeros(ERR_SLOT * len(names))])
     jac = (adapters[-1] if user_jac else no_jacobian.compiled) if jacobian else None
+    flat = np.concatenate([flat, np.zeros(ERR_SLOT * len(names))])
 
     def check(thread_flat):
         err = shape_error(thread_flat, n_params, names, dim, m, forms)

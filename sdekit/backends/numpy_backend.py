@@ -116,9 +116,9 @@ def step_functions(problem, dim: int, m: int):
     """``(f, g)``: the drift (an ODE's ``rhs``) and the diffusion as the steps call them, each result checked and
     broadcast to ``(n, dim)`` (a matrix diffusion to ``(n, dim, m)``); an ODE's diffusion is zero."""
     f = wrap(problem.drift, lambda n: (n, dim), "drift" if m else "rhs")
-    if not m:
     jac = getattr(problem, "jac", None)  # read by the drift-implicit steps (``_steps.drift_jacobian``)
     f.jacobian = None if jac is None else wrap(jac, lambda n: (n, dim, dim), "jac")
+    if not m:
         return f, _zero_diffusion
     if problem.matrix_noise:
         return f, wrap(problem.diffusion, lambda n: (n, dim, m), "diffusion")
