@@ -32,8 +32,7 @@ from numba.core.errors import NumbaIRAssumptionWarning
 from ..schemes import _adaptive
 from ..schemes._stability import nonfinite_code
 from ..solution import Stats
-from . import Inputs, Result, Work, fixed_step_stats, no_failures
-from . import rosenbrock
+from . import Inputs, Result, Work, fixed_step_stats, no_failures, rosenbrock
 from .numba_adapters import ERR_SLOT, adapter, flatten_params, shape_error
 from .numba_kernels import F64_1 as _F64_1
 from .numba_kernels import F64_2 as _F64_2

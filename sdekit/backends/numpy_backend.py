@@ -20,8 +20,7 @@ from ..schemes import _adaptive, _stability
 from ..schemes._stability import nonfinite_code
 from ..semilinear import ORDERS, SemilinearODE, grid_weights
 from ..solution import Stats
-from . import Inputs, Options, Result, Work, fixed_step_stats, no_failures
-from . import rosenbrock
+from . import Inputs, Options, Result, Work, fixed_step_stats, no_failures, rosenbrock
 
 
 def wrap(fn, target, name="drift"):

@@ -45,8 +45,7 @@ from ..schemes import _adaptive, _stability
 from ..schemes._stability import nonfinite_code
 from ..semilinear import SemilinearODE
 from ..solution import Stats
-from . import Inputs, Options, Result, Work, fixed_step_stats, no_failures
-from . import rosenbrock
+from . import Inputs, Options, Result, Work, fixed_step_stats, no_failures, rosenbrock
 from .numpy_backend import integrate_exponential
 
 _DEVICE_HINT = "Move it to the solve's device (tensor.to(device), module.to(device)) or pass device=... to solve."
