@@ -8,6 +8,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import pytest
 
 distributed = pytest.importorskip("distributed")
@@ -95,3 +96,62 @@ def test_map_chunks_survives_a_worker_that_dies(client, tmp_path):
     results = dict(map_chunks(client, _square_or_exit, [(i, marker) for i in range(16)]))
     assert os.path.exists(marker)  # a worker did exit
     assert results == {i: i * i for i in range(16)}
+
+
+# ---------------------------------------------------------------------------------------------- sdekit.ensemble on Dask
+
+# floating-point sums merged in the tree, and the quantile sketch: the statistics whose values depend on the merge
+# order unless the order is fixed (counts, minima and maxima do not)
+STATISTICS = ("mean", "var", "quantiles")
+
+
+def _ou_ensemble(client, n_paths, chunk_paths):
+    import sdekit
+    from sdekit import problems
+
+    ou = problems.ornstein_uhlenbeck()
+    return sdekit.ensemble(ou.problem, ou.x0, ou.t_span, method="euler", n_steps=4, n_paths=n_paths, seed=7,
+                           save_at=[0.5, 1.0], statistics=STATISTICS, chunk_paths=chunk_paths, client=client)
+
+
+def _assert_identical(a, b):
+    for name in ("mean", "mean_se", "var", "var_se", "quantiles"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert (a.n_paths, a.n_failed) == (b.n_paths, b.n_failed)
+
+
+@pytest.fixture(scope="module")
+def one_machine():
+    """10^6 OU paths in one chunk, in this process: the reference of the Dask runs."""
+    return _ou_ensemble(None, 10**6, 10**6)
+
+
+def test_a_cluster_gives_the_one_machine_result(client, one_machine):
+    on_dask = _ou_ensemble(client, 10**6, 3 * 4096)  # 82 chunks of 3 leaves (the last one of 2), on 2 workers
+    assert on_dask.n_chunks == 82 and one_machine.n_chunks == 1
+    _assert_identical(on_dask, one_machine)
+
+
+def _chunk_or_exit(run_chunk, marker, exit_at_leaf, chunk):
+    """The ensemble's chunk function, but the first attempt of the chunk starting at ``exit_at_leaf`` kills its worker."""
+    if chunk.first_leaf == exit_at_leaf:
+        _exit_the_worker_once(marker)
+    return run_chunk(chunk)
+
+
+def test_a_worker_killed_mid_run_changes_nothing(client, one_machine, tmp_path, monkeypatch):
+    import functools
+
+    from sdekit import _distributed
+
+    marker = str(tmp_path / "exited")
+    real_map_chunks = _distributed.map_chunks
+
+    def map_chunks_that_kill_a_worker(client_, fn, specs, **kwargs):
+        # chunks of 8 leaves: 31 chunks; the 16th kills its worker once at least 12 chunks have finished
+        return real_map_chunks(client_, functools.partial(_chunk_or_exit, fn, marker, 15 * 8), specs, **kwargs)
+
+    monkeypatch.setattr(_distributed, "map_chunks", map_chunks_that_kill_a_worker)
+    on_dask = _ou_ensemble(client, 10**6, 8 * 4096)
+    assert os.path.exists(marker), "no worker was killed"
+    _assert_identical(on_dask, one_machine)
