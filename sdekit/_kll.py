@@ -54,7 +54,8 @@ class KLLSketch(NamedTuple):
     n : int
         Items summarised per coordinate.
     levels : tuple of numpy.ndarray
-        ``levels[h]`` has shape ``(n_h, C)``: items of weight ``2**h``.
+        ``levels[h]`` has shape ``(C, n_h)``: items of weight ``2**h`` (a row per coordinate, so that sorting
+        is along contiguous memory).
     salt : int
         A 64-bit hash of the items and of the merges that made the sketch (see the module notes).
     k : int
@@ -72,7 +73,7 @@ class KLLSketch(NamedTuple):
 
 def empty(n_coordinates: int, k: int, seed: int) -> KLLSketch:
     """A sketch of no items."""
-    return KLLSketch(0, (np.empty((0, n_coordinates)),), 0, int(k), int(seed))
+    return KLLSketch(0, (np.empty((n_coordinates, 0)),), 0, int(k), int(seed))
 
 
 def _capacity(level: int, n_levels: int, k: int) -> int:
@@ -83,28 +84,29 @@ def _compress(n: int, levels: list, salt: int, k: int, seed: int) -> KLLSketch:
     """Compact the lowest over-full level until every level fits its capacity."""
     compaction = 0
     while True:
-        over = [h for h, items in enumerate(levels) if len(items) > _capacity(h, len(levels), k)]
+        over = [h for h, items in enumerate(levels) if items.shape[1] > _capacity(h, len(levels), k)]
         if not over:
             return KLLSketch(n, tuple(levels), salt, k, seed)
         h = over[0]
-        items = np.sort(levels[h], axis=0)
-        odd = len(items) % 2
+        items = np.sort(levels[h], axis=1)
+        size = items.shape[1]
+        odd = size % 2
         coin = _mix64(_mix64(seed ^ salt) ^ _mix64((h << 32) | compaction)) & 1
-        promoted = items[coin : len(items) - odd : 2]
-        levels[h] = items[len(items) - odd :]  # the largest stays when the count is odd
+        promoted = items[:, coin : size - odd : 2]
+        levels[h] = np.ascontiguousarray(items[:, size - odd :])  # the largest stays when the count is odd
         if h + 1 == len(levels):
-            levels.append(promoted)
+            levels.append(np.ascontiguousarray(promoted))
         else:
-            levels[h + 1] = np.concatenate([levels[h + 1], promoted])
+            levels[h + 1] = np.concatenate([levels[h + 1], promoted], axis=1)
         compaction += 1
 
 
 def from_items(items: np.ndarray, k: int, seed: int) -> KLLSketch:
     """The sketch of ``items``, shape ``(n, C)`` (row ``i``: one item of every coordinate)."""
-    items = np.ascontiguousarray(items, dtype=np.float64)
-    bits = np.bitwise_xor.reduce(items.view(np.uint64).ravel() * np.uint64(0x9E3779B97F4A7C15)) if items.size else 0
-    salt = _mix64(int(bits) ^ _mix64(items.shape[0]))
-    return _compress(items.shape[0], [items], salt, int(k), int(seed))
+    rows = np.ascontiguousarray(np.asarray(items, dtype=np.float64).T)
+    bits = np.bitwise_xor.reduce(rows.view(np.uint64).ravel() * np.uint64(0x9E3779B97F4A7C15)) if rows.size else 0
+    salt = _mix64(int(bits) ^ _mix64(rows.shape[1]))
+    return _compress(rows.shape[1], [rows], salt, int(k), int(seed))
 
 
 def merge(a: KLLSketch, b: KLLSketch) -> KLLSketch:
@@ -114,7 +116,7 @@ def merge(a: KLLSketch, b: KLLSketch) -> KLLSketch:
     if b.n == 0:
         return a
     depth = max(len(a.levels), len(b.levels))
-    levels = [np.concatenate([lv[h] for lv in (a.levels, b.levels) if h < len(lv)]) for h in range(depth)]
+    levels = [np.concatenate([lv[h] for lv in (a.levels, b.levels) if h < len(lv)], axis=1) for h in range(depth)]
     return _compress(a.n + b.n, levels, _mix64(a.salt ^ _mix64(b.salt ^ 0xD1B54A32D192ED03)), a.k, a.seed)
 
 
@@ -125,12 +127,12 @@ def quantiles(sketch: KLLSketch, levels) -> np.ndarray:
     retained items not above it) reaches ``q * n``.
     """
     levels = np.asarray(levels, dtype=np.float64)
-    n_coordinates = sketch.levels[0].shape[1]
+    n_coordinates = sketch.levels[0].shape[0]
     if sketch.n == 0:
         return np.full((levels.size, n_coordinates), np.nan)
-    values = np.concatenate(sketch.levels)
-    weights = np.concatenate([np.full(len(items), 2.0**h) for h, items in enumerate(sketch.levels)])
-    order = np.argsort(values, axis=0, kind="stable")
-    ranks = np.cumsum(weights[order], axis=0)  # (n_items, C): weight at or below each sorted item
-    first = np.argmax(ranks[None] >= (levels * sketch.n)[:, None, None], axis=1)  # (Q, C)
-    return np.take_along_axis(values, np.take_along_axis(order, first, axis=0), axis=0)
+    values = np.concatenate(sketch.levels, axis=1)  # (C, n_items)
+    weights = np.concatenate([np.full(items.shape[1], 2.0**h) for h, items in enumerate(sketch.levels)])
+    order = np.argsort(values, axis=1, kind="stable")
+    ranks = np.cumsum(weights[order], axis=1)  # weight at or below each sorted item, exact in float64
+    first = np.argmax(ranks[None] >= (levels * sketch.n)[:, None, None], axis=2)  # (Q, C)
+    return np.take_along_axis(values, np.take_along_axis(order, first.T, axis=1), axis=1).T
