@@ -112,8 +112,9 @@ class EnsembleResult:
         Unbiased sample covariance.
     min, max : ndarray (T, dim)
     quantiles : ndarray (len(quantile_levels), T, dim)
-        KLL sketch estimates (Karnin, Lang & Liberty 2016); their normalised rank error is stated in
-        :mod:`sdekit._kll`.
+        KLL sketch estimates (Karnin, Lang & Liberty 2016). For ``sketch_k=200`` the normalised rank error
+        ``|F(estimate) - level|`` is stated as 1.65 % at 99 % confidence (measured: at most 0.94 %; see
+        :mod:`sdekit._kll`), on top of the sampling error of an empirical quantile.
     quantile_levels : ndarray
     histogram : Histogram
     phi_mean, phi_mean_se, phi_var, phi_var_se : ndarray (T, k)
