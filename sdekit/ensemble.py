@@ -40,16 +40,38 @@ class Reducer(Protocol):
 
     :func:`ensemble` calls, for every leaf of paths, ``update(init(t, dim), t, x, failed)``, merges the leaf
     states with ``merge`` in a fixed binary tree (left part first), and returns ``finalize`` of the root.
-    Every method must be a pure function of its arguments (return new states, leave the arguments unchanged);
-    the states travel between processes, so they must pickle.
+    Every method must be a pure function of its arguments (return new states, leave the arguments unchanged):
+    then the result is the same for any chunking and any order in which chunks finish. The reducer and its
+    states travel between processes (Dask), so they must pickle. A class with these four methods is a
+    ``Reducer`` (``isinstance(obj, sdekit.Reducer)`` checks the method names); no subclassing is needed.
+
+    Examples
+    --------
+    The fraction of paths whose first component reaches a barrier at one of the save times:
+
+    >>> class BarrierHit:
+    ...     def __init__(self, barrier):
+    ...         self.barrier = barrier
+    ...     def init(self, t, dim):
+    ...         return 0, 0
+    ...     def update(self, state, t, x_chunk, failed_mask):
+    ...         hit = (x_chunk[:, ~failed_mask, 0] >= self.barrier).any(axis=0)
+    ...         return state[0] + int(hit.sum()), state[1] + hit.size
+    ...     def merge(self, a, b):
+    ...         return a[0] + b[0], a[1] + b[1]
+    ...     def finalize(self, state):
+    ...         return state[0] / state[1]
+    >>> isinstance(BarrierHit(3.0), Reducer)
+    True
 
     Methods
     -------
     init(t, dim) -> state
         The state of no paths. ``t``: the save times, shape ``(T,)``; ``dim``: the state dimension.
     update(state, t, x_chunk, failed_mask) -> state
-        Add paths: ``x_chunk`` has shape ``(T, n, dim)`` (NumPy float64), ``failed_mask`` shape ``(n,)`` marks
-        the paths that failed (their states hold NaN from the failure on); the built-in reducers skip them.
+        Add paths: ``x_chunk`` has shape ``(T, n, dim)`` (NumPy float64, C-contiguous: one leaf of paths),
+        ``failed_mask`` shape ``(n,)`` marks the paths that failed (their states hold NaN from the failure on);
+        the built-in reducers skip them. ``t`` is the ``(T,)`` array of save times.
     merge(a, b) -> state
         The state of the paths of ``a`` followed by those of ``b``.
     finalize(state) -> value
@@ -107,7 +129,8 @@ class EnsembleResult:
         Sample mean and its standard error ``sqrt(var / n)``.
     var, var_se : ndarray (T, dim)
         Unbiased sample variance and its standard error ``sqrt((m4 - var^2 (n - 3) / (n - 1)) / n)`` from the
-        fourth central moment ``m4``.
+        fourth central moment ``m4`` (the variance of the sample variance; Cramér 1946, Mathematical Methods of
+        Statistics, ch. 27).
     cov : ndarray (T, dim, dim)
         Unbiased sample covariance.
     min, max : ndarray (T, dim)
@@ -410,7 +433,8 @@ def _run_chunk(chunk: _Chunk) -> _ChunkResult:
     for leaf in range(chunk.first_leaf, chunk.end_leaf):
         lo = leaf * job.leaf_paths - first
         hi = min(end, (leaf + 1) * job.leaf_paths) - first
-        states = {key: r.update(r.init(t, dim), t, x[:, lo:hi], failed[lo:hi]) for key, r in job.reducers.items()}
+        leaf_x = np.ascontiguousarray(x[:, lo:hi])  # its memory layout, hence numpy's summation order, is the leaf's own
+        states = {key: r.update(r.init(t, dim), t, leaf_x, failed[lo:hi]) for key, r in job.reducers.items()}
         _absorb(nodes, 0, leaf, states, job.reducers)
     return _ChunkResult(nodes, dict(sol.failure_reasons or {}), int(failed.sum()))
 

@@ -259,10 +259,12 @@ def test_ensemble_equals_solve_of_the_same_paths_for_every_scheme():
                             chunk_paths=128, **kw)
         sol = sdekit.solve(problem.problem, problem.x0, problem.t_span, n_paths=300, seed=4, **kw)
         np.testing.assert_allclose(r.mean[:, 0], sol.x[:, :, 0].mean(axis=1), rtol=1e-13, err_msg=method)
-    for method, kw in (("rk4", dict(n_steps=8, backend="numpy")), ("dopri5", dict(rtol=1e-8, backend="numpy"))):
-        r = sdekit.ensemble(ode, x0_rows, (0.0, 1.0), method=method, n_paths=300, save_at=TIMES, leaf_paths=64,
-                            chunk_paths=100, **kw)
-        sol = sdekit.solve(ode, x0_rows, (0.0, 1.0), method=method, save_at=TIMES, **kw)
+    semilinear = sdekit.SemilinearODE(lambda t, p: -p[0] * t, lambda t, p: p[0] * t, lambda t, x, p: -x, params=(2.0,))
+    for problem, method, kw in ((ode, "rk4", dict(n_steps=8)), (ode, "dopri5", dict(rtol=1e-8)),
+                                (semilinear, "exp_ab2", dict(n_steps=8))):
+        r = sdekit.ensemble(problem, x0_rows, (0.0, 1.0), method=method, n_paths=300, save_at=TIMES, leaf_paths=64,
+                            chunk_paths=100, backend="numpy", **kw)
+        sol = sdekit.solve(problem, x0_rows, (0.0, 1.0), method=method, save_at=TIMES, backend="numpy", **kw)
         assert r.seed is None
         np.testing.assert_allclose(r.mean[:, 0], sol.x[:, :, 0].mean(axis=1), rtol=1e-13, atol=1e-15, err_msg=method)
         np.testing.assert_allclose(r.var[:, 0], sol.x[:, :, 0].var(axis=1, ddof=1), rtol=1e-11, err_msg=method)
