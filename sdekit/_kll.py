@@ -138,5 +138,5 @@ def quantiles(sketch: KLLSketch, levels) -> np.ndarray:
     weights = np.concatenate([np.full(items.shape[1], 2.0**h) for h, items in enumerate(sketch.levels)])
     order = np.argsort(values, axis=1, kind="stable")
     ranks = np.cumsum(weights[order], axis=1)  # weight at or below each sorted item, exact in float64
-    first = np.argmax(ranks[None] >= (levels * sketch.n)[:, None, None], axis=2)  # (Q, C)
-    return np.take_along_axis(values, np.take_along_axis(order, first.T, axis=1), axis=1).T
+    first = np.stack([np.argmax(ranks >= q * sketch.n, axis=1) for q in levels], axis=1)  # (C, Q)
+    return np.take_along_axis(values, np.take_along_axis(order, first, axis=1), axis=1).T
