@@ -12,6 +12,7 @@ retried ``retries`` times, and then its exception is raised here.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -42,8 +43,9 @@ def map_chunks(client, fn: Callable[[Any], Any], specs: Iterable, *, retries: in
     progress : bool, default False
         Show a tqdm bar over the chunks (its total is ``len(specs)`` when the iterable has one).
     max_in_flight : int, optional
-        Tasks submitted and not yet collected; default twice the number of worker threads of the cluster
-        (at least 4), which keeps every thread busy while the next task waits on its worker.
+        Tasks submitted and not yet collected; default four times the number of worker threads of the cluster
+        (at least 16), so that every thread has tasks queued while finished ones travel back. The results of
+        finished tasks are collected in batches, one round trip to the cluster per batch.
 
     Yields
     ------
@@ -61,7 +63,7 @@ def map_chunks(client, fn: Callable[[Any], Any], specs: Iterable, *, retries: in
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise ValueError(f"`retries` must be an integer >= 0, got {retries!r}.")
     if max_in_flight is None:
-        max_in_flight = max(4, 2 * sum(client.nthreads().values()))
+        max_in_flight = max(16, 4 * sum(client.nthreads().values()))
     elif not isinstance(max_in_flight, int) or isinstance(max_in_flight, bool) or max_in_flight < 1:
         raise ValueError(f"`max_in_flight` must be an integer >= 1, got {max_in_flight!r}.")
     return _stream(distributed, client, fn, specs, retries, progress, max_in_flight)
@@ -73,31 +75,31 @@ def _stream(distributed, client, fn, specs, retries, progress, max_in_flight):
 
     total = len(specs) if hasattr(specs, "__len__") else None
     run = uuid.uuid4().hex[:12]  # one name per call: task keys are unique on the scheduler and readable on its dashboard
-    pending = iter(enumerate(specs))
+    pending = enumerate(specs)
     in_flight = {}  # task key -> (index, future)
-    done = distributed.as_completed()
+    # results come with their futures, gathered in batches: one round trip to the cluster per batch, not per task
+    done = distributed.as_completed(with_results=True)
 
-    def submit_next() -> bool:
-        try:
-            index, spec = next(pending)
-        except StopIteration:
-            return False
-        future = client.submit(fn, spec, key=f"sdekit-chunk-{run}-{index}", pure=False, retries=retries)
-        in_flight[future.key] = index, future
-        done.add(future)
-        return True
+    def submit(count: int) -> None:
+        batch = list(itertools.islice(pending, count))
+        if not batch:
+            return
+        keys = [f"sdekit-chunk-{run}-{index}" for index, _ in batch]
+        futures = client.map(fn, [spec for _, spec in batch], key=keys, pure=False, retries=retries)
+        for (index, _), future in zip(batch, futures, strict=True):
+            in_flight[future.key] = index, future
+        done.update(futures)
 
     bar = tqdm(total=total, disable=not progress, desc="chunks", unit="chunk")
     try:
-        while len(in_flight) < max_in_flight and submit_next():
-            pass
-        for future in done:
-            result = future.result()  # raises the task's error once its retries are spent
-            index, _ = in_flight.pop(future.key)
-            future.release()  # the result now lives here only; the cluster may forget it
-            submit_next()
-            bar.update(1)
-            yield index, result
+        submit(max_in_flight)
+        for batch in done.batches():  # raises a task's error once its retries are spent
+            finished = [(in_flight.pop(future.key)[0], result) for future, result in batch]
+            for future, _ in batch:
+                future.release()  # the result now lives here only; the cluster may forget it
+            submit(max_in_flight - len(in_flight))
+            bar.update(len(finished))
+            yield from finished
     finally:
         bar.close()
         if in_flight:  # stopped early (an error, or the caller closed the iterator): cancel the rest

@@ -148,8 +148,10 @@ def test_a_worker_killed_mid_run_changes_nothing(client, one_machine, tmp_path, 
     real_map_chunks = _distributed.map_chunks
 
     def map_chunks_that_kill_a_worker(client_, fn, specs, **kwargs):
-        # chunks of 8 leaves: 31 chunks; the 16th kills its worker once at least 12 chunks have finished
-        return real_map_chunks(client_, functools.partial(_chunk_or_exit, fn, marker, 15 * 8), specs, **kwargs)
+        # chunks of 8 leaves: 31 chunks, at most 4 in flight, so the 16th (which kills its worker) is submitted
+        # after at least 12 chunks have finished and been collected
+        return real_map_chunks(client_, functools.partial(_chunk_or_exit, fn, marker, 15 * 8), specs,
+                               max_in_flight=4, **kwargs)
 
     monkeypatch.setattr(_distributed, "map_chunks", map_chunks_that_kill_a_worker)
     on_dask = _ou_ensemble(client, 10**6, 8 * 4096)
