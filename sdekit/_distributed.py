@@ -34,7 +34,7 @@ def map_chunks(client, fn: Callable[[Any], Any], specs: Iterable, *, retries: in
         The chunk function, called on a worker as ``fn(spec)``. It is serialized with cloudpickle, so it must be
         importable on the workers or picklable by value (closures and lambdas are).
     specs : iterable
-        The chunk specifications, consumed lazily: at most ``max_in_flight`` of them are submitted at a time.
+        The chunk specifications, consumed lazily: at most ``max_in_flight`` of them are on the cluster at a time.
         ``index`` is the position of the spec in this iterable.
     retries : int, default 2
         How many times Dask reruns a task that raised before its error is raised here. A task lost with its
@@ -45,7 +45,9 @@ def map_chunks(client, fn: Callable[[Any], Any], specs: Iterable, *, retries: in
     max_in_flight : int, optional
         Tasks submitted and not yet collected; default four times the number of worker threads of the cluster
         (at least 16), so that every thread has tasks queued while finished ones travel back. The results of
-        finished tasks are collected in batches, one round trip to the cluster per batch.
+        finished tasks are collected in batches, one round trip to the cluster per batch, and the next tasks are
+        submitted before a batch is handed to the caller: at most ``max_in_flight`` specs are on the cluster, and
+        at most as many results wait here for the caller.
 
     Yields
     ------
