@@ -75,6 +75,14 @@ def test_without_dask_the_error_names_the_extra(monkeypatch):
         map_chunks(None, _fail_on_three, range(2))
 
 
+def test_importing_sdekit_imports_no_dask():
+    import subprocess
+
+    code = "import sys, sdekit; print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
+
+
 def _exit_the_worker_once(marker):
     """``os._exit`` the worker running this, the first time any worker calls it (``marker`` is created atomically)."""
     try:
