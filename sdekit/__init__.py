@@ -7,6 +7,8 @@ Public API::
     time_change          a problem in a new time variable (non-uniform grids, reverse time)
     BrownianPath         seeded, refinable Brownian paths (read block by block as BrownianBlock records)
     solve                integrate a problem, returns a Solution
+    ensemble             streaming statistics of many paths, in chunks (optionally on Dask), EnsembleResult;
+                         Reducer: the protocol of a user statistic
     Stepper              one fixed step of a scheme at a time (for hand-written time loops)
     Solution, Stats      results
     list_schemes, get_scheme, Scheme
@@ -19,6 +21,7 @@ Public API::
 from . import convergence, ops, params, problems, report
 from .backends import BACKENDS
 from .brownian import BrownianBlock, BrownianPath
+from .ensemble import EnsembleResult, Reducer, ensemble
 from .problem import ODE, SDE
 from .schemes import Scheme, get_scheme, list_schemes
 from .semilinear import SemilinearODE
@@ -30,5 +33,6 @@ from .transform import time_change
 __all__ = [
     "SDE", "ODE", "BrownianPath", "params", "solve", "Solution", "Stats", "Scheme", "get_scheme", "list_schemes", "ops",
     "problems", "convergence", "report", "SemilinearODE", "time_change", "BACKENDS", "Stepper", "BrownianBlock",
+    "ensemble", "EnsembleResult", "Reducer",
 ]
 __version__ = "0.1.0"

@@ -6,7 +6,7 @@ import math
 import numbers
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -94,6 +94,10 @@ class BrownianPath:
     levy_area : bool
         Also generate the space-time Levy area. A path with Levy area is a
         different sample from one without, for the same seed.
+    first_path : int
+        Index, in a larger ensemble, of this object's path 0: local path ``i``
+        is the ensemble's path ``first_path + i`` (its numbers depend on that
+        index only). :meth:`paths_slice` makes such views.
 
     Notes
     -----
@@ -116,6 +120,7 @@ class BrownianPath:
     noise_dim: int = 1
     base_steps: int = 1
     levy_area: bool = False
+    first_path: int = 0
     _seed_key: np.uint64 = field(init=False, repr=False, compare=False)
 
     MAX_DEPTH = 48
@@ -142,12 +147,30 @@ class BrownianPath:
         object.__setattr__(self, "noise_dim", int(self.noise_dim))
         object.__setattr__(self, "base_steps", int(self.base_steps))
         object.__setattr__(self, "levy_area", bool(self.levy_area))
+        if not isinstance(self.first_path, numbers.Integral) or isinstance(self.first_path, bool) or self.first_path < 0:
+            raise ValueError(f"`first_path` must be a non-negative integer, got {self.first_path!r}.")
+        object.__setattr__(self, "first_path", int(self.first_path))
         object.__setattr__(self, "_seed_key", seed_to_key(self.seed))
 
     @classmethod
     def for_steps(cls, seed, t_span, n_steps, **kw) -> BrownianPath:
         """A path whose base grid fits ``n_steps`` and every ``n_steps * 2**k``."""
         return cls(seed, t_span=t_span, base_steps=_odd_part(int(n_steps)), **kw)
+
+    def paths_slice(self, start: int, stop: int) -> BrownianPath:
+        """The paths ``start, ..., stop - 1`` of this one, as a path of ``stop - start`` paths.
+
+        Its path ``i`` is this path's path ``start + i``, number for number, so a
+        solve driven by ``path.paths_slice(a, b)`` gives exactly the rows ``a:b``
+        of the solve driven by ``path`` (how :func:`sdekit.ensemble` cuts an
+        ensemble into chunks).
+        """
+        for name, v in (("start", start), ("stop", stop)):
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+                raise ValueError(f"`{name}` must be an integer, got {v!r}.")
+        if not 0 <= start < stop <= self.n_paths:
+            raise ValueError(f"paths_slice needs 0 <= start < stop <= n_paths={self.n_paths}, got ({start}, {stop}).")
+        return replace(self, n_paths=int(stop - start), first_path=self.first_path + int(start))
 
     @property
     def cell_length(self) -> float:
@@ -176,7 +199,12 @@ class BrownianPath:
         return t0 + (t1 - t0) * (np.arange(n_steps + 1) / n_steps)
 
     def _path_range(self, paths) -> tuple[int, int]:
-        """``(first_path, end_path)`` of a ``paths`` argument (None: all paths)."""
+        """``(first_path, end_path)`` of a ``paths`` argument (None: all paths), as lane indices: offset by
+        :attr:`first_path`."""
+        first, end = self._local_range(paths)
+        return self.first_path + first, self.first_path + end
+
+    def _local_range(self, paths) -> tuple[int, int]:
         if paths is None:
             return 0, self.n_paths
         if isinstance(paths, range | slice):

@@ -56,6 +56,9 @@ class Solution:
         Time of the first non-finite state (or of the step-size failure of an
         adaptive solve); NaN for paths that succeeded.
     method, backend : str
+    failure_reasons : dict or None
+        ``{reason: number of failed paths}``, with reasons ``"non-finite state"``,
+        ``"max_steps reached"``, ``"step size underflow"``; empty when no path failed.
     """
 
     t: np.ndarray
@@ -68,6 +71,7 @@ class Solution:
     failure_time: np.ndarray = field(default=None)
     method: str = ""
     backend: str = ""
+    failure_reasons: dict = field(default=None)
 
     @property
     def success(self) -> bool:

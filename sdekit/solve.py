@@ -261,6 +261,11 @@ def _noise(problem, scheme, seed, brownian, t0, t1, n_steps, n_paths, noise_dim)
 def _solution(result, work, backend):
     failed = ~np.isnan(result.failure_time)
     n_paths, n_failed = failed.size, int(failed.sum())
+    codes, counts = np.unique(result.failure_codes[failed], return_counts=True)
+    failure_reasons = {}
+    for code, count in zip(codes, counts, strict=True):  # a fixed-step backend records non-finite states as code 0
+        reason = _FAILURE_TEXT.get(int(code), "non-finite state")
+        failure_reasons[reason] = failure_reasons.get(reason, 0) + int(count)
     if n_failed:
         first = result.failure_time[failed]
         when = first.min() if work.t1 > work.t0 else first.max()
@@ -278,6 +283,7 @@ def _solution(result, work, backend):
     return Solution(
         t=work.save_t, x=result.x, stats=result.stats, status=status, message=message, brownian=work.brownian,
         failed=failed, failure_time=result.failure_time, method=work.scheme.name, backend=backend,
+        failure_reasons=failure_reasons,
     )
 
 

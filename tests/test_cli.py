@@ -40,3 +40,31 @@ def test_demo_refuses_an_unwritable_out_before_working(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "--out" in r.stderr and "is a file" in r.stderr
     assert r.stdout == ""  # refused before the first solve
+
+
+def test_ensemble_prints_statistics_near_the_exact_ones(capsys):
+    import json
+
+    from sdekit.cli import main
+
+    n = 20_000
+    assert main(["ensemble", "--problem", "ou", "--method", "sra1", "--steps", "16", "--paths", str(n), "--save-at",
+                 "0.5,1", "--stats", "mean,var,quantiles", "--format", "json", "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_paths"] == n and out["n_failed"] == 0 and out["t"] == [0.5, 1.0]
+    rows = out["rows"]
+    assert len(rows) == 2 * (2 + 5)  # per save time: mean, var, five quantiles
+    for row in rows:
+        if row["statistic"] in ("mean", "var"):  # SRA1's weak error on 16 steps is far below the standard error
+            assert abs(row["z"]) < 4, row
+        else:  # the sketch's rank error (1.65 % for k = 200) plus 4 sampling standard deviations of the rank
+            level = float(row["statistic"][1:])
+            assert abs(row["rank_error"]) < 0.0165 + 4 * (level * (1 - level) / n) ** 0.5, row
+
+
+def test_ensemble_refuses_a_histogram_without_bins(capsys):
+    from sdekit.cli import main
+
+    assert main(["ensemble", "--problem", "gbm", "--stats", "histogram", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--bins lo,hi,n" in err
