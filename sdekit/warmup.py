@@ -4,7 +4,7 @@ sdekit's Numba kernels are compiled once per installation and cached on disk;
 a solve compiles only the kernels it runs, the first time it runs them (and
 says so on stderr). This compiles them all at once: the fixed-step kernel of
 every step function (diagonal and matrix noise), the adaptive Runge–Kutta
-integrator, the Brownian tree with and without Lévy area, forwards and
+integrator, the Rosenbrock integrator, the Brownian tree with and without Lévy area, forwards and
 backwards, and the broadcasting code of the adapters for the usual result
 types. A problem's own functions still compile (in about a second) the first
 time they are solved, and are then cached too.
@@ -24,7 +24,7 @@ __all__ = ["warmup", "warmup_items"]
 def warmup_items() -> list[tuple[str, Callable[[], object]]]:
     """``(name, compile)`` for every library kernel; calling ``compile()`` compiles (or loads) it."""
     from .backends import numba_adapters as adapters
-    from .backends import numba_backend, numba_kernels
+    from .backends import numba_backend, numba_kernels, rosenbrock
 
     items = []
     for matrix in (False, True):
@@ -35,6 +35,8 @@ def warmup_items() -> list[tuple[str, Callable[[], object]]]:
             items.append((f"{step.__name__} step ({'matrix' if matrix else 'diagonal'} noise)",
                           lambda kernel=kernel: kernel.compiled))
     items.append(("adaptive Runge-Kutta integrator", lambda: numba_backend._adaptive_range.compiled))
+    items.append(("Rosenbrock integrator (rodas4, rodas5)", lambda: rosenbrock._rosenbrock_range.compiled))
+    items.append(("stand-in Jacobian of problems without jac", lambda: numba_kernels.no_jacobian.compiled))
     items.append(("zero diffusion of an ODE", lambda: numba_backend._zero_diffusion.compiled))
     items.append(("Brownian tree", _brownian))
     items.append(("broadcasting of results", lambda: _broadcasting(adapters)))

@@ -22,7 +22,7 @@ from ..schemes import _adaptive, _rosenbrock
 from ..schemes.rosenbrock import ROSENBROCK
 from ..solution import Stats
 from . import Inputs, Result, Work, no_failures
-from .numba_kernels import F64_2, F64_3, FLAT, FN2, FN3, cached_kernel
+from .numba_kernels import F64_2, F64_3, FLAT, FN2, FN3, cached_kernel, no_jacobian
 
 
 def user_jacobian(problem):
@@ -98,12 +98,6 @@ def _rosenbrock_range(f, jac, use_jac, p, a, C, gamma, c, d, b, e, H, order, t0,
             codes[i] = code
 
 
-@cached_kernel(F64_3(types.float64, F64_2, FLAT))
-def _no_jacobian(t, x, p):
-    """Stands in for ``jac`` when the problem has none (the integrator then differences ``f``)."""
-    return np.zeros((x.shape[0], x.shape[1], x.shape[1]))
-
-
 def run_numba(inputs: Inputs, work: Work) -> Result:
     from .numba_adapters import ERR_SLOT, adapter, flatten_params, shape_error
     from .numba_backend import _ranges, _run_parallel
@@ -114,7 +108,7 @@ def run_numba(inputs: Inputs, work: Work) -> Result:
     has_jac = user_jacobian(problem) is not None
     names, forms = (("rhs", "jac"), ("2d", "3d")) if has_jac else (("rhs",), ("2d",))
     f = adapter(problem, "rhs", "2d", dim, 0, layout, 0)
-    jac = adapter(problem, "jac", "3d", dim, dim, layout, 1) if has_jac else _no_jacobian.compiled
+    jac = adapter(problem, "jac", "3d", dim, dim, layout, 1) if has_jac else no_jacobian.compiled
     flat = np.concatenate([flat, np.zeros(ERR_SLOT * len(names))])
     out = np.full((work.save_t.size, inputs.n_paths, dim), np.nan)
     failure_time, failure_codes = no_failures(inputs.n_paths)

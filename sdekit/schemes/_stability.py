@@ -43,6 +43,7 @@ two-stage SRA1/SRIW1 drift, 2.785 for RK4). Steps without an entry
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -61,7 +62,9 @@ def real_stability_boundary(A, b) -> float:
     """``beta`` such that the explicit Runge–Kutta method ``(A, b)`` (strictly lower ``A``) is stable on ``[-beta, 0]``.
 
     ``R(z) = 1 + sum_{j>=1} z^j b^T A^{j-1} 1`` (Hairer & Wanner, *Solving ODEs II*, IV.2, eq. 2.9); ``beta`` is
-    the first ``r > 0`` with ``|R(-r)| > 1``, found on a grid of spacing 1e-3 and refined by bisection.
+    the first ``r > 0`` with ``|R(-r)| > 1``, found on a grid of spacing 1e-3 and refined by bisection. An
+    ``s``-stage method has ``beta <= 2 s^2`` (the shifted Chebyshev polynomial is the optimum; Hairer & Wanner,
+    *Solving ODEs II*, IV.2), so the grid stops there. Computed once per tableau.
     """
     A, b = np.asarray(A, dtype=float), np.asarray(b, dtype=float)
     coefficients = [1.0]
@@ -69,8 +72,14 @@ def real_stability_boundary(A, b) -> float:
     for _ in range(b.size):
         coefficients.append(float(b @ v))
         v = A @ v
+    return _polynomial_boundary(tuple(coefficients))
+
+
+@functools.lru_cache(maxsize=64)
+def _polynomial_boundary(coefficients: tuple) -> float:
     poly = np.polynomial.Polynomial(coefficients)
-    grid = np.arange(1, 200_001) * 1e-3
+    s = len(coefficients) - 1
+    grid = np.arange(1, int(1000 * (2 * s * s + 1)) + 1) * 1e-3
     outside = np.nonzero(np.abs(poly(-grid)) > 1.0 + 1e-12)[0]
     if outside.size == 0:
         return float(grid[-1])
