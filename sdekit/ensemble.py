@@ -194,13 +194,13 @@ class Moments(NamedTuple):
     cross: np.ndarray | None
 
 
-@cached_kernel(types.int64(types.float64[:, :, :], types.boolean[::1], F64_2, F64_2, F64_2, F64_2, F64_3, types.boolean),
+@cached_kernel(types.int64(F64_3, types.boolean[::1], F64_2, F64_2, F64_2, F64_2, F64_3, types.boolean),
                nogil=True)
 def _leaf_moments(values, failed, mean, m2, m3, m4, cross, with_cross):
     """Two-pass central moment sums of the rows of ``values`` (T, n, k) not marked in ``failed``, into the zeroed
     ``mean``, ``m2``, ``m3``, ``m4`` (T, k) (and ``cross`` (T, k, k) when ``with_cross``); returns the rows used.
 
-    The loops run in one fixed order, so the sums do not depend on the memory layout of ``values``.
+    The loops run in one fixed order, so the sums do not depend on how the caller laid out its data.
     """
     n_times, n, k = values.shape
     used = 0
@@ -236,7 +236,8 @@ def _moment_sums(values: np.ndarray, failed: np.ndarray, with_cross: bool) -> Mo
     n_times, _, k = values.shape
     mean, m2, m3, m4 = (np.zeros((n_times, k)) for _ in range(4))
     cross = np.zeros((n_times, k, k) if with_cross else (0, 0, 0))
-    used = _leaf_moments(values, np.ascontiguousarray(failed, dtype=np.bool_), mean, m2, m3, m4, cross, with_cross)
+    used = _leaf_moments(np.ascontiguousarray(values, dtype=np.float64), np.ascontiguousarray(failed, dtype=np.bool_),
+                         mean, m2, m3, m4, cross, with_cross)
     return Moments(int(used), mean, m2, m3, m4, cross if with_cross else None)
 
 
@@ -285,7 +286,7 @@ class MomentsReducer:
         return Moments(0, zeros, zeros, zeros, zeros, np.zeros((len(t), dim, dim)) if self.with_cross else None)
 
     def update(self, state, t, x_chunk, failed_mask):
-        leaf = _moment_sums(np.asarray(x_chunk, dtype=np.float64), failed_mask, self.with_cross)
+        leaf = _moment_sums(x_chunk, failed_mask, self.with_cross)
         return state if leaf.n == 0 else _merge_moments(state, leaf)
 
     def merge(self, a, b):
