@@ -147,6 +147,10 @@ def _describe_function(fn, seen: dict, depth: int, top: bool):
         return ("library function", fn.__module__, fn.__qualname__)
     if package in _OWN_MODULES and fn.__closure__ is None and "<locals>" not in fn.__qualname__:
         return ("sdekit function", fn.__module__, fn.__qualname__)  # its source is in the salt
+    if fn.__module__ not in sys.modules:
+        # code run by exec() under a made-up module name: Numba pickles such a function as a '<dynamic>' module's,
+        # which a later process cannot import, so a disk-cached adapter around it could never be loaded back
+        raise Uncacheable(f"function {fn.__qualname__} of the unimportable module {fn.__module__!r}")
     if not (top or getattr(fn, "_sdekit_jittable", False)):
         # a plain function called from compiled code: Numba reaches it through an overload we cannot see
         raise Uncacheable(f"function {fn.__qualname__}")

@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
+from numba import types
 
 from . import _kll, checks
+from .backends.numba_kernels import F64_2, F64_3, cached_kernel
 from .brownian import BrownianPath
 from .solve import solve
 
@@ -192,14 +194,51 @@ class Moments(NamedTuple):
     cross: np.ndarray | None
 
 
-def _moment_sums(values: np.ndarray, with_cross: bool) -> Moments:
-    """Two-pass moments of ``values`` of shape ``(T, n, k)``, ``n >= 1``."""
-    n = values.shape[1]
-    mean = values.sum(axis=1) / n
-    dev = values - mean[:, None]
-    dev2 = dev * dev
-    cross = np.einsum("tni,tnj->tij", dev, dev) if with_cross else None
-    return Moments(n, mean, dev2.sum(axis=1), (dev2 * dev).sum(axis=1), (dev2 * dev2).sum(axis=1), cross)
+@cached_kernel(types.int64(F64_3, types.boolean[::1], F64_2, F64_2, F64_2, F64_2, F64_3, types.boolean),
+               nogil=True)
+def _leaf_moments(values, failed, mean, m2, m3, m4, cross, with_cross):
+    """Two-pass central moment sums of the rows of ``values`` (T, n, k) not marked in ``failed``, into the zeroed
+    ``mean``, ``m2``, ``m3``, ``m4`` (T, k) (and ``cross`` (T, k, k) when ``with_cross``); returns the rows used.
+
+    The loops run in one fixed order, so the sums do not depend on how the caller laid out its data.
+    """
+    n_times, n, k = values.shape
+    used = 0
+    for r in range(n):
+        if not failed[r]:
+            used += 1
+    if used == 0:
+        return 0
+    for j in range(n_times):
+        for r in range(n):
+            if not failed[r]:
+                for c in range(k):
+                    mean[j, c] += values[j, r, c]
+        for c in range(k):
+            mean[j, c] /= used
+        for r in range(n):
+            if failed[r]:
+                continue
+            for c in range(k):
+                d = values[j, r, c] - mean[j, c]
+                d2 = d * d
+                m2[j, c] += d2
+                m3[j, c] += d2 * d
+                m4[j, c] += d2 * d2
+                if with_cross:
+                    for c2 in range(k):
+                        cross[j, c, c2] += d * (values[j, r, c2] - mean[j, c2])
+    return used
+
+
+def _moment_sums(values: np.ndarray, failed: np.ndarray, with_cross: bool) -> Moments:
+    """Two-pass moments of the rows of ``values`` (T, n, k) that did not fail (a compiled loop: no temporaries)."""
+    n_times, _, k = values.shape
+    mean, m2, m3, m4 = (np.zeros((n_times, k)) for _ in range(4))
+    cross = np.zeros((n_times, k, k) if with_cross else (0, 0, 0))
+    used = _leaf_moments(np.ascontiguousarray(values, dtype=np.float64), np.ascontiguousarray(failed, dtype=np.bool_),
+                         mean, m2, m3, m4, cross, with_cross)
+    return Moments(int(used), mean, m2, m3, m4, cross if with_cross else None)
 
 
 def _merge_moments(a: Moments, b: Moments) -> Moments:
@@ -247,8 +286,8 @@ class MomentsReducer:
         return Moments(0, zeros, zeros, zeros, zeros, np.zeros((len(t), dim, dim)) if self.with_cross else None)
 
     def update(self, state, t, x_chunk, failed_mask):
-        kept = x_chunk[:, ~failed_mask]
-        return state if kept.shape[1] == 0 else _merge_moments(state, _moment_sums(kept, self.with_cross))
+        leaf = _moment_sums(x_chunk, failed_mask, self.with_cross)
+        return state if leaf.n == 0 else _merge_moments(state, leaf)
 
     def merge(self, a, b):
         return _merge_moments(a, b)
@@ -284,7 +323,7 @@ class PhiMomentsReducer:
         kept = x_chunk[:, ~failed_mask]
         if kept.shape[1] == 0:
             return state
-        leaf = _moment_sums(self._values(t, kept), False)
+        leaf = _moment_sums(self._values(t, kept), np.zeros(kept.shape[1], dtype=np.bool_), False)
         return leaf if state is None else _merge_moments(state, leaf)
 
     def merge(self, a, b):

@@ -4,8 +4,9 @@ sdekit's Numba kernels are compiled once per installation and cached on disk;
 a solve compiles only the kernels it runs, the first time it runs them (and
 says so on stderr). This compiles them all at once: the fixed-step kernel of
 every step function (diagonal and matrix noise), the adaptive Runge–Kutta
-integrator, the Rosenbrock integrator, the Brownian tree with and without Lévy area, forwards and
-backwards, and the broadcasting code of the adapters for the usual result
+integrator, the Rosenbrock integrator, the Brownian tree with and without Lévy
+area, forwards and backwards, the moment sums of :func:`sdekit.ensemble`, and
+the broadcasting code of the adapters for the usual result
 types. A problem's own functions still compile (in about a second) the first
 time they are solved, and are then cached too.
 """
@@ -40,6 +41,7 @@ def warmup_items() -> list[tuple[str, Callable[[], object]]]:
     items.append(("zero diffusion of an ODE", lambda: numba_backend._zero_diffusion.compiled))
     items.append(("Brownian tree", _brownian))
     items.append(("broadcasting of results", lambda: _broadcasting(adapters)))
+    items.append(("ensemble moments", _ensemble_moments))
     return items
 
 
@@ -55,6 +57,13 @@ def _brownian():
                     pass
         path.increments(8)
         path.W(np.array([0.3, 0.7]))
+
+
+def _ensemble_moments():
+    """The compiled moment sums of :func:`sdekit.ensemble`'s leaves."""
+    from .ensemble import _leaf_moments
+
+    return _leaf_moments.compiled
 
 
 def _broadcasting(adapters):

@@ -54,8 +54,8 @@ def test_fingerprint_follows_what_the_compiled_code_depends_on(monkeypatch):
 def test_a_helper_function_is_part_of_the_fingerprint():
     helper = sk.ops.jittable(eval("lambda x: 2.0 * x"))
     other = sk.ops.jittable(eval("lambda x: 3.0 * x"))
-    uses = eval("lambda t, x, p: helper(x)", {"helper": helper})
-    uses_other = eval("lambda t, x, p: helper(x)", {"helper": other})
+    uses = eval("lambda t, x, p: helper(x)", {"helper": helper, "__name__": __name__})
+    uses_other = eval("lambda t, x, p: helper(x)", {"helper": other, "__name__": __name__})
     assert _codegen.fingerprint(uses) != _codegen.fingerprint(uses_other)
 
 
@@ -175,3 +175,14 @@ def test_warmup_command_line(capsys):
     assert main(["warmup"]) == 0
     out = capsys.readouterr().out
     assert "euler step (diagonal noise)" in out and "Brownian tree" in out and "done in" in out
+
+
+def test_functions_of_unimportable_modules_are_not_disk_cached():
+    """A lambda made by exec() under a module name Python cannot import (as docs runners do) would be pickled by
+    Numba as a '<dynamic>' module's, which the next process cannot load: its adapter is compiled in memory."""
+    from sdekit import _codegen
+
+    namespace = {"__name__": "__not_a_module__"}
+    exec("f = lambda t, x, p: -x", namespace)  # noqa: S102
+    assert _codegen.fingerprint(namespace["f"]) is None
+    assert _codegen.fingerprint(lambda t, x, p: -x) is not None  # this test module is importable
