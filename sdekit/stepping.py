@@ -12,7 +12,7 @@ import numbers
 import numpy as np
 
 from .checks import require
-from .schemes import get_scheme
+from .schemes import get_scheme, implicit, stabilized
 
 __all__ = ["Stepper"]
 
@@ -35,13 +35,20 @@ class Stepper:
         are tensors (any device and floating dtype; NumPy arrays in ``params``
         are moved to the state's device and dtype), and the step is
         differentiable.
+    theta : float, optional
+        The drift weight of the drift-implicit schemes (as ``solve(..., theta=)``).
+    spectral_radius : float, optional
+        The stabilized schemes ``"skrock"``/``"srock"`` (required there): a bound of the spectral radius of
+        the drift's Jacobian; each step takes the stages that make ``|h| * spectral_radius`` stable, as
+        ``solve(..., spectral_radius=)`` does.
 
     Attributes
     ----------
     scheme : Scheme
     n_drift, n_diffusion : int
         Evaluations of the drift and of the diffusion per step (``n_diffusion``
-        is 0 for an ODE).
+        is 0 for an ODE; for ``skrock``/``srock``, whose stages follow the step
+        size, those of the last step).
     noise_dim : int
         Number of Brownian components ``m`` (0 for an ODE).
 
@@ -67,7 +74,8 @@ class Stepper:
     (4, 1)
     """
 
-    def __init__(self, problem, method, dim: int, *, backend: str = "numpy"):
+    def __init__(self, problem, method, dim: int, *, backend: str = "numpy", theta: float | None = None,
+                 spectral_radius: float | None = None):
         if backend not in _BACKENDS:
             raise ValueError(f"unknown backend {backend!r} for Stepper; choose one of {list(_BACKENDS)}.")
         if not isinstance(dim, numbers.Integral) or isinstance(dim, bool) or dim < 1:
@@ -76,6 +84,16 @@ class Stepper:
         if scheme.adaptive:
             raise ValueError(f"{scheme.name} chooses its own step sizes; Stepper takes a fixed-step method, "
                              "or solve the problem with sdekit.solve.")
+        if theta is not None:
+            scheme = implicit.with_theta(scheme, theta)
+        self._spectral_radius = None
+        if scheme.family is stabilized.STABILIZED:
+            if spectral_radius is None:
+                raise ValueError(f"{scheme.name} takes its number of stages from |h| * spectral_radius: pass "
+                                 "Stepper(..., spectral_radius=...), a bound of the drift Jacobian's spectral radius.")
+            self._spectral_radius = stabilized.check_spectral_radius(spectral_radius)
+        elif spectral_radius is not None:
+            raise ValueError(f"`spectral_radius` applies to the stabilized schemes 'skrock'/'srock'; drop it for {scheme.name}.")
         dim = int(dim)
         plan = scheme.plan(problem, dim)
         self.problem, self.scheme, self.dim, self.backend = problem, scheme, dim, backend
@@ -165,4 +183,8 @@ class Stepper:
             else:
                 self._check_array(levy_area, "levy_area", (n, m))
                 area = levy_area
-        return self._step(self._drift, self._diffusion, self._params_for(x), self._tab, t, x, h, dw, area)
+        step, tab = self._step, self._tab
+        if self._spectral_radius is not None:  # the stages that make this step size stable
+            plan = stabilized.plan_for_step(self.scheme, abs(h) * self._spectral_radius)
+            step, tab, self.n_drift = plan.step, plan.tab, plan.n_drift
+        return step(self._drift, self._diffusion, self._params_for(x), tab, t, x, h, dw, area)

@@ -101,3 +101,20 @@ def test_stepper_errors():
     bad = sk.Stepper(sk.SDE(lambda t, x, p: np.ones((3, 3)), lambda t, x, p: 0.1, noise="additive"), "euler", 1)
     with pytest.raises(ValueError, match=r"`drift` returned shape \(3, 3\)"):
         bad.step(0.0, x, 0.1, dw)
+
+
+def test_stepper_takes_the_stabilized_and_theta_schemes_of_solve():
+    """skrock's stages follow |h| * spectral_radius in Stepper as in solve; theta reaches the drift-implicit step."""
+    ex = problems.ornstein_uhlenbeck()
+    n, t_span = 8, (0.0, 1.0)
+    path = sk.BrownianPath(seed=3, t_span=t_span, n_paths=4, noise_dim=1)
+    for method, options in [("skrock", {"spectral_radius": 400.0}), ("implicit_euler", {"theta": 0.5})]:
+        stepper = sk.Stepper(ex.problem, method, 1, **options)
+        x = _loop(stepper, ex.x0, t_span, n, path)
+        sol = sk.solve(ex.problem, ex.x0, t_span, method=method, n_steps=n, brownian=path, backend="numpy", **options)
+        np.testing.assert_allclose(x, sol.x[-1], rtol=1e-13, atol=1e-13)
+    assert sk.Stepper(ex.problem, "skrock", 1, spectral_radius=400.0).step(0.0, ex.x0[None], 0.125, np.zeros((1, 1))).shape == (1, 1)
+    with pytest.raises(ValueError, match="spectral_radius"):
+        sk.Stepper(ex.problem, "skrock", 1)
+    with pytest.raises(ValueError, match="spectral_radius"):
+        sk.Stepper(ex.problem, "euler", 1, spectral_radius=1.0)
