@@ -6,8 +6,8 @@ ranges on the thread pool). torch steps the whole batch with one step size
 (the largest error over the live paths controls it), batched LU factorisations
 of ``I/(h gamma) - J`` and masks for the paths that fail, like its ``dopri5``.
 
-Jacobian: the problem's ``jac`` when it has one; else forward differences of
-``f`` (central; numpy, numba) or autograd (torch, one backward pass per component).
+Jacobian: the problem's ``jac`` when it has one; else central differences of
+``f`` (numpy, numba) or autograd (torch, one backward pass per component).
 """
 
 from __future__ import annotations
