@@ -22,13 +22,24 @@ ADDITIVE_MATRIX = sk.SDE(
 )
 
 
+# The drift-implicit and stabilized schemes (Newton iterations, many stages: the costliest cases) run on one problem
+# per kernel they use and calculus, i.e. per (step function, matrix noise, calculus); the explicit schemes on every problem.
+_ONE_PROBLEM_PER_KERNEL = ("implicit_euler", "implicit_euler_heun", "implicit_milstein", "stabilized")  # family names
+
+
 def _cases():
+    kernels_seen = set()
     for name, ex in PROBLEMS.items():
         for s in list_schemes("sde"):
             try:
                 sk.get_scheme(s.name, ex.problem)
             except ValueError:
                 continue
+            if s.family.name in _ONE_PROBLEM_PER_KERNEL:
+                kernel = (s.name, s.plan(ex.problem, ex.x0.size).step, ex.problem.matrix_noise, ex.problem.calculus)
+                if kernel in kernels_seen:
+                    continue
+                kernels_seen.add(kernel)
             yield pytest.param(ex.problem, ex.x0, s.name, id=f"{s.name}-{name}")
     for meth in ("euler", "euler_heun", "sra1"):
         yield pytest.param(ADDITIVE_MATRIX, np.array([1.0, -1.0, 0.5]), meth, id=f"{meth}-additive_matrix")
