@@ -219,3 +219,15 @@ def test_spectral_radius_is_checked():
         sk.solve(ou, 1.0, (0.0, 1.0), method="skrock", spectral_radius=-1.0, **kw)
     with pytest.raises(ValueError, match=r"skrock needs \|h\| \* spectral_radius <= "):
         sk.solve(ou, 1.0, (0.0, 1.0), method="skrock", spectral_radius=1e12, **kw)
+
+
+@pytest.mark.parametrize("name", ["skrock", "srock"])
+def test_a_spectral_radius_below_the_real_one_is_reported(name):
+    """With spectral_radius 50 for a drift of rate 2000 at h = 1/64 (h lambda = -31) the stages run (1 for skrock,
+    ell ~ 2; S-ROCK's minimum of 3, ell ~ 8.5) do not cover the drift: the instability check (interval [-ell(s), 0]
+    of the stages run) stops every path; the true bound keeps them."""
+    ou = sk.SDE(lambda t, x, p: -2000.0 * x, lambda t, x, p: 0.1, noise="additive")
+    kw = dict(n_steps=64, n_paths=8, seed=3, backend="numpy")
+    low = sk.solve(ou, 1.0, (0.0, 1.0), method=name, spectral_radius=50.0, **kw)
+    assert low.failed.all() and "unstable" in low.message
+    assert sk.solve(ou, 1.0, (0.0, 1.0), method=name, spectral_radius=2000.0, **kw).success

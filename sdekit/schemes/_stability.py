@@ -37,8 +37,10 @@ on, and overflows to a non-finite state, code NONFINITE).
 ``beta`` comes from the step function (:func:`stability_boundary`): 2 for the
 Euler-type drifts (Euler–Maruyama, Euler–Heun, Milstein), computed from the
 drift tableau ``(A, b)`` for the Runge–Kutta and Rößler steps (2 for the
-two-stage SRA1/SRIW1 drift, 2.785 for RK4). Steps without an entry
-(implicit and stabilized schemes) are not checked.
+two-stage SRA1/SRIW1 drift, 2.785 for RK4), and for the stabilized
+``skrock``/``srock`` the interval ``ell(s)`` of the stages the step runs (their
+family adds the entry), so a ``spectral_radius`` set too small is reported.
+Steps without an entry (the drift-implicit schemes) are not checked.
 """
 
 from __future__ import annotations
@@ -109,8 +111,8 @@ def _euler_boundary(tab):
     return 2.0  # R(z) = 1 + z
 
 
-# step function -> beta(tab): the explicit steps whose instability is detected. Implicit and stabilized steps add
-# no entry (their stability interval is unbounded or depends on the stage count chosen per solve).
+# step function -> beta(tab): the explicit steps whose instability is detected. The stabilized family adds its
+# steps (sdekit.schemes.stabilized); the drift-implicit steps add none (their stability interval is unbounded).
 STABILITY_BOUNDARY = {
     _steps.euler: _euler_boundary,
     _steps.euler_heun: _euler_boundary,

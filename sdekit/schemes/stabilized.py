@@ -43,6 +43,7 @@ import sys
 import numpy as np
 
 from . import _steps
+from ._stability import STABILITY_BOUNDARY
 from .base import Family, Scheme, StepPlan, pack_tableau, register
 
 __all__ = ["SAFETY", "SKROCK", "SROCK", "STABILIZED", "chebyshev_tab", "check_spectral_radius", "estimate_spectral_radius",
@@ -207,6 +208,10 @@ def solve_plan(scheme, problem, inputs, t0, h, spectral_radius) -> StepPlan:
 
 
 STEPS = {"skrock": _steps.skrock, "srock": _steps.srock}
+# The instability check (sdekit.schemes._stability) applies with the drift's interval [-ell(s), 0] of the stages a
+# step runs (s = tab.shape[1]): a spectral_radius below the real one is then reported, not delivered.
+STABILITY_BOUNDARY[_steps.skrock] = lambda tab: stability_interval("skrock", tab.shape[1])
+STABILITY_BOUNDARY[_steps.srock] = lambda tab: stability_interval("srock", tab.shape[1])
 # Without a step size and a spectral radius (Scheme.plan(problem, dim), Stepper) the plan is the fewest stages.
 STABILIZED = Family("stabilized", lambda scheme, problem, dim: plan_for_step(scheme, 0.0),
                     steps=(_steps.skrock, _steps.srock))
