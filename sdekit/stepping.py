@@ -86,7 +86,7 @@ class Stepper:
                              "or solve the problem with sdekit.solve.")
         if theta is not None:
             scheme = implicit.with_theta(scheme, theta)
-        self._spectral_radius = None
+        self._spectral_radius, self._stabilized_plans = None, {}
         if scheme.family is stabilized.STABILIZED:
             if spectral_radius is None:
                 raise ValueError(f"{scheme.name} takes its number of stages from |h| * spectral_radius: pass "
@@ -185,6 +185,10 @@ class Stepper:
                 area = levy_area
         step, tab = self._step, self._tab
         if self._spectral_radius is not None:  # the stages that make this step size stable
-            plan = stabilized.plan_for_step(self.scheme, abs(h) * self._spectral_radius)
+            if abs(h) not in self._stabilized_plans:  # a loop reuses a few step sizes: their plans once each
+                if len(self._stabilized_plans) >= 64:  # a loop with ever new step sizes keeps no growing table
+                    self._stabilized_plans.clear()
+                self._stabilized_plans[abs(h)] = stabilized.plan_for_step(self.scheme, abs(h) * self._spectral_radius)
+            plan = self._stabilized_plans[abs(h)]
             step, tab, self.n_drift = plan.step, plan.tab, plan.n_drift
         return step(self._drift, self._diffusion, self._params_for(x), tab, t, x, h, dw, area)

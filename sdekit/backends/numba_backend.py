@@ -133,7 +133,7 @@ def compile_functions(inputs: Inputs, adaptive: bool, jacobian: bool = False):
         names, forms = ("drift", "diffusion"), ("2d", "2d")
     else:
         names, forms = ("drift", "diffusion"), ("flat", "flat")
-    user_jac = jacobian and getattr(problem, "jac", None) is not None
+    user_jac = jacobian and problem.jac is not None
     if user_jac:
         names, forms = names + ("jac",), forms + ("3d",)
     adapters = [adapter(problem, name, form, dim, dim if name == "jac" else m, layout, slot)

@@ -25,11 +25,6 @@ from . import Inputs, Result, Work, no_failures
 from .numba_kernels import F64_2, F64_3, FLAT, FN2, FN3, cached_kernel, no_jacobian
 
 
-def user_jacobian(problem):
-    """The problem's ``jac(t, x, p)`` or None."""
-    return getattr(problem, "jac", None)
-
-
 def _coefficients(work: Work):
     tab = work.scheme.tableau
     return (tab.a, tab.C, float(tab.gamma), tab.c, tab.d, tab.b, tab.e, tab.H, float(tab.order))
@@ -46,7 +41,7 @@ def run_numpy(inputs: Inputs, work: Work) -> Result:
 
     dim, tol = inputs.dim, work.tolerances
     f = wrap(inputs.problem.rhs, lambda n: (n, dim), "rhs")
-    jac = user_jacobian(inputs.problem)
+    jac = inputs.problem.jac
     jac = wrap(jac, lambda n: (n, dim, dim), "jac") if jac is not None else None
     out = np.full((work.save_t.size, inputs.n_paths, dim), np.nan)
     failure_time, failure_codes = no_failures(inputs.n_paths)
@@ -105,7 +100,7 @@ def run_numba(inputs: Inputs, work: Work) -> Result:
     problem, dim, tol = inputs.problem, inputs.dim, work.tolerances
     flat, layout = flatten_params(inputs.params)
     n_params = flat.size
-    has_jac = user_jacobian(problem) is not None
+    has_jac = problem.jac is not None
     names, forms = (("rhs", "jac"), ("2d", "3d")) if has_jac else (("rhs",), ("2d",))
     f = adapter(problem, "rhs", "2d", dim, 0, layout, 0)
     jac = adapter(problem, "jac", "3d", dim, dim, layout, 1) if has_jac else no_jacobian.compiled
@@ -138,7 +133,7 @@ def run_torch(inputs: Inputs, work: Work) -> Result:
 
     dim = inputs.dim
     f = wrap(inputs.problem.rhs, "rhs", lambda n: (n, dim))
-    jac = user_jacobian(inputs.problem)
+    jac = inputs.problem.jac
     jac = wrap(jac, "jac", lambda n: (n, dim, dim)) if jac is not None else None
     totals = np.zeros(3, dtype=np.int64)
     failure_time, failure_codes = no_failures(inputs.n_paths)

@@ -54,14 +54,14 @@ def with_theta(scheme: Scheme, theta) -> Scheme:
 def _tab(scheme, problem):
     """Row 0 as ``_steps.drift_implicit`` reads it: calculus flag, theta, user-Jacobian flag, tolerance, limit."""
     return pack_tableau([1.0 if problem.calculus == "ito" else 0.0, scheme.tableau.theta,
-                         1.0 if getattr(problem, "jac", None) is not None else 0.0, NEWTON_TOL, float(NEWTON_MAX_ITER)])
+                         1.0 if problem.jac is not None else 0.0, NEWTON_TOL, float(NEWTON_MAX_ITER)])
 
 
 def _newton_drift(problem, dim):
     """Drift evaluations of the step's implicit part with one Newton iteration: ``f(t, x)``, the residual and, without
     a user Jacobian, ``dim`` forward differences from it (each further iteration costs as much again; the counts in
     ``Solution.stats`` are those of one iteration)."""
-    return 2 + (0 if getattr(problem, "jac", None) is not None else dim)
+    return 2 + (0 if problem.jac is not None else dim)
 
 
 def _plan_euler(scheme, problem, dim):
