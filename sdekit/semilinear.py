@@ -40,6 +40,34 @@ form with ``A = log sigma_t``, ``lambda = log(alpha_t / sigma_t)`` and
 the exact ``phi_2`` weight (Lu et al. use ``h phi_1 / 2`` in its place; both are
 second order).
 
+The published diffusion samplers, written for this general form (one
+evaluation per step, steps ``h_k = lambda_(k+1) - lambda_k``, ``M_0 = 1 - e^(-h_k)``,
+``r_k = h_(k-1) / h_k``, ``E = e^(A_(k+1) + lambda_(k+1))``):
+
+* ``dpmpp_2m``: the standard DPM-Solver++(2M) (Lu et al. 2022, Alg. 2),
+  ``x_(k+1) = e^(A_(k+1) - A_k) x_k + E M_0 ((1 + 1/(2 r_k)) D_k - D_(k-1) / (2 r_k))``
+  after a first exponential Euler step; order 2.
+* ``unipc_bh1``, ``unipc_bh2``: UniPC with ``p = 2`` (Zhao et al. 2023, Alg. 1–2
+  and Appendix; their ``B(h) = h`` or ``e^h - 1`` in the variable ``-h_k`` is, up to
+  sign, ``B = h_k`` or ``M_0`` here) in the recipe of diffusers'
+  ``UniPCMultistepScheduler`` (``solver_order=2``, ``predict_x0``). The predictor UniP-2 is
+  ``x_(k+1) = e^(A_(k+1) - A_k) x_k + E (M_0 D_k + B (D_k - D_(k-1)) / (2 r_k))``
+  (``bh2`` is ``dpmpp_2m``); once ``D_(k+1)`` has been evaluated at the predicted point
+  the corrector UniC retakes the step from ``x_k`` with it,
+  ``E (M_0 D_k + B (rho_1 (D_(k+1) - D_k) + rho_2 (D_(k-1) - D_k) / (-r_k)))``,
+  where ``(rho_1, rho_2)`` solve UniC's order conditions (the first step's
+  corrector has ``rho_1 = 1/2``). ``B`` cancels from the order-2 corrector: it is
+  the exponential Adams–Moulton step through ``D_(k-1), D_k, D_(k+1)``
+  (:func:`exponential_weights`). The corrector reuses the next step's evaluation, so
+  ``n`` steps cost ``n`` evaluations and the last step, whose end is never evaluated,
+  is not corrected. Order 3: UniC raises UniP-``p``'s order by one (Zhao et al.
+  2023, Thm. 3.3).
+
+These three are the published updates on every grid: :func:`step_orders`'
+amplification rule does not apply to them. Their stabilising device, and
+DPM-Solver++'s, is the lower-order final step, ``lower_order_final=True``
+(:func:`lowered_final_orders`, as diffusers' schedulers apply it).
+
 References
 ----------
 Hochbruck & Ostermann (2010), Exponential integrators, Acta Numerica 19,
@@ -51,6 +79,7 @@ DPM-Solver++, arXiv:2211.01095. Zhang & Chen (2023), DEIS, ICLR.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,7 +89,8 @@ import numpy as np
 
 from .problem import ODE, ParamsCarrier, _check_callable, _normalise_params
 
-__all__ = ["SemilinearODE", "GridWeights", "amplification", "exponential_weights", "grid_weights", "step_orders"]
+__all__ = ["SemilinearODE", "GridWeights", "amplification", "exponential_weights", "grid_weights", "lowered_final_orders",
+           "MultistepOptions", "step_orders", "with_lower_order_final"]
 
 
 class SemilinearODE(ParamsCarrier):
@@ -113,7 +143,8 @@ class SemilinearODE(ParamsCarrier):
         if self.log_factor_rate is None or self.clock_rate is None:
             raise ValueError(
                 "solving a SemilinearODE with a general ODE scheme needs `log_factor_rate` and `clock_rate` "
-                "(A'(t) and lambda'(t)); give them, or use method 'exp_euler', 'exp_ab2' or 'exp_ab3'."
+                "(A'(t) and lambda'(t)); give them, or use an exponential method "
+                "('exp_euler', 'exp_ab2', 'exp_ab3', 'dpmpp_2m', 'unipc_bh2', ...)."
             )
         from . import ops
 
@@ -191,13 +222,20 @@ def amplification(lam_nodes, lam_next: float) -> float:
     return float(np.abs(w).sum() / abs(w.sum()))
 
 
-# number of interpolation points per method (exp_ab3_ramp: exp_ab3 after a cheap ramp, see the registry)
-ORDERS = {"exp_euler": 1, "exp_ab2": 2, "exp_ab3": 3, "exp_ab3_ramp": 3}
+# values of D a step interpolates through, at most, per method (exp_ab3_ramp: exp_ab3 after a cheap ramp, see the
+# registry; unipc_*: those of the predictor, the corrector adds the predicted point)
+ORDERS = {"exp_euler": 1, "exp_ab2": 2, "exp_ab3": 3, "exp_ab3_ramp": 3, "dpmpp_2m": 2, "unipc_bh1": 2, "unipc_bh2": 2}
+# the exponential Adams–Bashforth methods, whose steps step_orders lowers where they amplify; the others are the
+# published diffusion samplers, taken as published
+ADAMS_METHODS = ("exp_euler", "exp_ab2", "exp_ab3", "exp_ab3_ramp")
+UNIPC_METHODS = ("unipc_bh1", "unipc_bh2")
 # sum_j |b_j| of the q-step Adams–Bashforth coefficients (1; 3/2, -1/2; 23/12, -16/12, 5/12), the limit of
 # `amplification` on equal steps h -> 0 (Hairer, Nørsett & Wanner 1993, Solving ODEs I, §III.1)
 AB_ABS_SUM = {1: 1.0, 2: 2.0, 3: 11.0 / 3.0}
 # a step of q points is taken only if its amplification is at most MAX_AMPLIFICATION * AB_ABS_SUM[q]
 MAX_AMPLIFICATION = 2.0
+# diffusers' DPMSolverMultistepScheduler lowers the final steps' order (lower_order_final) only in runs of fewer steps
+LOWER_ORDER_FINAL_BELOW = 15
 
 
 def _weights_on_grid(lam: np.ndarray, q: int) -> np.ndarray:
@@ -211,7 +249,56 @@ def _weights_on_grid(lam: np.ndarray, q: int) -> np.ndarray:
     return w
 
 
-def _orders_and_weights(method: str, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _step_ratios(lam: np.ndarray) -> np.ndarray:
+    """``r_k = h_(k-1) / h_k`` of every step (NaN for the first), ``h_k = lam[k + 1] - lam[k]``."""
+    h = np.diff(lam)
+    r = np.full(h.size, np.nan)
+    r[1:] = h[:-1] / h[1:]
+    return r
+
+
+def _residual_scale(method: str, lam: np.ndarray) -> np.ndarray:
+    """UniPC's ``B`` of every step in this module's sign convention: ``h_k`` (``bh1``) or ``1 - e^(-h_k)`` (``bh2``)."""
+    h = np.diff(lam)
+    return h if method == "unipc_bh1" else _moments_of_steps(h, 1)[:, 0]
+
+
+def _two_point_weights(method: str, lam: np.ndarray) -> np.ndarray:
+    """``(lam.size - 1, 2)``: the weights of ``D_k, D_(k-1)`` in the second-order steps of ``method`` (NaN for step 0).
+
+    ``exp_*``: the exponential Adams–Bashforth weights (exact ``phi_2``); ``dpmpp_2m``: ``M_0 (1 + 1/(2 r))``,
+    ``-M_0 / (2 r)`` (Lu et al. 2022, Alg. 2); ``unipc_*``: ``M_0 + B / (2 r)``, ``-B / (2 r)`` (UniP-2 with
+    diffusers' ``rho = 1/2``; Zhao et al. 2023, Alg. 2).
+    """
+    if method in ADAMS_METHODS:
+        return _weights_on_grid(lam, 2)
+    m0 = _moments_of_steps(np.diff(lam), 1)[:, 0]
+    extrapolation = (m0 if method == "dpmpp_2m" else _residual_scale(method, lam)) / (2.0 * _step_ratios(lam))
+    return np.stack([m0 + extrapolation, -extrapolation], axis=1)
+
+
+def lowered_final_orders(method: str, orders: np.ndarray) -> np.ndarray:
+    """``orders`` (per step) with the final steps lowered as diffusers' ``lower_order_final=True`` lowers them.
+
+    ``unipc_*`` (``UniPCMultistepScheduler``): step ``k`` of ``n`` uses at most ``n - k`` points, so the last step
+    is first order (its corrector is never applied), whatever ``n``. The others
+    (``DPMSolverMultistepScheduler``): in runs of fewer than 15 steps the last step is first order and the one
+    before it at most second order. A first step (the method's start) is left as it is. Lu et al. (2022), §5
+    and Zhao et al. (2023) use these final steps to steady sampling with few steps.
+    """
+    lowered = orders.copy()
+    n = lowered.size
+    if method in UNIPC_METHODS:
+        lowered[1:] = np.minimum(lowered[1:], (n - np.arange(n))[1:])
+    elif n < LOWER_ORDER_FINAL_BELOW:
+        if n >= 2:
+            lowered[-1] = 1
+        if n >= 3:
+            lowered[-2] = min(lowered[-2], 2)
+    return lowered
+
+
+def _orders_and_weights(method: str, lam: np.ndarray, lower_order_final: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """:func:`step_orders` and the weights of every step as an ``(n_steps, ORDERS[method])`` array (zero-padded)."""
     q_max = ORDERS[method]
     n = lam.size - 1
@@ -219,13 +306,18 @@ def _orders_and_weights(method: str, lam: np.ndarray) -> tuple[np.ndarray, np.nd
     orders = np.minimum(steps + 1, q_max)
     if method == "exp_ab3" and n:
         orders[0] = 2
-    weights_by_order = {q: _weights_on_grid(lam, q) for q in range(1, q_max + 1)}
-    for q in range(q_max, 1, -1):  # lower a step one point at a time, as long as its amplification is too large
-        w = weights_by_order[q]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            amplifies = np.abs(w).sum(axis=1) / np.abs(w.sum(axis=1))
-        too_large = (orders == q) & (steps > 0) & (amplifies > MAX_AMPLIFICATION * AB_ABS_SUM[q])
-        orders[too_large] = q - 1
+    weights_by_order = {q: _weights_on_grid(lam, q) for q in range(1, q_max + 1) if q != 2}
+    if q_max >= 2:
+        weights_by_order[2] = _two_point_weights(method, lam)
+    if method in ADAMS_METHODS:
+        for q in range(q_max, 1, -1):  # lower a step one point at a time, as long as its amplification is too large
+            w = weights_by_order[q]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                amplifies = np.abs(w).sum(axis=1) / np.abs(w.sum(axis=1))
+            too_large = (orders == q) & (steps > 0) & (amplifies > MAX_AMPLIFICATION * AB_ABS_SUM[q])
+            orders[too_large] = q - 1
+    if lower_order_final:
+        orders = lowered_final_orders(method, orders)
     weights = np.zeros((n, q_max))
     for q, w in weights_by_order.items():
         rows = orders == q
@@ -233,7 +325,32 @@ def _orders_and_weights(method: str, lam: np.ndarray) -> tuple[np.ndarray, np.nd
     return orders.astype(np.int64), weights
 
 
-def step_orders(method: str, lam) -> np.ndarray:
+def _corrector_weights(method: str, lam: np.ndarray, orders: np.ndarray) -> np.ndarray:
+    """``(n_steps - 1, 3)``: row ``k`` the UniC weights of ``D_(k+1)`` (at the predicted point), ``D_k``, ``D_(k-1)``
+    retaking step ``k`` (Zhao et al. 2023, Alg. 1), of the order ``orders[k]`` of its predictor, as diffusers does.
+
+    Order 1 (``rho = 1/2``): ``B / 2``, ``M_0 - B / 2``, 0. Order 2: UniC's ``rho`` solve ``R rho = b`` with
+    ``b_i = M_i / (h^i B)`` (``M_i`` the moments of :func:`_moments_of_steps`; their ``h phi_(i+1)(h) i! / B(h)``),
+    so the weights ``B rho`` do not depend on ``B``: they are the three-point :func:`exponential_weights`.
+    """
+    n = lam.size - 1
+    corrector = np.zeros((max(n - 1, 0), 3))
+    if n < 2:
+        return corrector
+    first = orders[:-1] == 1
+    scale = _residual_scale(method, lam)[:-1]
+    m0 = _moments_of_steps(np.diff(lam)[:-1], 1)[:, 0]
+    corrector[first, 0] = 0.5 * scale[first]
+    corrector[first, 1] = m0[first] - 0.5 * scale[first]
+    second = np.flatnonzero(~first)  # steps k >= 1 with a two-point predictor
+    if second.size:
+        nodes = np.stack([lam[second], lam[second - 1], lam[second + 1]], axis=1)
+        w = _weights_of_steps(nodes, lam[second + 1])
+        corrector[second] = w[:, [2, 0, 1]]
+    return corrector
+
+
+def step_orders(method: str, lam, lower_order_final: bool = False) -> np.ndarray:
     """Interpolation points used by each step of ``method`` on the clock values ``lam`` (one per grid time).
 
     Step ``k`` (from ``lam[k]`` to ``lam[k + 1]``) interpolates ``D`` through
@@ -253,8 +370,38 @@ def step_orders(method: str, lam) -> np.ndarray:
     DPM-Solver++ and UniPC take lower-order final steps below 15 steps: Lu et
     al. 2022; Zhao et al. 2023). ``exp_ab3``'s two-stage first step
     (``q`` reported as 2) is not reduced.
+
+    The amplification rule applies to the exponential Adams methods
+    (:data:`ADAMS_METHODS`); ``dpmpp_2m`` and ``unipc_*`` keep their published
+    orders (1 on the first step, then 2 for their predictor). With
+    ``lower_order_final`` the final steps are lowered further, as diffusers
+    does (:func:`lowered_final_orders`).
     """
-    return _orders_and_weights(method, np.asarray(lam, dtype=np.float64))[0]
+    return _orders_and_weights(method, np.asarray(lam, dtype=np.float64), lower_order_final)[0]
+
+
+@dataclass(frozen=True)
+class MultistepOptions:
+    """The settings of an exponential integrator's steps (the ``tableau`` of its :class:`~sdekit.schemes.Scheme`).
+
+    Attributes
+    ----------
+    lower_order_final : bool
+        Lower the final steps' orders as diffusers' schedulers do (:func:`lowered_final_orders`;
+        ``sdekit.solve(..., lower_order_final=True)``).
+    """
+
+    lower_order_final: bool = False
+
+
+def with_lower_order_final(scheme, lower_order_final):
+    """``scheme`` (an exponential integrator) with ``lower_order_final`` (``solve(..., lower_order_final=)``)."""
+    if not isinstance(lower_order_final, bool):
+        raise ValueError(f"`lower_order_final` must be True or False, got {lower_order_final!r}.")
+    if scheme.kind != "semilinear":
+        raise ValueError(f"`lower_order_final` applies to the exponential integrators of a SemilinearODE; drop it for "
+                         f"{scheme.name}.")
+    return dataclasses.replace(scheme, tableau=MultistepOptions(lower_order_final))
 
 
 @dataclass(frozen=True)
@@ -266,43 +413,54 @@ class GridWeights:
     orders : ndarray of int64 (n_steps,)
         :func:`step_orders`.
     weights : ndarray (n_steps, q_max)
-        Row ``k``: the :func:`exponential_weights` of step ``k`` on the values ``D_k, D_(k-1), ...``, zero beyond
-        ``orders[k]``. For ``exp_ab3`` row 0 weighs ``D_0`` and the midpoint value (see ``midpoint_weight``).
+        Row ``k``: the weights of step ``k`` on the values ``D_k, D_(k-1), ...``, zero beyond ``orders[k]``
+        (:func:`exponential_weights` for the exponential Adams methods). For ``exp_ab3`` row 0 weighs ``D_0``
+        and the midpoint value (see ``midpoint_weight``).
     midpoint_weight : float or None
         ``exp_ab3``: the exponential Euler weight from the first grid point to the midpoint of the first step.
+    corrector : ndarray (n_steps - 1, 3) or None
+        ``unipc_*``: row ``k`` the UniC weights retaking step ``k`` from the values ``D_(k+1)`` (at the predicted
+        end), ``D_k``, ``D_(k-1)``; the last step is not corrected.
     """
 
     orders: np.ndarray
     weights: np.ndarray
     midpoint_weight: float | None
+    corrector: np.ndarray | None = None
 
 
 @functools.lru_cache(maxsize=64)
-def _grid_weights(method: str, clock_bytes: bytes, clock_mid: float | None) -> GridWeights:
+def _grid_weights(method: str, clock_bytes: bytes, clock_mid: float | None, lower_order_final: bool) -> GridWeights:
     lam = np.frombuffer(clock_bytes, dtype=np.float64)
-    orders, weights = _orders_and_weights(method, lam)
+    orders, weights = _orders_and_weights(method, lam, lower_order_final)
     midpoint_weight = None
     if method == "exp_ab3":
         # order-3 start: an exponential Euler step to the midpoint, then the 2-point weights through it
         midpoint_weight = float(_weights_of_steps(lam[None, :1], np.array([clock_mid]))[0, 0])
         weights[0, :2] = _weights_of_steps(np.array([[lam[0], clock_mid]]), lam[1:2])[0]
         weights[0, 2:] = 0.0
-    for a in (orders, weights):
-        a.flags.writeable = False
-    return GridWeights(orders, weights, midpoint_weight)
+    corrector = _corrector_weights(method, lam, orders) if method in UNIPC_METHODS else None
+    for a in (orders, weights, corrector):
+        if a is not None:
+            a.flags.writeable = False
+    return GridWeights(orders, weights, midpoint_weight, corrector)
 
 
-def grid_weights(method: str, clock, clock_mid: float | None = None) -> GridWeights:
+def grid_weights(method: str, clock, clock_mid: float | None = None, *, lower_order_final: bool = False) -> GridWeights:
     """The :class:`GridWeights` of ``method`` on the clock values ``clock`` (one per grid time), cached.
 
     All steps' weights come from one batched computation (:func:`exponential_weights` per step, vectorised), and
-    are kept (least recently used, 64 grids) keyed on the method and the clock values, so a second solve on the
-    same grid reuses them. ``clock_mid``: the clock at the midpoint in ``t`` of the first step (``exp_ab3`` only).
+    are kept (least recently used, 64 grids) keyed on the method, the clock values and ``lower_order_final``, so a
+    second solve on the same grid reuses them. ``clock_mid``: the clock at the midpoint in ``t`` of the first step
+    (``exp_ab3`` only). ``lower_order_final``: lower the final steps' orders as diffusers does
+    (:func:`lowered_final_orders`).
     """
     lam = np.ascontiguousarray(clock, dtype=np.float64)
     if method == "exp_ab3" and clock_mid is None:
         raise ValueError("method 'exp_ab3' needs `clock_mid`, the clock at the midpoint of the first step.")
-    return _grid_weights(method, lam.tobytes(), None if method != "exp_ab3" else float(clock_mid))
+    if not isinstance(lower_order_final, bool):
+        raise ValueError(f"`lower_order_final` must be True or False, got {lower_order_final!r}.")
+    return _grid_weights(method, lam.tobytes(), None if method != "exp_ab3" else float(clock_mid), lower_order_final)
 
 
 def step_grid(t0, t1, n_steps, t_grid):

@@ -294,7 +294,10 @@ def integrate_exponential(problem, work: Work, nonlinear, params, x, *, combine,
     The update is Hochbruck & Ostermann (2010), Acta Numerica 19, §2.5: ``x_{k+1} = e^{A_{k+1} - A_k} x_k
     + e^{A_{k+1} + lambda_{k+1}} sum_j w_j D_{k-j}`` with the :func:`~sdekit.semilinear.exponential_weights` ``w``,
     all computed before the first step (:func:`~sdekit.semilinear.grid_weights`, cached per grid): a step is
-    the evaluation of D, the array update and the ``all_finite`` check.
+    the evaluation of D, the array update and the ``all_finite`` check. The UniPC methods first retake the
+    previous step from its start with the new D (their corrector; Zhao et al. 2023, Alg. 1), then predict; the
+    states saved at the grid times are the predictions, as diffusers' UniPC scheduler returns them.
+    ``work.scheme.tableau`` holds the :class:`~sdekit.semilinear.MultistepOptions` (``lower_order_final``).
     """
     method, grid, save_idx = work.scheme.name, work.grid, work.save_idx
     q_max = ORDERS[method]
@@ -312,10 +315,13 @@ def integrate_exponential(problem, work: Work, nonlinear, params, x, *, combine,
         t_mid = 0.5 * (grid[0] + grid[1])
         log_factor_mid = float(problem.log_factor(t_mid, problem.params))
         clock_mid = float(problem.clock(t_mid, problem.params))
-    steps = grid_weights(method, clock, clock_mid)
+    steps = grid_weights(method, clock, clock_mid, lower_order_final=work.scheme.tableau.lower_order_final)
     # x_{k+1} = state_factor[k] x_k + sum_j coefficients[k][j] D_{k-j}, as Python floats (scalars of any array library)
     state_factor = np.exp(log_factor[1:] - log_factor[:-1]).tolist()
-    coefficients = (np.exp(log_factor[1:] + clock[1:])[:, None] * steps.weights).tolist()
+    end_factor = np.exp(log_factor[1:] + clock[1:])
+    coefficients = (end_factor[:, None] * steps.weights).tolist()
+    # corrected x_{k+1} = state_factor[k] x_k + sum_j corrector[k][j] (D_{k+1}, D_k, D_{k-1})_j
+    corrector = None if steps.corrector is None else (end_factor[:-1, None] * steps.corrector).tolist()
     orders = steps.orders.tolist()
     times = grid.tolist()
     failure_time = np.full(x.shape[0], np.nan)
@@ -323,8 +329,13 @@ def integrate_exponential(problem, work: Work, nonlinear, params, x, *, combine,
     saved = [x] if save_idx[0] == 0 else []
     next_save = len(saved)
     history: list = []  # the last q_max values of D, newest first
+    x_start = x  # the start of the step just taken (the corrector retakes it)
     for k in range(len(times) - 1):
         d = nonlinear(times[k], x, params)
+        if corrector is not None and k > 0:
+            x = combine(state_factor[k - 1], x_start, list(zip(corrector[k - 1][: orders[k - 1] + 1], [d, *history],
+                                                               strict=False)))
+        x_start = x
         history.insert(0, d)
         del history[q_max:]
         c = coefficients[k]

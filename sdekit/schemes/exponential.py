@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from ..semilinear import MultistepOptions
 from .base import Scheme, register
 
 
 def exponential(name: str, order: int, reference: str) -> Scheme:
-    """Register an exponential integrator of global order ``order``."""
-    return register(Scheme(name, "semilinear", {"ode": float(order)}, {"ode": float(order)}, reference=reference))
+    """Register an exponential integrator of global order ``order`` (its tableau: the default
+    :class:`~sdekit.semilinear.MultistepOptions`)."""
+    return register(Scheme(name, "semilinear", {"ode": float(order)}, {"ode": float(order)}, tableau=MultistepOptions(),
+                           reference=reference))
 
 
 EXP_EULER = exponential(
@@ -20,3 +23,14 @@ EXP_AB3 = exponential("exp_ab3", 3, "Exponential Adams–Bashforth; Hochbruck & 
 EXP_AB3_RAMP = exponential(
     "exp_ab3_ramp", 2, "Hochbruck & Ostermann (2010), §2.5; start as Zhang & Chen (2023), DEIS, and Lu et al. "
                        "(2022), DPM-Solver++(3M).")
+# The published diffusion samplers in the general semilinear form (sdekit.semilinear), one evaluation per step.
+DPMPP_2M = exponential(
+    "dpmpp_2m", 2, "Lu, Zhou, Bao, Chen, Li & Zhu (2022), DPM-Solver++, arXiv:2211.01095, Alg. 2 (multistep, 2M).")
+# UniP-2 with the UniC corrector: order p + 1 = 3 (Zhao et al. 2023, Thm. 3.3); with lower_order_final the
+# uncorrected first-order last step caps it at 2.
+UNIPC_BH1 = exponential(
+    "unipc_bh1", 3, "Zhao, Bai, Rao, Zhou & Lu (2023), UniPC, NeurIPS, Alg. 1-2 with B(h) = h; diffusers' "
+                    "UniPCMultistepScheduler (solver_order=2, solver_type='bh1').")
+UNIPC_BH2 = exponential(
+    "unipc_bh2", 3, "Zhao, Bai, Rao, Zhou & Lu (2023), UniPC, NeurIPS, Alg. 1-2 with B(h) = e^h - 1; diffusers' "
+                    "UniPCMultistepScheduler (solver_order=2, solver_type='bh2').")
