@@ -11,10 +11,17 @@ record                        methods                    fields
 ============================= ========================== ==================================================
 :class:`Ancestral`            ``ddim``                   ``eta``: 0 deterministic DDIM, 1 the DDPM chain
 :class:`Exponential`          ``ddim``, ``dpmpp_2m``,    ``prediction``: ``"x0"`` (DPM-Solver++) or
-                              ``dpmpp_3m``, ``exp_ab3``  ``"eps"`` (DPM-Solver, DEIS)
+                              ``exp_ab2``, ``dpmpp_3m``, ``"eps"`` (DPM-Solver, DEIS);
+                              ``exp_ab3``, ``unipc``,    ``lower_order_final``
+                              ``unipc_bh1``,
+                              ``unipc_bh2``
 :class:`PredictorCorrector`   ``pc``                     ``snr``, ``corrector_steps``
 :class:`AnnealedLangevin`     ``ald``                    ``step_size``, ``corrector_steps``
 :class:`Adaptive`             ``dopri5``                 ``rtol``, ``atol``
+:class:`AncestralSDE`         ``euler_ancestral``,       ``eta``, ``s_noise``, ``solver_type`` (2M only)
+                              ``dpmpp_2m_sde``,
+                              ``dpmpp_3m_sde``
+:class:`Churn`                ``edm``                    ``S_churn``, ``S_tmin``, ``S_tmax``, ``S_noise``
 ============================= ========================== ==================================================
 
 The ``rho`` of the Karras grid belongs to the grid: ``grid=TimeGrid(sde,
@@ -27,7 +34,8 @@ import math
 import numbers
 from dataclasses import dataclass
 
-__all__ = ["Ancestral", "Exponential", "PredictorCorrector", "AnnealedLangevin", "Adaptive", "OPTION_RECORDS"]
+__all__ = ["Ancestral", "Exponential", "PredictorCorrector", "AnnealedLangevin", "Adaptive", "AncestralSDE", "Churn",
+           "OPTION_RECORDS"]
 
 
 def _number(record: str, name: str, value, *, positive: bool) -> float:
@@ -69,7 +77,8 @@ class Ancestral:
 
 @dataclass(frozen=True)
 class Exponential:
-    """The exponential integrators of the semilinear probability-flow ODE (``ddim``, ``dpmpp_2m``, ``dpmpp_3m``, ``exp_ab3``).
+    """The exponential integrators of the semilinear probability-flow ODE (``ddim``, ``dpmpp_2m``, ``exp_ab2``, ``dpmpp_3m``,
+    ``exp_ab3``, ``unipc``, ``unipc_bh1``, ``unipc_bh2``).
 
     Parameters
     ----------
@@ -78,13 +87,21 @@ class Exponential:
         the noise-prediction form (DPM-Solver, Lu et al. 2022a; DEIS, Zhang &
         Chen 2023), often better at very few steps. ``ddim`` is the same
         method in both.
+    lower_order_final : bool, default False
+        Lower the final steps' orders as diffusers' schedulers do with
+        ``lower_order_final=True`` (a first-order last step: DPM-Solver++
+        and the exponential Adams methods in runs under 15 steps, UniPC
+        always; :func:`sdekit.semilinear.lowered_final_orders`).
     """
 
     prediction: str = "x0"
+    lower_order_final: bool = False
 
     def __post_init__(self):
         if self.prediction not in ("x0", "eps"):
             raise ValueError(f"Exponential: `prediction` must be 'x0' or 'eps', got {self.prediction!r}.")
+        if not isinstance(self.lower_order_final, bool):
+            raise ValueError(f"Exponential: `lower_order_final` must be True or False, got {self.lower_order_final!r}.")
 
 
 @dataclass(frozen=True)
@@ -154,4 +171,64 @@ class Adaptive:
         object.__setattr__(self, "atol", _number("Adaptive", "atol", self.atol, positive=True))
 
 
-OPTION_RECORDS = (Ancestral, Exponential, PredictorCorrector, AnnealedLangevin, Adaptive)
+@dataclass(frozen=True)
+class AncestralSDE:
+    """The stochastic samplers of k-diffusion (``euler_ancestral``, ``dpmpp_2m_sde``, ``dpmpp_3m_sde``; :mod:`diffusion.k_samplers`).
+
+    Parameters
+    ----------
+    eta : float, default 1
+        Noise scale: 1 follows the reverse SDE (ancestral steps: DDPM's
+        posterior variance, Ho et al. 2020), 0 the probability-flow ODE (Euler,
+        DPM-Solver++(2M), DPM-Solver++(3M); Lu et al. 2022b).
+    s_noise : float, default 1
+        Factor on the added noise (Karras et al. 2022's ``S_noise``; 1 keeps
+        the method consistent).
+    solver_type : {"midpoint", "heun"}, default "midpoint"
+        The second-order correction of ``dpmpp_2m_sde`` (k-diffusion's
+        ``solver_type``); the other two methods refuse ``"heun"``.
+    """
+
+    eta: float = 1.0
+    s_noise: float = 1.0
+    solver_type: str = "midpoint"
+
+    def __post_init__(self):
+        object.__setattr__(self, "eta", _number("AncestralSDE", "eta", self.eta, positive=False))
+        object.__setattr__(self, "s_noise", _number("AncestralSDE", "s_noise", self.s_noise, positive=False))
+        if self.solver_type not in ("midpoint", "heun"):
+            raise ValueError(f"AncestralSDE: `solver_type` must be 'midpoint' or 'heun', got {self.solver_type!r}.")
+
+
+@dataclass(frozen=True)
+class Churn:
+    """Stochastic churn of EDM's Heun sampler (method ``"edm"``; Karras et al. 2022, Alg. 2), by the paper's names.
+
+    Parameters
+    ----------
+    S_churn : float, default 0
+        Total churn: at each of the ``N`` steps the noise level is raised by
+        the factor ``1 + gamma``, ``gamma = min(S_churn / N, sqrt(2) - 1)``. 0 is
+        the deterministic Heun sampler (Alg. 1).
+    S_tmin, S_tmax : float, default 0 and inf
+        Churn only at levels ``S_tmin <= sigma <= S_tmax``, in Karras et al.'s
+        sigma (``sigma_t / alpha_t``), not in times.
+    S_noise : float, default 1
+        Factor on the churn noise (slightly above 1 in Karras et al.'s Table 5).
+    """
+
+    S_churn: float = 0.0
+    S_tmin: float = 0.0
+    S_tmax: float = math.inf
+    S_noise: float = 1.0
+
+    def __post_init__(self):
+        for name in ("S_churn", "S_tmin", "S_noise"):
+            object.__setattr__(self, name, _number("Churn", name, getattr(self, name), positive=False))
+        if not (isinstance(self.S_tmax, numbers.Real) and not isinstance(self.S_tmax, bool) and self.S_tmax >= self.S_tmin):
+            raise ValueError(f"Churn: `S_tmax` must be a number >= S_tmin={self.S_tmin} (inf: no upper limit), "
+                             f"got {self.S_tmax!r}.")
+        object.__setattr__(self, "S_tmax", float(self.S_tmax))
+
+
+OPTION_RECORDS = (Ancestral, Exponential, PredictorCorrector, AnnealedLangevin, Adaptive, AncestralSDE, Churn)

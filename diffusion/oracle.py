@@ -38,7 +38,7 @@ kernel                    fields after the SDE's
 ========================= ===================================
 score, log_prob,          ``mixture``
 laplacian, tweedie,
-divergence
+divergence, velocity
 class_score               ``component``
 classifier_grad           ``mixture``, ``component``
 ========================= ===================================
@@ -60,6 +60,7 @@ from numba.extending import overload
 from sdekit import ops
 from sdekit.params import extend
 
+from .formulas import flow_velocity
 from .score import Score, params_like
 from .sdes import DiffusionSDE, standard_normals
 
@@ -205,7 +206,7 @@ _CORES = {
 for _f in (*_CORES.values(), _log_joint):
     _jittable_cached(_f)
 
-KERNEL_NAMES = ("score", "log_prob", "laplacian", "tweedie", "class_score", "classifier_grad", "divergence")
+KERNEL_NAMES = ("score", "log_prob", "laplacian", "tweedie", "class_score", "classifier_grad", "divergence", "velocity")
 
 
 # --------------------------------------------------------------------------- kernel factories (one per SDE family)
@@ -244,6 +245,13 @@ def _make_kernel(name: str, sde: DiffusionSDE):
             lap = _laplacian_core(alpha(t, p), sigma(t, p), x, mix.log_weights, mix.means, mix.eigvecs, mix.eigvecs_t,
                                   mix.eigvals)
             return x.shape[1] * f(t, p) - 0.5 * g2(t, p) * lap
+    elif name == "velocity":
+        def kernel(t, x, p):
+            # flow matching's velocity alpha' x0_hat + sigma' eps_hat = the probability-flow drift f x - g^2 s / 2
+            mix = p.mixture
+            score = _score_core(alpha(t, p), sigma(t, p), x, mix.log_weights, mix.means, mix.eigvecs, mix.eigvecs_t,
+                                mix.eigvals)
+            return flow_velocity(f(t, p), g2(t, p), x, score)
     else:
         raise ValueError(f"unknown kernel {name!r}; choose one of {KERNEL_NAMES}.")
     kernel.__name__ = kernel.__qualname__ = f"gaussian_mixture_{name}"
@@ -376,6 +384,11 @@ class GaussianMixture:
         kern, params = self.kernel("score", sde)
         return Score.from_kernel(kern, sde, params, dim=self.dim)
 
+    def velocity_fn(self, sde: DiffusionSDE) -> Score:
+        """The exact velocity (:meth:`velocity`) as a :class:`diffusion.Score` with ``parameterisation="velocity"``."""
+        kern, params = self.kernel("velocity", sde)
+        return Score(kern, sde, parameterisation="velocity", params=params, dim=self.dim)
+
     def class_score_fn(self, sde: DiffusionSDE, k: int) -> Score:
         """The class-conditional score ``grad log p_t(x | y = k)`` as a :class:`diffusion.Score`."""
         kern, params = self.kernel("class_score", sde, k)
@@ -462,6 +475,19 @@ class GaussianMixture:
     def tweedie(self, x, t=None, sde=None):
         """Tweedie's posterior mean ``E[x_0 | x_t = x] = (x + sigma_t^2 s) / alpha_t`` (shape (n, D))."""
         return self._eval("tweedie", x, t, sde)
+
+    def velocity(self, x, t, sde):
+        """Flow matching's velocity ``E[alpha'_t x_0 + sigma'_t eps | x_t = x] = f(t) x - g(t)^2 s / 2`` (shape (n, D)).
+
+        Under an interpolant ``x_t = alpha_t x_0 + sigma_t eps`` (:class:`diffusion.flow.FlowMatching`, or any
+        diffusion SDE) the mixture stays a mixture, ``N(alpha_t mu_k, alpha_t^2 Sigma_k + sigma_t^2 I)``, and
+        this is the exact minimiser of the flow-matching loss (Lipman et al. 2023, eq. 8–9).
+        """
+        if t is None:
+            raise ValueError("`t` must be a time in (0, T]: the velocity is that of the interpolant at time t.")
+        score = self._eval("score", x, t, sde)
+        t = float(t)
+        return flow_velocity(float(sde.f(t)), float(sde.g2(t)), self._check_x(x), score)
 
     def class_score(self, x, t=None, sde=None, k=None):
         """Class-conditional score ``grad log p_t(x | y = k) = -C_k^{-1}(x - alpha_t mu_k)``."""

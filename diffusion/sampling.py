@@ -16,12 +16,20 @@ method              dynamics                integrator
 ``rk4``             probability-flow ODE    sdekit ``rk4`` (order 4)
 ``dopri5``          probability-flow ODE    sdekit ``dopri5`` (adaptive; ``rtol``, ``atol``)
 ``ddim``            PF-ODE (``eta = 0``)    sdekit ``exp_euler``; ``eta > 0``: DDIM's stochastic chain
-``dpmpp_2m``        PF-ODE, semilinear      sdekit ``exp_ab2`` (DPM-Solver++(2M) with the exact phi_2 weight)
+``dpmpp_2m``        PF-ODE, semilinear      sdekit ``dpmpp_2m`` (DPM-Solver++(2M), Lu et al. 2022b, Alg. 2; order 2)
+``exp_ab2``         PF-ODE, semilinear      sdekit ``exp_ab2`` (DPM-Solver++(2M) with the exact phi_2 weight; order 2)
+``unipc``           PF-ODE, semilinear      = ``unipc_bh2`` (diffusers' UniPCMultistepScheduler default)
+``unipc_bh1``       PF-ODE, semilinear      sdekit ``unipc_bh1`` (UniP-2 + UniC corrector, B(h) = h; order 3)
+``unipc_bh2``       PF-ODE, semilinear      sdekit ``unipc_bh2`` (UniP-2 + UniC corrector, B(h) = e^h - 1; order 3)
 ``dpmpp_3m``        PF-ODE, semilinear      sdekit ``exp_ab3_ramp`` (third-order steps, exact weights, cheap start)
 ``exp_ab3``         PF-ODE, semilinear      sdekit ``exp_ab3`` (third order, midpoint start: +1 evaluation)
 ``ddpm``            ancestral chain         posterior ``q(x_s | x_t, x0_hat)`` (DDIM with ``eta = 1``)
 ``pc``              reverse SDE + Langevin  sdekit ``euler`` predictor (:class:`sdekit.Stepper`), Langevin corrector
 ``ald``             annealed Langevin       ``corrector_steps`` Langevin steps at each grid time (NCSN)
+``euler_ancestral`` ancestral chain         Euler step to ``sigma_down`` + noise ``sigma_up`` (k-diffusion; weak order 1)
+``dpmpp_2m_sde``    reverse SDE, semilinear DPM-Solver++(2M) SDE (Lu et al. 2022b; weak order 1, ``eta = 0``: order 2)
+``dpmpp_3m_sde``    reverse SDE, semilinear DPM-Solver++(3M) SDE (k-diffusion; weak order 1, ``eta = 0``: order 2)
+``edm``             PF-ODE + churn          Karras et al. 2022, Alg. 2: Heun (order 2; with churn weak order 2)
 =================== ======================= =====================================================
 
 Options of a method family are one record (:mod:`diffusion.options`),
@@ -29,7 +37,10 @@ passed as ``options=``: :class:`Ancestral` (``eta``, ddim),
 :class:`Exponential` (``prediction``, the exponential methods),
 :class:`PredictorCorrector` (``snr``, ``corrector_steps``, pc),
 :class:`AnnealedLangevin` (``step_size``, ``corrector_steps``, ald) and
-:class:`Adaptive` (``rtol``, ``atol``, dopri5). The exponential methods
+:class:`Adaptive` (``rtol``, ``atol``, dopri5),
+:class:`AncestralSDE` (``eta``, ``s_noise``, ``solver_type``; euler_ancestral,
+dpmpp_2m_sde, dpmpp_3m_sde) and :class:`Churn` (``S_churn``, ``S_tmin``,
+``S_tmax``, ``S_noise``; edm). The exponential methods
 integrate the data-prediction form by default (``prediction="x0"``,
 DPM-Solver++); ``Exponential(prediction="eps")`` integrates the
 noise-prediction form (DPM-Solver, DEIS), often better at very few steps.
@@ -38,7 +49,11 @@ Every method runs on any time grid (:mod:`diffusion.grids`): the samplers
 that step between grid points step on ``t_k = phi(k/n)``; the general sdekit
 schemes on a non-uniform grid integrate :func:`sdekit.time_change` of the
 problem with uniform steps in ``u`` (a uniform grid is integrated natively,
-backwards in ``t``).
+backwards in ``t``). A custom grid (``grid=<array of times>`` or
+``sigmas=<array of EDM noise levels>``, :meth:`TimeGrid.from_times`) is stepped
+on its times by the exponential integrators and the chains, and by the general
+schemes through the monotone C1 map of :mod:`diffusion.grids` that passes
+through them.
 
 Final step: with ``denoise=True`` (the default, as in Song et al.'s code)
 the sample at ``eps`` is replaced by Tweedie's mean ``E[x_0 | x_eps]``, one more
@@ -73,28 +88,93 @@ from sdekit.checks import require
 
 from .formulas import eps_from_score, x0_from_score
 from .grids import TimeGrid
-from .options import OPTION_RECORDS, Adaptive, Ancestral, AnnealedLangevin, Exponential, PredictorCorrector
+from .k_samplers import K_CHAINS
+from .options import OPTION_RECORDS, Adaptive, Ancestral, AncestralSDE, AnnealedLangevin, Churn, Exponential, PredictorCorrector
 from .reverse import probability_flow, probability_flow_semilinear, reverse_sde
 from .score import Score, _is_tensor, params_like
 from .sdes import _stream_seed, same_process, standard_normals
 
-__all__ = ["sample", "Samples", "METHODS", "METHOD_OPTIONS", "list_methods"]
+__all__ = ["sample", "Samples", "METHODS", "METHOD_OPTIONS", "list_methods", "default_sampler", "DEFAULT_NFE"]
 
 SDE_METHODS = {"euler_maruyama": "euler", "euler_heun": "euler_heun", "milstein": "milstein", "sra1": "sra1",
                "sriw1": "sriw1"}
 ODE_METHODS = {"euler": "euler", "heun": "heun", "midpoint": "midpoint", "rk4": "rk4", "dopri5": "dopri5"}
-EXP_METHODS = {"ddim": "exp_euler", "dpmpp_2m": "exp_ab2", "dpmpp_3m": "exp_ab3_ramp", "exp_ab3": "exp_ab3"}
-CHAIN_METHODS = ("ddpm", "pc", "ald")
+EXP_METHODS = {"ddim": "exp_euler", "dpmpp_2m": "dpmpp_2m", "exp_ab2": "exp_ab2", "dpmpp_3m": "exp_ab3_ramp", "exp_ab3": "exp_ab3",
+               "unipc": "unipc_bh2", "unipc_bh1": "unipc_bh1", "unipc_bh2": "unipc_bh2"}
+CHAIN_METHODS = ("ddpm", "pc", "ald", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "edm")
 METHODS = tuple(SDE_METHODS) + tuple(ODE_METHODS) + tuple(EXP_METHODS) + CHAIN_METHODS
 
 # The option records each method reads (the first is its default); a method missing here reads none.
 METHOD_OPTIONS = {"ddim": (Exponential, Ancestral), "dpmpp_2m": (Exponential,), "dpmpp_3m": (Exponential,),
-                  "exp_ab3": (Exponential,), "pc": (PredictorCorrector,), "ald": (AnnealedLangevin,),
-                  "dopri5": (Adaptive,)}
+                  "exp_ab3": (Exponential,), "exp_ab2": (Exponential,), "unipc": (Exponential,), "unipc_bh1": (Exponential,),
+                  "unipc_bh2": (Exponential,), "pc": (PredictorCorrector,), "ald": (AnnealedLangevin,),
+                  "dopri5": (Adaptive,), "euler_ancestral": (AncestralSDE,), "dpmpp_2m_sde": (AncestralSDE,),
+                  "dpmpp_3m_sde": (AncestralSDE,), "edm": (Churn,)}
 # sample()'s keyword shorthand for the records' fields, with the defaults a method that does not read one must keep
 OPTION_KEYWORDS = {"eta": 0.0, "snr": 0.16, "corrector_steps": 1, "step_size": 0.1, "rtol": 1e-5, "atol": 1e-5,
-                   "prediction": "x0", "rho": 7.0}
+                   "prediction": "x0", "rho": 7.0, "s_noise": 1.0, "solver_type": "midpoint", "S_churn": 0.0, "S_tmin": 0.0,
+                   "S_tmax": math.inf, "S_noise": 1.0, "lower_order_final": False}
+ANCESTRAL_SDE_METHODS = ("euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde")
 
+
+# Score evaluations of a method: (per step, once); "corrector" marks the chains whose cost grows with their
+# corrector_steps option (pc: one predictor evaluation and corrector_steps Langevin ones per step; ald:
+# corrector_steps Langevin steps at each of the steps + 1 grid times).
+NFE_PER_STEP = {"euler_maruyama": (1, 0), "euler_heun": (2, 0), "milstein": (1, 0), "sra1": (2, 0), "sriw1": (4, 0),
+                "euler": (1, 0), "heun": (2, 0), "midpoint": (2, 0), "rk4": (4, 0),
+                "ddim": (1, 0), "dpmpp_2m": (1, 0), "exp_ab2": (1, 0), "dpmpp_3m": (1, 0), "exp_ab3": (1, 1),
+                "unipc": (1, 0), "unipc_bh1": (1, 0), "unipc_bh2": (1, 0),
+                "ddpm": (1, 0), "euler_ancestral": (1, 0), "dpmpp_2m_sde": (1, 0), "dpmpp_3m_sde": (1, 0), "edm": (2, 0),
+                "pc": ("corrector", 0), "ald": ("corrector", "corrector")}
+
+# The default sampler for a budget of N score evaluations (sample() without `method`): rows (lowest N, method,
+# grid, options), the last row whose lowest N is <= N applies. Chosen by benchmarks/bench_default_sampler.py
+# --select (docs/samplers.md): at each budget the configuration with the best worst-case ratio to the best
+# peer sampler (k-diffusion, diffusers) over three exact Gaussian-mixture oracles and three error measures.
+DEFAULT_SAMPLERS = (
+    (2, "unipc", "logsnr", {"prediction": "x0"}),
+)
+DEFAULT_NFE = 20
+
+
+def default_sampler(nfe: int) -> dict:
+    """The default sampler for a budget of ``nfe`` score evaluations: ``{"method", "grid", "options"}``.
+
+    ``sample(sde, score, n, nfe=N)`` without ``method`` uses it (see :data:`DEFAULT_SAMPLERS` for how it
+    was chosen). ``nfe`` counts the final denoising step of ``sample(denoise=True)``.
+    """
+    nfe = _check_int(nfe, "nfe")
+    rows = [row for row in DEFAULT_SAMPLERS if row[0] <= nfe]
+    if not rows:
+        raise ValueError(f"`nfe`={nfe} is below the smallest budget of the default samplers "
+                         f"({DEFAULT_SAMPLERS[0][0]}); give a larger `nfe`.")
+    _, method, grid, options = rows[-1]
+    return {"method": method, "grid": grid, "options": dict(options)}
+
+
+def _evaluations(method, options, steps, denoise) -> int:
+    """Score evaluations per sample of ``steps`` steps of ``method`` (+1 with ``denoise``)."""
+    per, once = NFE_PER_STEP[method]
+    if method == "pc":
+        per = 1 + options.corrector_steps
+    elif method == "ald":
+        per = once = options.corrector_steps
+    elif method == "ddim" and isinstance(options, Ancestral) and options.eta > 0:
+        per, once = 1, 0
+    return per * steps + once + int(denoise)
+
+
+def _steps_for_budget(method, options, budget, denoise) -> int:
+    """The most steps of ``method`` whose score evaluations fit in ``budget``; ValueError if not even one does."""
+    if method not in NFE_PER_STEP:
+        raise ValueError(f"{method} chooses its own steps and takes no `nfe` budget; give its tolerances instead.")
+    per = _evaluations(method, options, 1, False) - _evaluations(method, options, 0, False)
+    fixed = _evaluations(method, options, 0, denoise)
+    steps = (budget - fixed) // per
+    if steps < 1:
+        raise ValueError(f"`nfe`={budget} is too small for {method}: one step costs {per + fixed} score evaluations"
+                         f"{' with the final denoising step' if denoise else ''}; give nfe >= {per + fixed}.")
+    return steps
 
 def list_methods() -> tuple:
     """Names accepted by ``sample(method=...)``."""
@@ -146,8 +226,9 @@ def _check_int(v, name, low=1):
     return int(v)
 
 
-def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100, grid: str | TimeGrid = "uniform",
-           eps: float | None = None, denoise: bool = True, seed: int = 0, dim: int | None = None,
+def sample(sde, score: Score, n: int, *, method: str | None = None, steps: int | None = None, nfe: int | None = None,
+           grid: str | TimeGrid | np.ndarray | None = None, sigmas=None, eps: float | None = None, denoise: bool = True,
+           seed: int = 0, dim: int | None = None,
            backend: str | None = None, device=None, dtype=None, x_T=None, options=None,
            callback: Callable | None = None, return_trajectory: bool = False, **option_keywords) -> Samples:
     """Draw ``n`` samples by integrating the reverse dynamics of ``sde`` from ``T`` to ``eps``.
@@ -159,17 +240,36 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
         The score model (its SDE must be ``sde``).
     n : int
         Number of samples.
-    method : str
-        One of :data:`METHODS` (see the module table).
-    steps : int
-        Grid steps (ignored by ``dopri5``). ``ald`` runs ``corrector_steps``
+    method : str, optional
+        One of :data:`METHODS` (see the module table). Default: the default
+        sampler for the budget ``nfe`` (:func:`default_sampler`), with its
+        grid and options unless ``grid``/``options`` are given.
+    steps : int, optional
+        Grid steps (default 100; ignored by ``dopri5``). With a custom grid
+        (an array of times or ``sigmas``) the steps are the array's, and a
+        ``steps`` that disagrees is refused. ``ald`` runs ``corrector_steps``
         Langevin steps at each of the ``steps + 1`` grid times.
-    grid : {"uniform", "quadratic", "logsnr", "karras"} or TimeGrid
+    nfe : int, optional
+        Budget of score evaluations per sample, the final denoising step
+        included: the method takes the most steps whose evaluations fit
+        (``Samples.nfe <= nfe``); instead of ``steps``. Without ``method``,
+        ``nfe`` also picks the default sampler (default budget
+        :data:`DEFAULT_NFE`). ``dopri5`` chooses its own steps and takes no budget.
+    grid : {"uniform", "quadratic", "logsnr", "karras"}, TimeGrid or array, optional
+        Default: the default sampler's grid when ``method`` is not given, else
+        ``"uniform"``.
+        An array is a custom grid of times ``T = t_0 > ... > t_n > 0``
+        (:meth:`TimeGrid.from_times`; ``Samples.grid`` is ``"custom"``).
         Time grid (see :mod:`diffusion.grids`). A :class:`TimeGrid` of this
         SDE carries its own ``eps`` and, for ``"karras"``, ``rho``:
         ``grid=TimeGrid(sde, "karras", rho=5.0)``.
+    sigmas : array, optional
+        A custom grid of EDM noise levels ``sigma_t / alpha_t``, strictly
+        decreasing from ``sde.edm_sigma(sde.T)``, without k-diffusion's
+        trailing 0 (:meth:`TimeGrid.from_sigmas`); instead of ``grid``.
     eps : float, optional
-        End time (default ``sde.eps``, or the TimeGrid's).
+        End time (default ``sde.eps``, or the TimeGrid's; a custom grid ends at
+        its last time, and an ``eps`` that differs is refused).
     denoise : bool
         Replace the final state by Tweedie's mean ``x0_hat(x_eps)`` (+1 NFE).
     seed : int
@@ -204,7 +304,14 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
           Langevin step ``delta`` (the step at grid time ``t`` is
           ``delta sigma_t^2``; Song & Ermon 2019) and the steps per level;
         * :class:`~diffusion.options.Adaptive` ``(rtol=1e-5, atol=1e-5)``,
-          ``dopri5``: the tolerances.
+          ``dopri5``: the tolerances;
+        * :class:`~diffusion.options.AncestralSDE`
+          ``(eta=1.0, s_noise=1.0, solver_type="midpoint")``,
+          ``euler_ancestral``, ``dpmpp_2m_sde``, ``dpmpp_3m_sde``: the noise
+          scale (0: the PF-ODE method), the factor on the noise and the 2M
+          correction (:mod:`diffusion.k_samplers`);
+        * :class:`~diffusion.options.Churn` ``(S_churn=0.0, S_tmin=0.0,
+          S_tmax=inf, S_noise=1.0)``, ``edm``: Karras et al.'s stochastic churn.
 
         A record of another family is refused in one line.
     callback : callable, optional
@@ -214,7 +321,8 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
         Keep all grid states in ``Samples.trajectory``.
     **option_keywords
         Shorthand for the records' fields (``eta``, ``prediction``, ``snr``,
-        ``corrector_steps``, ``step_size``, ``rtol``, ``atol``) and for the
+        ``corrector_steps``, ``step_size``, ``rtol``, ``atol``, ``s_noise``,
+        ``solver_type``, ``S_churn``, ``S_tmin``, ``S_tmax``, ``S_noise``) and for the
         Karras grid's ``rho``: ``sample(..., method="pc", snr=0.2)`` is
         ``sample(..., method="pc", options=PredictorCorrector(snr=0.2))``. An
         option the chosen method or grid does not read must keep its default:
@@ -229,10 +337,25 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
         raise ValueError(f"`score` must be a diffusion.Score, got {type(score).__name__}.")
     if not same_process(score.sde, sde):
         raise ValueError("`score` was made for another diffusion SDE; build the Score with this `sde`.")
+    n = _check_int(n, "n")
+    steps = None if steps is None else _check_int(steps, "steps")
+    nfe_budget = None if nfe is None else _check_int(nfe, "nfe")
+    if nfe_budget is not None and steps is not None:
+        raise ValueError("give `steps` or `nfe`, not both: `nfe` is the budget of score evaluations and sets the steps.")
+    if method is None:
+        chosen = default_sampler(nfe_budget if nfe_budget is not None else
+                                 DEFAULT_NFE if steps is None else steps + bool(denoise))
+        method = chosen["method"]
+        if nfe_budget is None and steps is None:
+            nfe_budget = DEFAULT_NFE
+        if grid is None and sigmas is None:
+            grid = chosen["grid"]
+        if options is None:
+            option_keywords = {**chosen["options"], **option_keywords}
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}.")
-    n = _check_int(n, "n")
-    steps = _check_int(steps, "steps")
+    if grid is None and sigmas is None:
+        grid = "uniform"
     if backend is None:
         backend = "numba" if "numba" in score.backends else "torch"
     if backend not in sdekit.BACKENDS:
@@ -245,11 +368,25 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
         raise TypeError(f"sample() got an unexpected keyword argument {unknown[0]!r}; the option keywords are "
                         f"{list(OPTION_KEYWORDS)}.")
     rho = option_keywords.pop("rho", None)
+    grid = _custom_grid(sde, grid, sigmas)
     grid_kind = grid.kind if isinstance(grid, TimeGrid) else grid
     if method == "dopri5" and grid_kind != "uniform":
         raise ValueError("dopri5 chooses its own steps; drop `grid` (it applies to fixed-step methods).")
     options = _method_options(method, grid_kind, options, option_keywords)
     time_grid = _time_grid(sde, grid, eps, rho, method)
+    if time_grid.kind == "custom":
+        if steps is not None and steps != time_grid.steps:
+            raise ValueError(f"`steps`={steps} disagrees with the custom grid's {time_grid.steps} steps; drop `steps` "
+                             "(it comes from the grid).")
+        steps = time_grid.steps
+        if nfe_budget is not None and _evaluations(method, options, steps, bool(denoise)) > nfe_budget:
+            raise ValueError(f"the custom grid's {steps} steps of {method} need "
+                             f"{_evaluations(method, options, steps, bool(denoise))} score evaluations, more than "
+                             f"`nfe`={nfe_budget}; give a shorter grid or a larger `nfe`.")
+    elif nfe_budget is not None:
+        steps = _steps_for_budget(method, options, nfe_budget, bool(denoise))
+    elif steps is None:
+        steps = 100
     times = time_grid.times(steps)
 
     like = None
@@ -281,10 +418,11 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
             x, nfe, trajectory, solution, times = _solve_general(score, time_grid, method, steps, x_T, seed, backend,
                                                                  options, keep)
         elif method in EXP_METHODS and not (isinstance(options, Ancestral) and options.eta > 0):
-            prediction = options.prediction if isinstance(options, Exponential) else "x0"
-            problem = probability_flow_semilinear(score, prediction)
+            exponential = options if isinstance(options, Exponential) else Exponential()
+            problem = probability_flow_semilinear(score, exponential.prediction)
             solution = sdekit.solve(problem, x_T, (times[0], times[-1]), method=EXP_METHODS[method], t_grid=times,
-                                    save_at=None if keep else [times[-1]], backend=backend)
+                                    save_at=None if keep else [times[-1]], backend=backend,
+                                    lower_order_final=exponential.lower_order_final)
             x, nfe = solution.x[-1], int(round(solution.stats.n_drift_evals / solution.stats.n_paths))
             trajectory = solution.x if keep else None
         else:
@@ -298,6 +436,8 @@ def sample(sde, score: Score, n: int, *, method: str = "sra1", steps: int = 100,
             x = score.x0(x, float(times[-1]))
             nfe += 1
     _check_finite(x, method)
+    if nfe_budget is not None and nfe > nfe_budget:  # the cost table (NFE_PER_STEP) disagrees with the integrator
+        raise AssertionError(f"{method} spent {nfe} score evaluations, over the budget nfe={nfe_budget}.")
     return Samples(x=x, x_T=x_T, times=times, nfe=int(nfe), method=method, grid=time_grid.kind,
                    seconds=time.perf_counter() - t_start, trajectory=trajectory if return_trajectory else None,
                    solution=solution, options=options)
@@ -320,12 +460,16 @@ def _method_options(method, grid_kind, options, option_keywords):
                              f"method={method!r} reads {reads}.")
         return options
     # the keyword shorthand: an option the method does not read is refused rather than silently ignored
-    if method != "ddim" and not _is_default(option_keywords.get("eta", 0.0), 0.0):
-        raise ValueError("`eta` applies to method='ddim' only.")
+    if method != "ddim" and method not in ANCESTRAL_SDE_METHODS and not _is_default(option_keywords.get("eta", 0.0), 0.0):
+        raise ValueError(f"`eta` applies to method='ddim' and {list(ANCESTRAL_SDE_METHODS)} only.")
     for name, applies, where in (("snr", method == "pc", "method='pc'"), ("step_size", method == "ald", "method='ald'"),
                                  ("corrector_steps", method in ("pc", "ald"), "method='pc' or 'ald'"),
                                  ("rtol", method == "dopri5", "method='dopri5'"),
-                                 ("atol", method == "dopri5", "method='dopri5'")):
+                                 ("atol", method == "dopri5", "method='dopri5'"),
+                                 ("s_noise", method in ANCESTRAL_SDE_METHODS, f"method in {list(ANCESTRAL_SDE_METHODS)}"),
+                                 ("solver_type", method == "dpmpp_2m_sde", "method='dpmpp_2m_sde'"),
+                                 ("lower_order_final", method in EXP_METHODS, f"the exponential methods {list(EXP_METHODS)}"),
+                                 *((name, method == "edm", "method='edm'") for name in ("S_churn", "S_tmin", "S_tmax", "S_noise"))):
         value = option_keywords.get(name, OPTION_KEYWORDS[name])
         if not applies and not _is_default(value, OPTION_KEYWORDS[name]):
             raise ValueError(f"`{name}` applies to {where} only (it would be ignored by method={method!r}, "
@@ -340,7 +484,8 @@ def _method_options(method, grid_kind, options, option_keywords):
     chosen = [record for record in accepted if any(f.name in option_keywords and not _is_default(option_keywords[f.name], f.default)
                                                    for f in fields(record))]
     if len(chosen) > 1:  # ddim with both eta > 0 and prediction='eps'
-        raise ValueError("`eta` > 0 runs DDIM's stochastic chain, which `prediction` does not change; drop `prediction`.")
+        raise ValueError("`eta` > 0 runs DDIM's stochastic chain, which `prediction` and `lower_order_final` do not change; "
+                         "drop them.")
     record = chosen[0] if chosen else accepted[0]
     return record(**{f.name: option_keywords[f.name] for f in fields(record) if f.name in option_keywords})
 
@@ -349,8 +494,25 @@ def _is_default(value, default) -> bool:
     return bool(np.isscalar(value) and value == default)
 
 
+def _custom_grid(sde, grid, sigmas):
+    """``grid`` as given, or the custom TimeGrid of an array of times (``grid=``) or of noise levels (``sigmas=``)."""
+    if sigmas is not None:
+        if grid is not None:
+            raise ValueError("give the grid either as `grid` or as `sigmas`, not both; drop one.")
+        return TimeGrid.from_sigmas(sde, sigmas)
+    if isinstance(grid, str | TimeGrid):
+        return grid
+    return TimeGrid.from_times(sde, grid)
+
+
 def _time_grid(sde, grid, eps, rho, method) -> TimeGrid:
     """The sampling grid: a TimeGrid as given (checked against ``sde``), or one made from its kind."""
+    if isinstance(grid, TimeGrid) and grid.kind == "custom":
+        if rho is not None:
+            raise ValueError("`rho` applies to grid='karras' only, not to a custom grid; drop it.")
+        if eps is not None and float(eps) != grid.eps:
+            raise ValueError(f"`eps`={eps} disagrees with the custom grid's last time {grid.eps!r}; drop `eps` "
+                             "(the grid ends at its last time).")
     if isinstance(grid, TimeGrid):
         if not same_process(grid.sde, sde) or grid.T != sde.T:
             raise ValueError(f"`grid` {grid!r} was made for another SDE or start time; make it with "
@@ -537,4 +699,4 @@ def _annealed_langevin(sde, score, times, x, noise, options, visit):
     return x, len(times) * options.corrector_steps
 
 
-CHAINS = {"ddim": _ancestral, "pc": _predictor_corrector, "ald": _annealed_langevin}
+CHAINS = {"ddim": _ancestral, "pc": _predictor_corrector, "ald": _annealed_langevin, **K_CHAINS}

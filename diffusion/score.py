@@ -10,10 +10,13 @@ name         prediction                                    score from it
 ``eps``      ``eps_hat = -sigma_t s``                      ``-eps_hat / sigma_t``
 ``x0``       ``x0_hat = (x + sigma_t^2 s) / alpha_t``      ``(alpha_t x0_hat - x) / sigma_t^2``
 ``v``        ``v_hat = alpha_t eps_hat - sigma_t x0_hat``  via ``eps_hat = (sigma_t x + alpha_t v_hat) / (alpha_t^2 + sigma_t^2)``
+``velocity`` ``u = alpha'_t x0_hat + sigma'_t eps_hat``     ``2 (f(t) x - u) / g(t)^2``
 =========== ============================================= ====================
 
 (``x0_hat`` is Tweedie's posterior mean; the ``v`` inversion holds for any
-``alpha_t, sigma_t``, not only VP's ``alpha^2 + sigma^2 = 1``.)
+``alpha_t, sigma_t``, not only VP's ``alpha^2 + sigma^2 = 1``. ``velocity`` is
+flow matching's prediction, the probability-flow drift ``f x - g^2 s / 2``
+(:mod:`diffusion.flow`; Lipman et al. 2023), for any process.)
 
 A :class:`Score` holds the prediction function ``fn(t, x, params)`` in
 sdekit's problem-function convention and exposes the score as a *kernel*
@@ -37,17 +40,17 @@ import numpy as np
 from sdekit import ops
 from sdekit.params import extend, map_leaves
 
-from .formulas import eps_from_score, x0_from_score
+from .formulas import eps_from_score, flow_velocity, x0_from_score
 from .sdes import DiffusionSDE, same_process
 
 __all__ = ["Score", "PARAMETERISATIONS", "classifier_guidance", "classifier_free_guidance", "convert"]
 
-PARAMETERISATIONS = ("score", "eps", "x0", "v")
+PARAMETERISATIONS = ("score", "eps", "x0", "v", "velocity")
 
 
 # Conversions between a prediction and the score, given the coefficients a = alpha_t, s = sigma_t
-# (floats, or columns for one time per row); the score -> eps and score -> x0 directions are those of
-# diffusion.formulas. Used by kernels and by Python methods.
+# (floats, or columns for one time per row; "velocity" reads f(t), g(t)^2 instead: _READS); the
+# score -> eps and score -> x0 directions are those of diffusion.formulas. Used by kernels and by Python methods.
 def _score_from_score(pred, x, a, s):
     return pred
 
@@ -68,21 +71,87 @@ def _v_from_score(sc, x, a, s):
     return a * eps_from_score(sc, x, a, s) - s * x0_from_score(sc, x, a, s)
 
 
-_TO_SCORE = {k: ops.jittable(f) for k, f in zip(PARAMETERISATIONS, (_score_from_score, _score_from_eps, _score_from_x0,
-                                                                      _score_from_v), strict=True)}
-_FROM_SCORE = {"score": _TO_SCORE["score"], "eps": eps_from_score, "x0": x0_from_score, "v": ops.jittable(_v_from_score)}
+def _score_from_velocity(pred, x, f, g2):
+    # inverts the probability-flow drift u = f x - g^2 s / 2
+    return 2.0 * (f * x - pred) / g2
+
+
+def _velocity_from_score(sc, x, f, g2):
+    return flow_velocity(f, g2, x, sc)
+
+
+_TO_SCORE = {k: ops.jittable(f) for k, f in (("score", _score_from_score), ("eps", _score_from_eps), ("x0", _score_from_x0),
+                                             ("v", _score_from_v), ("velocity", _score_from_velocity))}
+_FROM_SCORE = {"score": _TO_SCORE["score"], "eps": eps_from_score, "x0": x0_from_score, "v": ops.jittable(_v_from_score),
+               "velocity": ops.jittable(_velocity_from_score)}
+# the process coefficients a conversion reads (DiffusionSDE method names = Kernels fields); default alpha, sigma
+_READS = {"velocity": ("f", "g2")}
+
+
+def _reads(parameterisation: str) -> tuple:
+    return _READS.get(parameterisation, ("alpha", "sigma"))
+
+
+def _sigma_data(parameterisation, sigma_data):
+    """EDM's ``sigma_data`` checked (default 0.5 for ``"edm"``; None for the other parameterisations)."""
+    if parameterisation != "edm":
+        if sigma_data is not None:
+            raise ValueError(f"`sigma_data` applies to parameterisation='edm' only, not {parameterisation!r}; drop it.")
+        return None
+    if sigma_data is None:
+        return 0.5
+    if isinstance(sigma_data, bool) or not isinstance(sigma_data, numbers.Real) or not (np.isfinite(sigma_data) and sigma_data > 0):
+        raise ValueError(f"`sigma_data` must be a positive finite number (the data's standard deviation; EDM uses 0.5), "
+                         f"got {sigma_data!r}.")
+    return float(sigma_data)
+
+
+# EDM preconditioning (Karras et al. 2022, Table 1 and eq. 7) in the process's coordinates: with the noise level
+# k = sigma_t / alpha_t of x_edm = x / alpha_t = x0 + k n and q = k^2 + sigma_data^2, the network F is called as
+# F(c_noise, c_in x_edm) with c_in = 1/sqrt(q), c_noise = ln(k)/4, and D = c_skip x_edm + c_out F with
+# c_skip = sigma_data^2/q, c_out = k sigma_data/sqrt(q) is the x0 prediction. The score (alpha D - x)/sigma^2 is
+# then -x/(alpha^2 q) + sigma_data F/(sigma sqrt(q)) (no cancellation at small sigma).
+def _edm_inputs(x, a, s, sigma_data):
+    level = s / a
+    return 0.25 * ops.log(level), x / (a * ops.sqrt(level * level + sigma_data * sigma_data))
+
+
+def _score_from_edm(pred, x, a, s, sigma_data):
+    level = s / a
+    q = level * level + sigma_data * sigma_data
+    return sigma_data * pred / (s * ops.sqrt(q)) - x / (a * a * q)
+
+
+ops.jittable(_edm_inputs)
+ops.jittable(_score_from_edm)
+
+
+def _edm_kernel(fn, alpha, sigma, sigma_data):
+    """The score kernel of EDM's network ``fn(c_noise, c_in x / alpha_t, params)``."""
+
+    def kernel(t, x, p):
+        a, s = alpha(t, p), sigma(t, p)
+        c_noise, x_in = _edm_inputs(x, a, s, sigma_data)
+        pred = fn(c_noise, x_in, p.model)
+        if pred.shape != x.shape:
+            raise ValueError("the score function returned an array of another shape than its input x (n, dim)")
+        return _score_from_edm(pred, x, a, s, sigma_data)
+
+    return kernel
 
 
 def _is_tensor(v) -> bool:
     return type(v).__module__.startswith("torch") and hasattr(v, "detach")
 
 
-def _coefficients(sde, t, x):
-    """``alpha_t, sigma_t`` shaped to multiply ``x``: floats for a scalar t, columns for one t per row."""
+def _coefficients(sde, t, x, parameterisation="score"):
+    """The two coefficients the conversion of ``parameterisation`` reads (``alpha_t, sigma_t``, or ``f(t), g(t)^2``
+    for ``"velocity"``), shaped to multiply ``x``: floats for a scalar t, columns for one t per row."""
+    first, second = (getattr(sde, name) for name in _reads(parameterisation))
     if _is_tensor(t) and t.ndim == 0:
         t = float(t)
     if isinstance(t, numbers.Real):
-        return float(sde.alpha(float(t))), float(sde.sigma(float(t)))
+        return float(first(float(t))), float(second(float(t)))
     if _is_tensor(x) and not _is_tensor(t):
         import torch
 
@@ -91,20 +160,19 @@ def _coefficients(sde, t, x):
         t = np.asarray(t, dtype=np.float64)
     if t.ndim != 1 or t.shape[0] != x.shape[0]:
         raise ValueError(f"`t` must be a number or one time per row of x (shape ({x.shape[0]},)); got shape {tuple(t.shape)}.")
-    return sde.alpha(t)[:, None], sde.sigma(t)[:, None]
+    return first(t)[:, None], second(t)[:, None]
 
 
 def convert(pred, x, t, sde: DiffusionSDE, *, source: str, target: str):
-    """Convert a prediction between parameterisations (``"score"``, ``"eps"``, ``"x0"``, ``"v"``).
+    """Convert a prediction between parameterisations (``"score"``, ``"eps"``, ``"x0"``, ``"v"``, ``"velocity"``).
 
     ``t`` is a number or one time per row of ``x``.
     """
     for name, v in (("source", source), ("target", target)):
         if v not in PARAMETERISATIONS:
             raise ValueError(f"`{name}` must be one of {PARAMETERISATIONS}, got {v!r}.")
-    a, s = _coefficients(sde, t, x)
-    score = _TO_SCORE[source](pred, x, a, s)
-    return _FROM_SCORE[target](score, x, a, s)
+    score = _TO_SCORE[source](pred, x, *_coefficients(sde, t, x, source))
+    return _FROM_SCORE[target](score, x, *_coefficients(sde, t, x, target))
 
 
 def params_like(params: tuple, x) -> tuple:
@@ -130,8 +198,14 @@ class Score:
         on NumPy, torch and compiled Numba alike.
     sde : DiffusionSDE
         The process whose marginals the prediction refers to.
-    parameterisation : {"score", "eps", "x0", "v"}
-        What ``fn`` predicts.
+    parameterisation : {"score", "eps", "x0", "v", "velocity"}
+        What ``fn`` predicts (``"velocity"``: flow matching's ``alpha'_t x0 + sigma'_t eps``).
+        ``"edm"``: ``fn`` is EDM's raw network, called as ``fn(c_noise, c_in x / alpha_t, params)``
+        and wrapped as the x0 prediction ``D = c_skip x / alpha_t + c_out F`` with
+        ``c_skip = sd^2/(k^2+sd^2)``, ``c_out = k sd/sqrt(k^2+sd^2)``, ``c_in = 1/sqrt(k^2+sd^2)``,
+        ``c_noise = ln(k)/4``, ``k = sigma_t/alpha_t`` (Karras et al. 2022, Table 1 and eq. 7).
+    sigma_data : float, optional
+        EDM's data standard deviation ``sd`` (``parameterisation="edm"`` only; default 0.5).
     params : tuple
         Numbers and arrays passed to ``fn``.
     dim : int, optional
@@ -149,13 +223,14 @@ class Score:
     """
 
     def __init__(self, fn: Callable, sde: DiffusionSDE, *, parameterisation: str = "score", params: tuple = (),
-                 dim: int | None = None, backends: tuple = ("numba", "numpy", "torch")):
+                 dim: int | None = None, backends: tuple = ("numba", "numpy", "torch"), sigma_data: float | None = None):
         if not callable(fn):
             raise ValueError(f"`fn` must be a function fn(t, x, params), got {type(fn).__name__}.")
         if not isinstance(sde, DiffusionSDE):
             raise ValueError(f"`sde` must be a diffusion SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}.")
-        if parameterisation not in PARAMETERISATIONS:
-            raise ValueError(f"`parameterisation` must be one of {PARAMETERISATIONS}, got {parameterisation!r}.")
+        if parameterisation not in PARAMETERISATIONS + ("edm",):
+            raise ValueError(f"`parameterisation` must be one of {PARAMETERISATIONS + ('edm',)}, got {parameterisation!r}.")
+        self.sigma_data = _sigma_data(parameterisation, sigma_data)
         if not isinstance(params, tuple):
             raise ValueError(f"`params` must be a tuple, got {type(params).__name__}.")
         if dim is not None and (not isinstance(dim, numbers.Integral) or dim < 1):
@@ -167,8 +242,8 @@ class Score:
         self.params = extend(sde.params, model=params)
         self.dim = None if dim is None else int(dim)
         self.backends = tuple(backends)
-        alpha, sigma = sde.kernels.alpha, sde.kernels.sigma
-        to_score = _TO_SCORE[parameterisation]
+        first, second = (getattr(sde.kernels, name) for name in _reads(parameterisation))
+        to_score = _TO_SCORE.get(parameterisation)
         if "numba" in self.backends:
             fn = ops.jittable(fn)
 
@@ -176,8 +251,10 @@ class Score:
             pred = fn(t, x, p.model)
             if pred.shape != x.shape:  # every call (cheap); Score.check names the shapes at the samplers' entry
                 raise ValueError("the score function returned an array of another shape than its input x (n, dim)")
-            return to_score(pred, x, alpha(t, p), sigma(t, p))  # the SDE's kernels read p's leading fields
+            return to_score(pred, x, first(t, p), second(t, p))  # the SDE's kernels read p's leading fields
 
+        if parameterisation == "edm":  # fn is EDM's network F(c_noise, c_in x / alpha_t), wrapped as D (Karras et al. 2022)
+            kernel = _edm_kernel(fn, first, second, self.sigma_data)
         self.kernel = ops.jittable(kernel) if "numba" in self.backends else kernel
 
     @classmethod
@@ -197,12 +274,18 @@ class Score:
 
     @classmethod
     def from_module(cls, module, sde: DiffusionSDE, *, parameterisation: str = "eps", time_input="t",
-                    dim: int | None = None, dtype=None) -> Score:
+                    dim: int | None = None, dtype=None, sigma_data: float | None = None) -> Score:
         """Wrap a torch module called as ``module(x, c)`` with ``c`` one conditioning value per row.
 
         ``time_input`` maps ``t`` to what the network was trained with:
         ``"t"``, ``"log_snr"``, ``"edm_sigma"`` (``sigma_t / alpha_t``), or a
         function of ``t``. The score then runs on the torch backend only.
+
+        ``parameterisation="edm"``: the module is EDM's raw network ``F`` called
+        as ``module(c_in x / alpha_t, c_noise)`` and wrapped as the denoiser
+        ``D = c_skip x / alpha_t + c_out F`` with ``sigma_data`` (default 0.5)
+        (Karras et al. 2022, Table 1; see :class:`Score`); ``time_input`` does
+        not apply. This is how :func:`diffusion.training.edm_loss` trains it.
 
         ``dtype``: the network's floating type (default: that of its first
         parameter, if it has one). States of another type (the samplers
@@ -216,6 +299,9 @@ class Score:
         if dtype is None and isinstance(module, torch.nn.Module):
             first = next(iter(module.parameters()), None)
             dtype = None if first is None else first.dtype
+        if parameterisation == "edm" and not (isinstance(time_input, str) and time_input == "t"):
+            raise ValueError("`time_input` does not apply to parameterisation='edm': the network receives EDM's "
+                             "c_noise = ln(sigma)/4; drop `time_input`.")
         maps = {"t": lambda t: t, "log_snr": sde.log_snr, "edm_sigma": sde.edm_sigma}
         if callable(time_input):
             to_c = time_input
@@ -232,15 +318,40 @@ class Score:
             c = torch.as_tensor(c, dtype=dtype, device=x.device).expand(x.shape[0])
             return module(x.to(dtype), c).to(x.dtype)
 
-        return cls(fn, sde, parameterisation=parameterisation, dim=dim, backends=("torch",))
+        return cls(fn, sde, parameterisation=parameterisation, dim=dim, backends=("torch",), sigma_data=sigma_data)
+
+    @classmethod
+    def from_diffusers(cls, unet, scheduler, *, sample_shape=None, dtype=None) -> Score:
+        """A diffusers network (``unet(x, timestep).sample``) with the scheduler it was trained with: its
+        ``alphas_cumprod`` give the process (:class:`diffusion.adapters.DiscreteVPSDE`), its
+        ``config.prediction_type`` the parameterisation; states are flat rows ``(B, C*H*W)``.
+        See :func:`diffusion.adapters.score_from_diffusers`."""
+        from .adapters import score_from_diffusers
+
+        return score_from_diffusers(unet, scheduler, sample_shape=sample_shape, dtype=dtype)
+
+    @classmethod
+    def from_k_diffusion(cls, denoiser, sde: DiffusionSDE | None = None, *, dim: int | None = None, sample_shape=None,
+                         dtype=None) -> Score:
+        """A k-diffusion denoiser ``D(x, sigma)`` (``x = x0 + sigma n``) as the ``x0`` prediction
+        ``D(x_t / alpha_t, sigma_t / alpha_t)`` of ``sde`` (default: the VE process between the denoiser's
+        ``sigma_min`` and ``sigma_max``). See :func:`diffusion.adapters.score_from_k_diffusion`."""
+        from .adapters import score_from_k_diffusion
+
+        return score_from_k_diffusion(denoiser, sde, dim=dim, sample_shape=sample_shape, dtype=dtype)
 
     # predictions ------------------------------------------------------------
     def score(self, x, t):
         """``grad log p_t(x)`` for the rows of ``x`` (``t`` a number, or one per row)."""
         if isinstance(t, numbers.Real) or (_is_tensor(t) and t.ndim == 0):
             return self.kernel(float(t), x, params_like(self.params, x))
-        a, s = _coefficients(self.sde, t, x)
-        return _TO_SCORE[self.parameterisation](self.fn(t, x, params_like(self.user_params, x)), x, a, s)
+        if self.parameterisation == "edm":
+            a, s = _coefficients(self.sde, t, x)
+            c_noise, x_in = _edm_inputs(x, a, s, self.sigma_data)
+            pred = self.fn(c_noise[:, 0], x_in, params_like(self.user_params, x))
+            return _score_from_edm(pred, x, a, s, self.sigma_data)
+        pred = self.fn(t, x, params_like(self.user_params, x))
+        return _TO_SCORE[self.parameterisation](pred, x, *_coefficients(self.sde, t, x, self.parameterisation))
 
     __call__ = score
 
@@ -248,8 +359,7 @@ class Score:
         """The prediction in parameterisation ``target`` (``"score"``, ``"eps"``, ``"x0"``, ``"v"``)."""
         if target not in PARAMETERISATIONS:
             raise ValueError(f"`target` must be one of {PARAMETERISATIONS}, got {target!r}.")
-        a, s = _coefficients(self.sde, t, x)
-        return _FROM_SCORE[target](self.score(x, t), x, a, s)
+        return _FROM_SCORE[target](self.score(x, t), x, *_coefficients(self.sde, t, x, target))
 
     def eps(self, x, t):
         """Noise prediction ``-sigma_t s``."""
@@ -260,8 +370,12 @@ class Score:
         return self.predict(x, t, "x0")
 
     def v(self, x, t):
-        """Velocity prediction ``alpha_t eps - sigma_t x0``."""
+        """v-prediction ``alpha_t eps - sigma_t x0`` (Salimans & Ho 2022)."""
         return self.predict(x, t, "v")
+
+    def velocity(self, x, t):
+        """Flow matching's velocity ``alpha'_t x0 + sigma'_t eps``, the probability-flow drift ``f x - g^2 s / 2``."""
+        return self.predict(x, t, "velocity")
 
     def check(self, x, t=None, *, what: str = "x") -> None:
         """Evaluate the score once on (up to 3 rows of) ``x`` at ``t`` (default ``T``) and check what it returns.
@@ -280,7 +394,7 @@ class Score:
         probe = x[: min(3, x.shape[0])]
         t = self.sde.T if t is None else float(t)
         try:
-            if self.fn is self.kernel:  # from_kernel: the kernel reads the full parameters
+            if self.fn is self.kernel or self.parameterisation == "edm":  # from_kernel / EDM: the kernel feeds fn
                 out = self.kernel(t, probe, params_like(self.params, probe))
             else:
                 out = self.fn(t, probe, params_like(self.user_params, probe))

@@ -14,6 +14,14 @@
   Its minimiser is ``grad log p``; it needs no noise, so it fits a score at one noise
   level (or at ``sigma = 0``). :func:`noisy_ssm_loss` applies it to ``x_t ~ p_t`` at random
   times with DSM's weightings (``TrainConfig(loss="ssm")``).
+* :func:`flow_matching_loss` — conditional flow matching (Lipman et al. 2023, eq. 9; Liu et al. 2023,
+  eq. 1): ``E_t E_{x0, z} |v_theta(x_t, t) - (alpha'_t x0 + sigma'_t z)|^2``; its minimiser is the
+  velocity ``E[alpha'_t x0 + sigma'_t z | x_t]``, the probability-flow drift (:mod:`diffusion.flow`;
+  ``TrainConfig(loss="fm")``).
+* :func:`edm_loss` — EDM's preconditioned denoising loss (Karras et al. 2022, eq. 2 with Table 1):
+  ``E_k E_{x0, n} lambda(k) |D(x0 + k n) - x0|^2``, ``lambda = (k^2 + sd^2)/(k sd)^2``, noise levels
+  ``ln k ~ N(P_mean, P_std^2)``; the network is EDM's ``F`` (``Score.from_module(net, sde,
+  parameterisation="edm")``; ``TrainConfig(loss="edm")``).
 
 Randomness comes from an explicit ``torch.Generator``.
 """
@@ -36,17 +44,20 @@ from tqdm.auto import tqdm
 
 from sdekit.checks import require
 
+from .flow import interpolant_derivatives
 from .models import drop_labels
 from .score import convert
 from .sdes import DiffusionSDE
 
 torch = require("torch", extra="diffusion", what="diffusion.training")
 
-__all__ = ["dsm_loss", "ddpm_loss", "ssm_loss", "noisy_ssm_loss", "LOSSES", "EMA", "WEIGHTINGS", "TrainConfig", "train", "save_checkpoint",
+__all__ = ["dsm_loss", "ddpm_loss", "ssm_loss", "noisy_ssm_loss", "flow_matching_loss", "edm_loss", "TIME_SAMPLINGS", "LOSSES", "EMA",
+           "WEIGHTINGS", "TrainConfig", "train", "save_checkpoint",
            "load_checkpoint", "write_atomic"]
 
 WEIGHTINGS = ("sigma2", "likelihood", "none")
-LOSSES = ("dsm", "ddpm", "ssm")
+LOSSES = ("dsm", "ddpm", "ssm", "fm", "edm")
+TIME_SAMPLINGS = ("uniform", "logit_normal")
 
 
 def _times(n, sde, t, generator, like):
@@ -149,6 +160,79 @@ def noisy_ssm_loss(net, sde: DiffusionSDE, x0, *, weighting: str = "sigma2", n_p
                     variance_reduction=variance_reduction, generator=generator, weights=lam)
 
 
+def flow_matching_loss(net, process: DiffusionSDE, x0, *, time_sampling: str = "uniform", parameterisation: str | None = None,
+                       t=None, y=None, generator: torch.Generator | None = None):
+    """Conditional flow-matching loss of ``net(x, t[, y])`` on the batch ``x0`` (a scalar tensor).
+
+    ``E_t E_{x0, z} |v_theta(x_t, t) - (alpha'_t x0 + sigma'_t z)|^2`` with ``x_t = alpha_t x0 + sigma_t z``
+    (Lipman et al. 2023, eq. 9; rectified flow, ``v = z - x0``: Liu et al. 2023, eq. 1). Per time it equals
+    ``E |v_theta - v|^2`` plus a constant, with ``v(t, x) = E[alpha'_t x0 + sigma'_t z | x_t = x]`` the velocity
+    (the probability-flow drift), so ``v`` is the minimiser. Any :class:`DiffusionSDE` works
+    (``alpha' = f alpha``, ``sigma' = g^2/(2 sigma) + f sigma``); :class:`diffusion.flow.FlowMatching` is the usual one.
+
+    ``time_sampling``: ``"uniform"`` draws ``t ~ U(eps, T)``; ``"logit_normal"`` draws ``t = eps + (T - eps) u``,
+    ``u = sigmoid(n)``, ``n ~ N(0, 1)``, which spends the batch on intermediate times, where the velocity is hardest
+    to predict (the conditional target's variance about ``v`` is largest), and little near the ends (Esser et al.
+    2024, Scaling rectified flow transformers, §3.1, found it the best of their samplings). ``t``: a fixed time
+    instead. ``parameterisation`` defaults to ``net.parameterisation`` (else ``"velocity"``); another one is
+    converted to a velocity first.
+    """
+    if time_sampling not in TIME_SAMPLINGS:
+        raise ValueError(f"`time_sampling` must be one of {TIME_SAMPLINGS}, got {time_sampling!r}.")
+    param = parameterisation or getattr(net, "parameterisation", "velocity")
+    n = x0.shape[0]
+    if t is not None:
+        tt = torch.full((n,), float(t), dtype=x0.dtype, device=x0.device)
+    else:
+        if time_sampling == "uniform":
+            u = torch.rand(n, generator=generator, dtype=x0.dtype, device=x0.device)
+        else:
+            u = torch.sigmoid(torch.randn(n, generator=generator, dtype=x0.dtype, device=x0.device))
+        tt = process.eps + (process.T - process.eps) * u
+    z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    xt = process.alpha(tt)[:, None] * x0 + process.sigma(tt)[:, None] * z
+    dalpha, dsigma = interpolant_derivatives(process, tt)
+    target = dalpha[:, None] * x0 + dsigma[:, None] * z
+    pred = net(xt, tt) if y is None else net(xt, tt, y)
+    velocity = pred if param == "velocity" else convert(pred, xt, tt, process, source=param, target="velocity")
+    return ((velocity - target) ** 2).sum(dim=1).mean()
+
+
+def edm_loss(net, sde: DiffusionSDE, x0, *, sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2, y=None,
+             generator: torch.Generator | None = None):
+    """EDM's training loss of the raw network ``F = net(c_in x_edm, c_noise[, y])`` on the batch ``x0`` (a scalar tensor).
+
+    Noise levels ``k = sigma_t / alpha_t`` are drawn as ``ln k ~ N(p_mean, p_std^2)`` and mapped to times
+    ``t = sde.t_from_edm_sigma(k)`` clipped to ``[sde.eps, sde.T]`` (so ``k`` is clipped to the process's levels);
+    ``x_edm = x_t / alpha_t = x0 + k n``. The loss is ``E lambda(k) |D - x0|^2`` with ``D = c_skip x_edm + c_out F``
+    and ``lambda(k) = (k^2 + sd^2)/(k sd)^2 = 1/c_out^2``, i.e. ``E |F - (x0 - c_skip x_edm)/c_out|^2`` summed over
+    dimensions and averaged over the batch (Karras et al. 2022, eq. 2 and 8, Table 1: ``P_mean = -1.2``,
+    ``P_std = 1.2``, ``sd = sigma_data = 0.5``). Its minimiser is ``F* = (E[x0 | x_edm] - c_skip x_edm)/c_out``,
+    the network that :meth:`diffusion.Score.from_module` with ``parameterisation="edm"`` turns into the exact score.
+    """
+    sigma_data = _positive(sigma_data, "sigma_data")
+    p_std = _positive(p_std, "p_std")
+    if not _real(p_mean):
+        raise ValueError(f"`p_mean` must be a finite number, got {p_mean!r}.")
+    n = x0.shape[0]
+    log_level = p_mean + p_std * torch.randn(n, generator=generator, dtype=x0.dtype, device=x0.device)
+    tt = sde.t_from_edm_sigma(torch.exp(log_level)).clamp(sde.eps, sde.T)
+    level = sde.edm_sigma(tt)[:, None]
+    z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    x_edm = x0 + level * z
+    q = level * level + sigma_data * sigma_data
+    c_skip, c_out, c_in = sigma_data**2 / q, level * sigma_data / torch.sqrt(q), 1.0 / torch.sqrt(q)
+    c_noise = 0.25 * torch.log(level[:, 0])
+    pred = net(c_in * x_edm, c_noise) if y is None else net(c_in * x_edm, c_noise, y)
+    return ((pred - (x0 - c_skip * x_edm) / c_out) ** 2).sum(dim=1).mean()
+
+
+def _positive(v, name) -> float:
+    if not (_real(v) and v > 0):
+        raise ValueError(f"`{name}` must be a positive finite number, got {v!r}.")
+    return float(v)
+
+
 class EMA:
     """Exponential moving average of a module's parameters (and a copy of its buffers).
 
@@ -189,8 +273,11 @@ class EMA:
 class TrainConfig:
     """Settings of :func:`train` (all saved in every checkpoint)."""
 
-    loss: str = "dsm"  # "dsm", "ddpm" (L_simple) or "ssm" (sliced score matching at random times)
+    loss: str = "dsm"  # "dsm", "ddpm" (L_simple), "ssm" (sliced score matching at random times), "fm" (flow matching) or "edm" (EDM)
     weighting: str = "sigma2"  # DSM weighting: "sigma2", "likelihood", "none"
+    sigma_data: float = 0.5  # loss="edm": EDM's data standard deviation (Karras et al. 2022, Table 1)
+    p_mean: float = -1.2  # loss="edm": ln(noise level) ~ N(p_mean, p_std^2)
+    p_std: float = 1.2
     steps: int = 2000
     batch_size: int = 256
     lr: float = 2e-3
@@ -208,6 +295,10 @@ class TrainConfig:
             raise ValueError(f"`loss` must be one of {LOSSES}, got {self.loss!r}.")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"`weighting` must be one of {WEIGHTINGS}, got {self.weighting!r}.")
+        for name, v in (("sigma_data", self.sigma_data), ("p_std", self.p_std)):
+            _positive(v, name)
+        if not _real(self.p_mean):
+            raise ValueError(f"`p_mean` must be a finite number, got {self.p_mean!r}.")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"`lr_schedule` must be 'constant' or 'cosine', got {self.lr_schedule!r}.")
         for name, low in (("steps", 1), ("batch_size", 1), ("checkpoint_every", 1), ("warmup", 0), ("seed", 0)):
@@ -392,6 +483,11 @@ def train(net: torch.nn.Module, sde: DiffusionSDE, x, config: TrainConfig, *, la
             loss = dsm_loss(net, sde, xb, weighting=config.weighting, y=yb, generator=gen)
         elif config.loss == "ssm":
             loss = noisy_ssm_loss(net, sde, xb, weighting=config.weighting, y=yb, generator=gen)
+        elif config.loss == "edm":
+            loss = edm_loss(net, sde, xb, sigma_data=config.sigma_data, p_mean=config.p_mean, p_std=config.p_std, y=yb,
+                            generator=gen)
+        elif config.loss == "fm":
+            loss = flow_matching_loss(net, sde, xb, y=yb, generator=gen)
         else:
             loss = ddpm_loss(net, sde, xb, y=yb, generator=gen)
         opt.zero_grad(set_to_none=True)

@@ -14,7 +14,7 @@ from .brownian import BrownianPath
 from .problem import ODE, SDE
 from .schemes import SCHEMES, _adaptive, get_scheme, implicit, stabilized
 from .schemes._stability import stability_boundary
-from .semilinear import ORDERS, SemilinearODE, step_grid
+from .semilinear import ORDERS, SemilinearODE, step_grid, with_lower_order_final
 from .solution import Solution
 
 __all__ = ["solve"]
@@ -53,6 +53,7 @@ def solve(
     spectral_radius: float | None = None,
     detect_instability: bool = True,
     theta: float | None = None,
+    lower_order_final: bool = False,
 ) -> Solution:
     """Solve an SDE or ODE for many paths.
 
@@ -120,6 +121,10 @@ def solve(
         end of the step (default 1, drift-implicit Euler; 0.5 the trapezoidal
         rule; below 0.5 the drift is no longer A-stable). See
         :mod:`sdekit.schemes.implicit`.
+    lower_order_final : bool
+        Exponential integrators only: lower the final steps' orders as
+        diffusers' schedulers do (``lower_order_final=True`` there; see
+        :func:`sdekit.semilinear.lowered_final_orders`). Default False.
 
     Returns
     -------
@@ -133,6 +138,8 @@ def solve(
     scheme, problem = _scheme(problem, method, t_grid)
     if theta is not None:
         scheme = implicit.with_theta(scheme, theta)
+    if lower_order_final is not False:
+        scheme = with_lower_order_final(scheme, lower_order_final)
     if spectral_radius is not None and scheme.family is not stabilized.STABILIZED:
         raise ValueError(f"`spectral_radius` applies to the stabilized schemes 'skrock'/'srock'; drop it for {scheme.name}.")
     engine = get_backend(backend)
