@@ -127,3 +127,20 @@ def test_extend_names_the_fields_of_a_plain_tuple_by_position():
     assert type(extend((5.0, [6.0, 7.0]), scale=1.0)) is type(wider)  # one class: compiled code is reused
     with pytest.raises(ValueError, match="`record` must be a namedtuple instance or a parameters tuple, got float"):
         extend(1.0, scale=2.0)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_params_larger_than_any_fixed_buffer_compile_and_solve(backend):
+    """A (4, 32, 32) covariance stack and a 3-D array after it: 4096 + 64 numbers (the numba adapter once typed the
+    params on a fixed 4096-number buffer and failed to reshape them). The ODE x' = -A x with A read from the last
+    block of the stack has the exact solution expm(-A t) x0; A = diag(a) here."""
+    covs = np.zeros((4, 32, 32))
+    a = np.linspace(0.5, 2.0, 32)
+    covs[3] = np.diag(a)
+    extra = np.ones((4, 4, 4))
+    ode = sdekit.ODE(lambda t, x, p: -(x @ p[0][3].T) * p[1][0, 0, 0], params=(covs, extra))
+    x0 = np.ones((3, 32))
+    sol = sdekit.solve(ode, x0, (0.0, 1.0), method="rk4", n_steps=64, save_at=[1.0], backend=backend)
+    # RK4's relative error on x' = -a x: |e^-z - R(z)| ~ z^5/120 per step, z = a h; 64 steps, twice that bound
+    z = a.max() / 64
+    np.testing.assert_allclose(sol.x[-1], np.exp(-a)[None, :] * x0, rtol=2 * 64 * z**5 / 120)

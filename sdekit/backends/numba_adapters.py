@@ -349,7 +349,8 @@ def _build(fn, user, name, form, dim, m, layout, slot):
                               digest_size=16).hexdigest()
 
     def make_source():
-        return _source(_return_type(user, name, params_expr, classes), form, dim, m, params_expr, base, name)
+        return _source(_return_type(user, name, params_expr, classes, layout_size(layout)), form, dim, m, params_expr,
+                       base, name)
 
     try:
         module = _codegen.load_source(make_source, key, {"user": user, **classes})
@@ -361,10 +362,10 @@ def _build(fn, user, name, form, dim, m, layout, slot):
     return compiled
 
 
-def _return_type(user, name, params_expr, classes):
+def _return_type(user, name, params_expr, classes, n_numbers):
     """The Numba type of the user's function's result for the adapter's argument types (type inference only:
-    the function is compiled once, as part of its adapter)."""
-    flat = np.zeros(4096)
+    the function is compiled once, as part of its adapter). ``n_numbers``: the size of the flat params."""
+    flat = np.zeros(n_numbers)
     example = eval(params_expr, {**classes, "flat": flat})  # noqa: S307 - the expression is generated from the layout
     args = (types.float64, F64_2, numba.typeof(example))
     typing, target = cpu_target.typing_context, cpu_target.target_context
