@@ -63,7 +63,23 @@ evaluation per step, steps ``h_k = lambda_(k+1) - lambda_k``, ``M_0 = 1 - e^(-h_
   is not corrected. Order 3: UniC raises UniP-``p``'s order by one (Zhao et al.
   2023, Thm. 3.3).
 
-These three are the published updates on every grid: :func:`step_orders`'
+* ``unipc3_bh1``, ``unipc3_bh2``: UniPC with ``p = 3`` (diffusers'
+  ``solver_order=3``). The order ramps up 1, 2, 3 over the first steps (diffusers'
+  ``lower_order_nums``); a step of order 1 or 2 is the ``p = 1`` or ``p = 2`` step
+  above. The order-3 predictor UniP-3 solves UniP's order conditions
+  ``R rho = b`` for the two past differences, ``b_i = M_i / (h^i B)`` (Zhao et al.
+  2023, Alg. 2 and Appendix): ``B`` cancels, and the step is exact for ``D``
+  quadratic in ``lambda``, so it is the three-point exponential Adams–Bashforth step
+  (``exp_ab3``'s weights); its corrector UniC-3 is likewise the four-point
+  exponential Adams–Moulton step through ``D_(k-2), ..., D_(k+1)``. Once started,
+  order 4 (Zhao et al. 2023, Thm. 3.3); the start, though, corrects its first step
+  with UniC-1 (``rho = 1/2``), a local error O(h^3) that caps the global order at 3
+  as ``h -> 0`` (declared order 3; as for ``exp_ab3_ramp``, the cheap start is the
+  published one). Where that first error is damped the fourth order shows: on a
+  diffusion model's PF-ODE it is weighted by ``alpha_T`` at high noise (slopes
+  3.8–4.1 at 80–320 log-SNR steps), on stiff decay by ``e^(A(t) - A(t_1))``.
+
+These five are the published updates on every grid: :func:`step_orders`'
 amplification rule does not apply to them. Their stabilising device, and
 DPM-Solver++'s, is the lower-order final step, ``lower_order_final=True``
 (:func:`lowered_final_orders`, as diffusers' schedulers apply it).
@@ -223,12 +239,13 @@ def amplification(lam_nodes, lam_next: float) -> float:
 
 
 # values of D a step interpolates through, at most, per method (exp_ab3_ramp: exp_ab3 after a cheap ramp, see the
-# registry; unipc_*: those of the predictor, the corrector adds the predicted point)
-ORDERS = {"exp_euler": 1, "exp_ab2": 2, "exp_ab3": 3, "exp_ab3_ramp": 3, "dpmpp_2m": 2, "unipc_bh1": 2, "unipc_bh2": 2}
+# registry; unipc*: those of the predictor, the corrector adds the predicted point)
+ORDERS = {"exp_euler": 1, "exp_ab2": 2, "exp_ab3": 3, "exp_ab3_ramp": 3, "dpmpp_2m": 2, "unipc_bh1": 2, "unipc_bh2": 2,
+          "unipc3_bh1": 3, "unipc3_bh2": 3}
 # the exponential Adams–Bashforth methods, whose steps step_orders lowers where they amplify; the others are the
 # published diffusion samplers, taken as published
 ADAMS_METHODS = ("exp_euler", "exp_ab2", "exp_ab3", "exp_ab3_ramp")
-UNIPC_METHODS = ("unipc_bh1", "unipc_bh2")
+UNIPC_METHODS = ("unipc_bh1", "unipc_bh2", "unipc3_bh1", "unipc3_bh2")
 # sum_j |b_j| of the q-step Adams–Bashforth coefficients (1; 3/2, -1/2; 23/12, -16/12, 5/12), the limit of
 # `amplification` on equal steps h -> 0 (Hairer, Nørsett & Wanner 1993, Solving ODEs I, §III.1)
 AB_ABS_SUM = {1: 1.0, 2: 2.0, 3: 11.0 / 3.0}
@@ -260,14 +277,14 @@ def _step_ratios(lam: np.ndarray) -> np.ndarray:
 def _residual_scale(method: str, lam: np.ndarray) -> np.ndarray:
     """UniPC's ``B`` of every step in this module's sign convention: ``h_k`` (``bh1``) or ``1 - e^(-h_k)`` (``bh2``)."""
     h = np.diff(lam)
-    return h if method == "unipc_bh1" else _moments_of_steps(h, 1)[:, 0]
+    return h if method.endswith("_bh1") else _moments_of_steps(h, 1)[:, 0]
 
 
 def _two_point_weights(method: str, lam: np.ndarray) -> np.ndarray:
     """``(lam.size - 1, 2)``: the weights of ``D_k, D_(k-1)`` in the second-order steps of ``method`` (NaN for step 0).
 
     ``exp_*``: the exponential Adams–Bashforth weights (exact ``phi_2``); ``dpmpp_2m``: ``M_0 (1 + 1/(2 r))``,
-    ``-M_0 / (2 r)`` (Lu et al. 2022, Alg. 2); ``unipc_*``: ``M_0 + B / (2 r)``, ``-B / (2 r)`` (UniP-2 with
+    ``-M_0 / (2 r)`` (Lu et al. 2022, Alg. 2); ``unipc*``: ``M_0 + B / (2 r)``, ``-B / (2 r)`` (UniP-2 with
     diffusers' ``rho = 1/2``; Zhao et al. 2023, Alg. 2).
     """
     if method in ADAMS_METHODS:
@@ -280,8 +297,9 @@ def _two_point_weights(method: str, lam: np.ndarray) -> np.ndarray:
 def lowered_final_orders(method: str, orders: np.ndarray) -> np.ndarray:
     """``orders`` (per step) with the final steps lowered as diffusers' ``lower_order_final=True`` lowers them.
 
-    ``unipc_*`` (``UniPCMultistepScheduler``): step ``k`` of ``n`` uses at most ``n - k`` points, so the last step
-    is first order (its corrector is never applied), whatever ``n``. The others
+    ``unipc*`` (``UniPCMultistepScheduler``): step ``k`` of ``n`` uses at most ``n - k`` points, so the last step
+    is first order (its corrector is never applied) and, for ``unipc3_*``, the one before it at most second
+    order, whatever ``n``. The others
     (``DPMSolverMultistepScheduler``): in runs of fewer than 15 steps the last step is first order and the one
     before it at most second order. A first step (the method's start) is left as it is. Lu et al. (2022), §5
     and Zhao et al. (2023) use these final steps to steady sampling with few steps.
@@ -326,27 +344,34 @@ def _orders_and_weights(method: str, lam: np.ndarray, lower_order_final: bool = 
 
 
 def _corrector_weights(method: str, lam: np.ndarray, orders: np.ndarray) -> np.ndarray:
-    """``(n_steps - 1, 3)``: row ``k`` the UniC weights of ``D_(k+1)`` (at the predicted point), ``D_k``, ``D_(k-1)``
-    retaking step ``k`` (Zhao et al. 2023, Alg. 1), of the order ``orders[k]`` of its predictor, as diffusers does.
+    """``(n_steps - 1, ORDERS[method] + 1)``: row ``k`` the UniC weights of ``D_(k+1)`` (at the predicted point),
+    ``D_k``, ``D_(k-1)``, ... retaking step ``k`` (Zhao et al. 2023, Alg. 1), of the order ``p = orders[k]`` of
+    its predictor, as diffusers does; zero beyond ``p + 1`` values.
 
-    Order 1 (``rho = 1/2``): ``B / 2``, ``M_0 - B / 2``, 0. Order 2: UniC's ``rho`` solve ``R rho = b`` with
-    ``b_i = M_i / (h^i B)`` (``M_i`` the moments of :func:`_moments_of_steps`; their ``h phi_(i+1)(h) i! / B(h)``),
-    so the weights ``B rho`` do not depend on ``B``: they are the three-point :func:`exponential_weights`.
+    Order 1 (``rho = 1/2``): ``B / 2``, ``M_0 - B / 2``. Order ``p >= 2``: UniC's ``rho`` solve ``R rho = b`` with
+    ``R_(i,j) = r_j^(i-1)`` (``r_j = (lambda_(k-j) - lambda_k) / h``, ``r_p = 1`` for the new value) and
+    ``b_i = M_i / (h^i B)``, ``i = 1..p`` (``M_i`` the moments of :func:`_moments_of_steps`; their
+    ``h phi_(i+1)(h) i! / B(h)``), so the weights ``B rho / r_j`` integrate every polynomial of degree ``p`` in
+    ``lambda`` exactly and do not depend on ``B``: they are the ``(p + 1)``-point :func:`exponential_weights`
+    through ``lambda_(k+1), lambda_k, ..., lambda_(k-p+1)``.
     """
     n = lam.size - 1
-    corrector = np.zeros((max(n - 1, 0), 3))
+    corrector = np.zeros((max(n - 1, 0), ORDERS[method] + 1))
     if n < 2:
         return corrector
-    first = orders[:-1] == 1
+    predictor_orders = orders[:-1]
+    first = predictor_orders == 1
     scale = _residual_scale(method, lam)[:-1]
     m0 = _moments_of_steps(np.diff(lam)[:-1], 1)[:, 0]
     corrector[first, 0] = 0.5 * scale[first]
     corrector[first, 1] = m0[first] - 0.5 * scale[first]
-    second = np.flatnonzero(~first)  # steps k >= 1 with a two-point predictor
-    if second.size:
-        nodes = np.stack([lam[second], lam[second - 1], lam[second + 1]], axis=1)
-        w = _weights_of_steps(nodes, lam[second + 1])
-        corrector[second] = w[:, [2, 0, 1]]
+    for p in range(2, ORDERS[method] + 1):
+        rows = np.flatnonzero(predictor_orders == p)  # steps k >= p - 1 with a p-point predictor
+        if rows.size:
+            # nodes lambda_k, lambda_(k-1), ..., lambda_(k-p+1), then lambda_(k+1): the current point first
+            nodes = np.stack([lam[rows - j] for j in range(p)] + [lam[rows + 1]], axis=1)
+            w = _weights_of_steps(nodes, lam[rows + 1])
+            corrector[rows, : p + 1] = w[:, [p, *range(p)]]
     return corrector
 
 
@@ -372,8 +397,9 @@ def step_orders(method: str, lam, lower_order_final: bool = False) -> np.ndarray
     (``q`` reported as 2) is not reduced.
 
     The amplification rule applies to the exponential Adams methods
-    (:data:`ADAMS_METHODS`); ``dpmpp_2m`` and ``unipc_*`` keep their published
-    orders (1 on the first step, then 2 for their predictor). With
+    (:data:`ADAMS_METHODS`); ``dpmpp_2m`` and ``unipc*`` keep their published
+    orders (1 on the first step, then 2 for their predictor; ``unipc3_*``: 1,
+    2, then 3, UniP-3 with the :func:`exponential_weights`). With
     ``lower_order_final`` the final steps are lowered further, as diffusers
     does (:func:`lowered_final_orders`).
     """
@@ -418,9 +444,9 @@ class GridWeights:
         and the midpoint value (see ``midpoint_weight``).
     midpoint_weight : float or None
         ``exp_ab3``: the exponential Euler weight from the first grid point to the midpoint of the first step.
-    corrector : ndarray (n_steps - 1, 3) or None
-        ``unipc_*``: row ``k`` the UniC weights retaking step ``k`` from the values ``D_(k+1)`` (at the predicted
-        end), ``D_k``, ``D_(k-1)``; the last step is not corrected.
+    corrector : ndarray (n_steps - 1, q_max + 1) or None
+        ``unipc*``: row ``k`` the UniC weights retaking step ``k`` from the values ``D_(k+1)`` (at the predicted
+        end), ``D_k``, ``D_(k-1)``, ...; the last step is not corrected.
     """
 
     orders: np.ndarray

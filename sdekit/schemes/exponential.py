@@ -34,3 +34,12 @@ UNIPC_BH1 = exponential(
 UNIPC_BH2 = exponential(
     "unipc_bh2", 3, "Zhao, Bai, Rao, Zhou & Lu (2023), UniPC, NeurIPS, Alg. 1-2 with B(h) = e^h - 1; diffusers' "
                     "UniPCMultistepScheduler (solver_order=2, solver_type='bh2').")
+# UniP-3 with the UniC corrector: order p + 1 = 4 once started (Zhao et al. 2023, Thm. 3.3), but diffusers' start
+# (orders 1, 2, the first step corrected by UniC-1 with rho = 1/2: local error O(h^3)) caps it at 3 in general;
+# order 4 shows where the start's error is damped (diffusion from high noise, stiff decay: sdekit.semilinear).
+UNIPC3_BH1 = exponential(
+    "unipc3_bh1", 3, "Zhao, Bai, Rao, Zhou & Lu (2023), UniPC, NeurIPS, Alg. 1-2 (p = 3) with B(h) = h; diffusers' "
+                     "UniPCMultistepScheduler (solver_order=3, solver_type='bh1').")
+UNIPC3_BH2 = exponential(
+    "unipc3_bh2", 3, "Zhao, Bai, Rao, Zhou & Lu (2023), UniPC, NeurIPS, Alg. 1-2 (p = 3) with B(h) = e^h - 1; "
+                     "diffusers' UniPCMultistepScheduler (solver_order=3, solver_type='bh2').")
