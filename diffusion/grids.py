@@ -1,4 +1,4 @@
-"""Time grids for sampling: uniform, quadratic, log-SNR and Karras.
+"""Time grids for sampling: uniform, quadratic, power, log-SNR and Karras.
 
 Each grid is a smooth decreasing map ``t = phi(u)`` from ``u in [0, 1]`` onto
 ``[eps, T]`` (``phi(0) = T``, ``phi(1) = eps``); ``n`` steps visit
@@ -10,6 +10,8 @@ and the samplers that step between grid points use :meth:`TimeGrid.times`.
 =============== ==================================================================
 ``"uniform"``    uniform in ``t`` (Song et al. 2021)
 ``"quadratic"``  ``t = eps + (T - eps)(1 - u)^2``: dense near the data (DDIM's "quad")
+``"power"``      ``t = eps + (T - eps)(1 - u)^rho``, ``rho >= 1`` (default 2: ``"quadratic"``); the default
+                 sampler's grid (``diffusion.sampling.DEFAULT_SAMPLERS``)
 ``"logsnr"``     uniform in ``lambda = log(alpha/sigma)`` (DPM-Solver's default)
 ``"karras"``     uniform in ``s^(1/rho)``, ``s = sigma/alpha`` (Karras et al. 2022, rho = 7)
 =============== ==================================================================
@@ -45,7 +47,9 @@ __all__ = ["GRIDS", "TimeGrid", "time_grid"]
 # relative tolerance of a custom grid's first time against the SDE's T (a sigma_max converted to a time)
 START_RTOL = 1e-9
 
-GRIDS = ("uniform", "quadratic", "logsnr", "karras")
+GRIDS = ("uniform", "quadratic", "power", "logsnr", "karras")
+# the exponent ``rho`` of a grid kind that reads one, when it is not given
+DEFAULT_RHO = {"karras": 7.0, "power": 2.0}
 
 
 class TimeGrid:
@@ -62,14 +66,17 @@ class TimeGrid:
     """
 
     def __init__(self, sde: DiffusionSDE, kind: str = "uniform", *, eps: float | None = None, T: float | None = None,
-                 rho: float = 7.0):
+                 rho: float | None = None):
         if kind not in GRIDS:
             raise ValueError(f"unknown grid {kind!r}; choose one of {GRIDS}.")
+        rho = DEFAULT_RHO.get(kind, 7.0) if rho is None else rho
         T = sde.T if T is None else float(T)
         eps = sde.eps if eps is None else float(eps)
         if not (0.0 < eps < T <= sde.T + 1e-12):
             raise ValueError(f"the grid needs 0 < eps < T <= sde.T={sde.T}; got eps={eps}, T={T}.")
         rho = positive_float(rho, "rho")
+        if kind == "power" and rho < 1.0:
+            raise ValueError(f"the power grid needs `rho` >= 1 (its last step would have an infinite rate), got {rho}.")
         self.sde, self.kind, self.T, self.eps, self.rho = sde, kind, T, eps, rho
         lam_T, lam_e = float(sde.log_snr(T)), float(sde.log_snr(eps))
         if kind == "logsnr":
@@ -161,12 +168,12 @@ class TimeGrid:
     def __repr__(self):
         if self.kind == "custom":
             return f"TimeGrid('custom', T={self.T}, eps={self.eps}, steps={self.steps})"
-        extra = f", rho={self.rho}" if self.kind == "karras" else ""
+        extra = f", rho={self.rho}" if self.kind in DEFAULT_RHO else ""
         return f"TimeGrid({self.kind!r}, T={self.T}, eps={self.eps}{extra})"
 
 
 def time_grid(sde: DiffusionSDE, n: int, kind: str = "uniform", *, eps: float | None = None, T: float | None = None,
-              rho: float = 7.0) -> np.ndarray:
+              rho: float | None = None) -> np.ndarray:
     """``n + 1`` decreasing sampling times from ``T`` to ``eps`` (see the module table)."""
     return TimeGrid(sde, kind, eps=eps, T=T, rho=rho).times(n)
 
@@ -236,6 +243,12 @@ def _maps(kernels, kind: str):
 
         def dphi(u, p):
             return -2.0 * (p.T - p.eps) * (1.0 - u)
+    elif kind == "power":
+        def phi(u, p):
+            return p.eps + (p.T - p.eps) * (1.0 - u) ** p.rho
+
+        def dphi(u, p):
+            return -p.rho * (p.T - p.eps) * (1.0 - u) ** (p.rho - 1.0)
     elif kind == "logsnr":
         def phi(u, p):
             return t_of(p.start + p.span * u, p)

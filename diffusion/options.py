@@ -14,7 +14,9 @@ record                        methods                    fields
                               ``exp_ab2``, ``dpmpp_3m``, ``"eps"`` (DPM-Solver, DEIS);
                               ``exp_ab3``, ``unipc``,    ``lower_order_final``
                               ``unipc_bh1``,
-                              ``unipc_bh2``
+                              ``unipc_bh2``, ``unipc3``,
+                              ``unipc3_bh1``,
+                              ``unipc3_bh2``
 :class:`PredictorCorrector`   ``pc``                     ``snr``, ``corrector_steps``
 :class:`AnnealedLangevin`     ``ald``                    ``step_size``, ``corrector_steps``
 :class:`Adaptive`             ``dopri5``                 ``rtol``, ``atol``
@@ -78,7 +80,7 @@ class Ancestral:
 @dataclass(frozen=True)
 class Exponential:
     """The exponential integrators of the semilinear probability-flow ODE (``ddim``, ``dpmpp_2m``, ``exp_ab2``, ``dpmpp_3m``,
-    ``exp_ab3``, ``unipc``, ``unipc_bh1``, ``unipc_bh2``).
+    ``exp_ab3``, ``unipc``, ``unipc_bh1``, ``unipc_bh2``, ``unipc3``, ``unipc3_bh1``, ``unipc3_bh2``).
 
     Parameters
     ----------

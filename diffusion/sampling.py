@@ -21,6 +21,9 @@ method              dynamics                integrator
 ``unipc``           PF-ODE, semilinear      = ``unipc_bh2`` (diffusers' UniPCMultistepScheduler default)
 ``unipc_bh1``       PF-ODE, semilinear      sdekit ``unipc_bh1`` (UniP-2 + UniC corrector, B(h) = h; order 3)
 ``unipc_bh2``       PF-ODE, semilinear      sdekit ``unipc_bh2`` (UniP-2 + UniC corrector, B(h) = e^h - 1; order 3)
+``unipc3``          PF-ODE, semilinear      = ``unipc3_bh2`` (diffusers' UniPCMultistepScheduler, ``solver_order=3``)
+``unipc3_bh1``      PF-ODE, semilinear      sdekit ``unipc3_bh1`` (UniP-3 + UniC, B(h) = h; order 4 from high noise)
+``unipc3_bh2``      PF-ODE, semilinear      sdekit ``unipc3_bh2`` (UniP-3 + UniC, B(h) = e^h - 1; order 4 from high noise)
 ``dpmpp_3m``        PF-ODE, semilinear      sdekit ``exp_ab3_ramp`` (third-order steps, exact weights, cheap start)
 ``exp_ab3``         PF-ODE, semilinear      sdekit ``exp_ab3`` (third order, midpoint start: +1 evaluation)
 ``ddpm``            ancestral chain         posterior ``q(x_s | x_t, x0_hat)`` (DDIM with ``eta = 1``)
@@ -87,7 +90,7 @@ import sdekit
 from sdekit.checks import require
 
 from .formulas import eps_from_score, x0_from_score
-from .grids import TimeGrid
+from .grids import DEFAULT_RHO, TimeGrid
 from .k_samplers import K_CHAINS
 from .options import OPTION_RECORDS, Adaptive, Ancestral, AncestralSDE, AnnealedLangevin, Churn, Exponential, PredictorCorrector
 from .reverse import probability_flow, probability_flow_semilinear, reverse_sde
@@ -100,19 +103,21 @@ SDE_METHODS = {"euler_maruyama": "euler", "euler_heun": "euler_heun", "milstein"
                "sriw1": "sriw1"}
 ODE_METHODS = {"euler": "euler", "heun": "heun", "midpoint": "midpoint", "rk4": "rk4", "dopri5": "dopri5"}
 EXP_METHODS = {"ddim": "exp_euler", "dpmpp_2m": "dpmpp_2m", "exp_ab2": "exp_ab2", "dpmpp_3m": "exp_ab3_ramp", "exp_ab3": "exp_ab3",
-               "unipc": "unipc_bh2", "unipc_bh1": "unipc_bh1", "unipc_bh2": "unipc_bh2"}
+               "unipc": "unipc_bh2", "unipc_bh1": "unipc_bh1", "unipc_bh2": "unipc_bh2", "unipc3": "unipc3_bh2",
+               "unipc3_bh1": "unipc3_bh1", "unipc3_bh2": "unipc3_bh2"}
 CHAIN_METHODS = ("ddpm", "pc", "ald", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "edm")
 METHODS = tuple(SDE_METHODS) + tuple(ODE_METHODS) + tuple(EXP_METHODS) + CHAIN_METHODS
 
 # The option records each method reads (the first is its default); a method missing here reads none.
 METHOD_OPTIONS = {"ddim": (Exponential, Ancestral), "dpmpp_2m": (Exponential,), "dpmpp_3m": (Exponential,),
                   "exp_ab3": (Exponential,), "exp_ab2": (Exponential,), "unipc": (Exponential,), "unipc_bh1": (Exponential,),
-                  "unipc_bh2": (Exponential,), "pc": (PredictorCorrector,), "ald": (AnnealedLangevin,),
+                  "unipc_bh2": (Exponential,), "unipc3": (Exponential,), "unipc3_bh1": (Exponential,),
+                  "unipc3_bh2": (Exponential,), "pc": (PredictorCorrector,), "ald": (AnnealedLangevin,),
                   "dopri5": (Adaptive,), "euler_ancestral": (AncestralSDE,), "dpmpp_2m_sde": (AncestralSDE,),
                   "dpmpp_3m_sde": (AncestralSDE,), "edm": (Churn,)}
 # sample()'s keyword shorthand for the records' fields, with the defaults a method that does not read one must keep
 OPTION_KEYWORDS = {"eta": 0.0, "snr": 0.16, "corrector_steps": 1, "step_size": 0.1, "rtol": 1e-5, "atol": 1e-5,
-                   "prediction": "x0", "rho": 7.0, "s_noise": 1.0, "solver_type": "midpoint", "S_churn": 0.0, "S_tmin": 0.0,
+                   "prediction": "x0", "rho": None, "s_noise": 1.0, "solver_type": "midpoint", "S_churn": 0.0, "S_tmin": 0.0,
                    "S_tmax": math.inf, "S_noise": 1.0, "lower_order_final": False}
 ANCESTRAL_SDE_METHODS = ("euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde")
 
@@ -120,10 +125,11 @@ ANCESTRAL_SDE_METHODS = ("euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde")
 # Score evaluations of a method: (per step, once); "corrector" marks the chains whose cost grows with their
 # corrector_steps option (pc: one predictor evaluation and corrector_steps Langevin ones per step; ald:
 # corrector_steps Langevin steps at each of the steps + 1 grid times).
-NFE_PER_STEP = {"euler_maruyama": (1, 0), "euler_heun": (2, 0), "milstein": (1, 0), "sra1": (2, 0), "sriw1": (4, 0),
+NFE_PER_STEP = {"euler_maruyama": (1, 0), "euler_heun": (2, 0), "milstein": (1, 0), "sra1": (2, 0), "sriw1": (2, 0),
                 "euler": (1, 0), "heun": (2, 0), "midpoint": (2, 0), "rk4": (4, 0),
                 "ddim": (1, 0), "dpmpp_2m": (1, 0), "exp_ab2": (1, 0), "dpmpp_3m": (1, 0), "exp_ab3": (1, 1),
-                "unipc": (1, 0), "unipc_bh1": (1, 0), "unipc_bh2": (1, 0),
+                "unipc": (1, 0), "unipc_bh1": (1, 0), "unipc_bh2": (1, 0), "unipc3": (1, 0), "unipc3_bh1": (1, 0),
+                "unipc3_bh2": (1, 0),
                 "ddpm": (1, 0), "euler_ancestral": (1, 0), "dpmpp_2m_sde": (1, 0), "dpmpp_3m_sde": (1, 0), "edm": (2, 0),
                 "pc": ("corrector", 0), "ald": ("corrector", "corrector")}
 
@@ -509,7 +515,7 @@ def _time_grid(sde, grid, eps, rho, method) -> TimeGrid:
     """The sampling grid: a TimeGrid as given (checked against ``sde``), or one made from its kind."""
     if isinstance(grid, TimeGrid) and grid.kind == "custom":
         if rho is not None:
-            raise ValueError("`rho` applies to grid='karras' only, not to a custom grid; drop it.")
+            raise ValueError("`rho` applies to grid='karras' or 'power' only, not to a custom grid; drop it.")
         if eps is not None and float(eps) != grid.eps:
             raise ValueError(f"`eps`={eps} disagrees with the custom grid's last time {grid.eps!r}; drop `eps` "
                              "(the grid ends at its last time).")
@@ -522,10 +528,10 @@ def _time_grid(sde, grid, eps, rho, method) -> TimeGrid:
         if eps is not None and float(eps) != grid.eps:
             raise ValueError(f"`eps` is set on the TimeGrid ({grid!r}); drop `eps` or make the grid with eps={eps}.")
         return grid
-    if rho is not None and grid != "karras" and not _is_default(rho, OPTION_KEYWORDS["rho"]):
-        raise ValueError(f"`rho` applies to grid='karras' only (it would be ignored by method={method!r}, "
+    if rho is not None and grid not in DEFAULT_RHO:
+        raise ValueError(f"`rho` applies to grid='karras' or 'power' only (it would be ignored by method={method!r}, "
                          f"grid={grid!r}); drop it.")
-    return TimeGrid(sde, grid, eps=eps, rho=OPTION_KEYWORDS["rho"] if rho is None else rho)
+    return TimeGrid(sde, grid, eps=eps, rho=rho)
 
 
 def _start(x_T, n, dim, backend, like):

@@ -113,7 +113,7 @@ def test_custom_grid_on_torch_and_ve(score):
     ({"sigmas": [float(VP.edm_sigma(1.0)), 0.1], "grid": "karras"}, "either as `grid` or as `sigmas`"),
     ({"grid": [1.0, 0.5, 1e-3], "steps": 3}, "`steps`=3 disagrees with the custom grid's 2 steps"),
     ({"grid": [1.0, 0.5, 1e-3], "eps": 1e-2}, "`eps`=0.01 disagrees with the custom grid's last time"),
-    ({"grid": [1.0, 0.5, 1e-3], "rho": 5.0}, "`rho` applies to grid='karras' only"),
+    ({"grid": [1.0, 0.5, 1e-3], "rho": 5.0}, "`rho` applies to grid='karras' or 'power' only"),
 ])
 def test_bad_custom_grids_are_refused_in_one_line(score, keywords, message):
     with pytest.raises(ValueError, match=message) as info:

@@ -29,8 +29,11 @@ def test_ab_abs_sums_are_the_small_equal_step_limit():
 
 @pytest.mark.parametrize("method", [m for m in ORDERS if m != "exp_euler"])
 def test_equal_clock_steps_are_never_reduced(method):
-    """Equal steps of any size and direction: amplification within (1, 3) / (1, 7), below 4 and 22/3."""
-    for h in np.concatenate([np.logspace(-6, 2, 30), -np.logspace(-6, 2, 30)]):
+    """Equal steps of any size and direction: amplification within (1, 3) / (1, 7), below 4 and 22/3. UniPC's bh1
+    variants extrapolate with B(h) = h, whose second-order weights (M_0 + h/2, -h/2) amplify (M_0 + h) / M_0: above
+    4 once a log-SNR step exceeds 2.9, so for them equal steps are kept up to 2 (10 steps cover 20 units of log-SNR)."""
+    largest = 2.0 if method.endswith("_bh1") else 100.0
+    for h in np.concatenate([np.logspace(-6, np.log10(largest), 30), -np.logspace(-6, np.log10(largest), 30)]):
         lam = 0.3 + h * np.arange(12)
         q = step_orders(method, lam)
         ramp = [2 if (k == 0 and method == "exp_ab3") else min(k + 1, ORDERS[method]) for k in range(12 - 1)]
@@ -129,7 +132,13 @@ def test_no_blow_up_at_few_steps(oracle, method, pred, kind):
     independent exact samples (an error that large means the sample no longer depends on its noise)."""
     _, runs, scale = oracle
     errs = [runs[method, pred, kind, n][1] for n in NFES]
-    assert errs[0] > errs[1] > errs[2], (method, pred, kind, errs)
+    if method.endswith("_bh1") and pred == "x0" and kind == "karras":
+        # UniC with B(h) = h extrapolates by h/2 (its first-order weights B/2, M_0 - B/2): on the Karras grid's long
+        # early log-SNR steps at NFE 5-10 the error does not fall from 5 to 10 (0.57 -> 0.77, as in diffusers'
+        # UniPCMultistepScheduler, which agrees to 1e-12); bh2 (the default `unipc`) has no such weight
+        assert errs[1] > errs[2] and errs[1] < scale, (method, pred, kind, errs)
+    else:
+        assert errs[0] > errs[1] > errs[2], (method, pred, kind, errs)
     assert errs[0] < scale, (method, pred, kind, errs, scale)
 
 

@@ -22,7 +22,7 @@ from diffusion.oracle import GaussianMixture
 from diffusion.reverse import probability_flow_semilinear
 from sdekit import ops
 from sdekit.schemes import SCHEMES
-from sdekit.semilinear import exponential_weights, grid_weights, lowered_final_orders
+from sdekit.semilinear import ORDERS, exponential_weights, grid_weights, lowered_final_orders, step_orders
 
 SDE = VPSDE()
 MU, S0 = np.array([1.5, -0.5]), 0.4  # data N(MU, S0^2 I)
@@ -136,9 +136,15 @@ OTHER = {"dpmpp_2m": "exp_ab2", "unipc_bh1": "unipc_bh2", "unipc_bh2": "unipc_bh
 @pytest.mark.parametrize("prediction", ["x0", "eps"])
 @pytest.mark.parametrize("method", METHODS)
 def test_agrees_with_the_diffusers_schedulers(method, prediction, lower_order_final):
-    """6 and 20 steps uniform in t (the lower-order-final rule differs below and above 15 steps)."""
-    for n in (6, 20):
-        times = time_grid(SDE, n, "uniform")
+    """6 and 20 steps (the lower-order-final rule differs below and above 15 steps). With diffusers' final steps
+    (``lower_order_final=True``) on the uniform-in-t grid, where they are what keeps the long last log-SNR step
+    stable; without them on the log-SNR and Karras grids, where sdekit's amplification safeguard lowers no step
+    (asserted), so the published updates run unchanged."""
+    for n, kind in ((6, "uniform"), (20, "uniform")) if lower_order_final else ((6, "logsnr"), (20, "karras")):
+        times = time_grid(SDE, n, kind)
+        if not lower_order_final:
+            clock = np.asarray(SDE.log_snr(times), dtype=np.float64) * (1.0 if prediction == "x0" else -1.0)
+            assert step_orders(method, clock).tolist() == np.minimum(np.arange(n) + 1, ORDERS[method]).tolist()
         theirs = diffusers_run(method, times, prediction, lower_order_final)
         x, nfe = ours(method, times, prediction, lower_order_final)
         assert nfe == n
