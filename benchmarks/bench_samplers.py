@@ -68,6 +68,9 @@ OURS_DET = {  # method: grids
     "dpmpp_2m": ("quadratic", "logsnr", "karras"),
     "dpmpp_3m": ("quadratic", "logsnr", "karras"),
     "exp_ab3": ("quadratic", "logsnr", "karras"),
+    "exp_ab2": ("quadratic", "logsnr", "karras"),
+    "unipc": ("quadratic", "logsnr", "karras"),
+    "unipc3": ("quadratic", "logsnr", "karras"),
     # "@eps": the same exponential integrator on the noise-prediction form (sample(..., prediction="eps"))
     "dpmpp_2m@eps": ("quadratic", "logsnr", "karras"),
     "dpmpp_3m@eps": ("quadratic", "logsnr", "karras"),
@@ -75,7 +78,8 @@ OURS_DET = {  # method: grids
 }
 # NFE of ``steps`` steps: (per step, extra). exp_ab3 spends one more evaluation (its start-up).
 NFE_COST = {"euler": (1, 0), "heun": (2, 0), "rk4": (4, 0), "ddim": (1, 0), "dpmpp_2m": (1, 0), "dpmpp_3m": (1, 0),
-            "exp_ab3": (1, 1), "dpmpp_2m@eps": (1, 0), "dpmpp_3m@eps": (1, 0), "exp_ab3@eps": (1, 1)}
+            "exp_ab3": (1, 1), "exp_ab2": (1, 0), "unipc": (1, 0), "unipc3": (1, 0),
+            "dpmpp_2m@eps": (1, 0), "dpmpp_3m@eps": (1, 0), "exp_ab3@eps": (1, 1)}
 OURS_STOCH = ("euler_maruyama", "sra1", "sriw1", "ddpm", "pc")
 PEER_GRID_NAME = {"karras": "karras", "logsnr": "logsnr", "uniform_t": "uniform"}  # peer grid -> our name
 

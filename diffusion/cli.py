@@ -101,18 +101,21 @@ def _sample(args) -> int:
         writable_path(args.json, "--json")
     run = Run.load(args.run, ema=not args.no_ema)
     n = args.n or (100 if run.data == "digits" else 5000)
-    options = dict(method=args.method, steps=args.steps, grid=args.grid, seed=args.seed, label=args.label,
+    if args.nfe is not None and args.steps is not None:
+        raise ValueError("give --steps or --nfe, not both: --nfe is the budget of score evaluations and sets the steps.")
+    steps = 100 if args.method is not None and args.nfe is None and args.steps is None else args.steps
+    options = dict(method=args.method, steps=steps, nfe=args.nfe, grid=args.grid, seed=args.seed, label=args.label,
                    guidance=args.guidance)
     first = sample_run(run, n=min(n, FIRST_CALL_SAMPLES), **options)[2].seconds  # compilation and set-up
     x, labels, last = sample_run(run, n=n, **options)
     out.parent.mkdir(parents=True, exist_ok=True)
     what = f"class {args.label}" if args.label is not None else ("all classes" if run.conditional else "")
     guided = f", guidance {args.guidance:g}" if args.guidance else ""
-    title = (f"{run.data}: {n} samples, {args.method} {args.steps} steps ({last.grid} grid, NFE {last.nfe}"
+    title = (f"{run.data}: {n} samples, {last.method} {len(last.times) - 1} steps ({last.grid} grid, NFE {last.nfe}"
              f"{guided}{', ' + what if what else ''})")
     np.savez(out.with_suffix(".npz"), x=x, labels=labels)
     calls = " (each two network calls: conditional and unconditional)" if args.guidance else ""
-    print(f"sampled {n} points with {args.method}: {last.nfe} score evaluations per sample{calls}, "
+    print(f"sampled {n} points with {last.method} on the {last.grid} grid: {last.nfe} score evaluations per sample{calls}, "
           f"{last.seconds:.1f} s (first call on {min(n, FIRST_CALL_SAMPLES)} samples, compilation and set-up: "
           f"{first:.1f} s)")
     metrics = evaluate_samples(run, x, labels if run.conditional else None, seed=args.seed)
@@ -122,7 +125,7 @@ def _sample(args) -> int:
     plot_samples(run, x, out, labels=labels, title=title)
     print(f"wrote {out} and {out.with_suffix('.npz')}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"method": args.method, "steps": args.steps, "nfe": last.nfe,
+        Path(args.json).write_text(json.dumps({"method": last.method, "steps": len(last.times) - 1, "nfe": last.nfe,
                                                "seconds": last.seconds, "first_call_seconds": first, **metrics},
                                               indent=2) + "\n")
     return 0
@@ -198,11 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="sample a trained run with any integrator and plot the samples")
     s.add_argument("--run", required=True, help="run folder written by train")
-    s.add_argument("--method", type=_choice(tuple(METHODS), "method"), default="sra1",
-                   help="sampler (default sra1); one of " + ", ".join(METHODS))
-    s.add_argument("--steps", type=_positive_int, default=100, help="steps (default 100)")
-    s.add_argument("--grid", type=_choice(tuple(GRIDS), "grid"), default="uniform",
-                   help="time grid: " + ", ".join(GRIDS))
+    s.add_argument("--method", type=_choice(tuple(METHODS), "method"),
+                   help="sampler (default: the default sampler for the --nfe budget); one of " + ", ".join(METHODS))
+    s.add_argument("--steps", type=_positive_int, help="steps (default 100 with --method)")
+    s.add_argument("--nfe", type=_positive_int,
+                   help="budget of score evaluations per sample (default 20 without --method); instead of --steps")
+    s.add_argument("--grid", type=_choice(tuple(GRIDS), "grid"),
+                   help="time grid (default: the default sampler's, or uniform with --method): " + ", ".join(GRIDS))
     s.add_argument("--n", type=_positive_int, help="number of samples (2-D: 5000, digits: 100)")
     s.add_argument("--label", type=_nonneg_int, help="class to sample (class-conditional runs; default: every class)")
     s.add_argument("--guidance", type=_nonneg_float, default=0.0,

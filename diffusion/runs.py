@@ -383,15 +383,18 @@ def _numpy(x):
 
 
 # --------------------------------------------------------------------------- sampling and its evaluation
-def sample_run(run: Run, *, method: str = "sra1", steps: int = 100, n: int = 1000, grid: str = "uniform",
+def sample_run(run: Run, *, method: str | None = None, steps: int | None = None, n: int = 1000, grid: str | None = None,
                seed: int = 0, label: int | None = None, guidance: float = 0.0, **kwargs):
     """``n`` samples of a run with ``method``; returns ``(x, labels, samples)``.
+
+    ``method``, ``steps`` and ``grid`` default as in :func:`diffusion.sample` (without ``method``: the default
+    sampler for the budget ``nfe=`` given in ``kwargs``, or ``DEFAULT_NFE``).
 
     Class-conditional runs sample class ``label``, or with ``label=None`` all
     classes in turn (``n`` split evenly, each with guidance weight
     ``guidance``). ``kwargs`` go to :func:`diffusion.sample`.
     """
-    if method not in METHODS:
+    if method is not None and method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}.")
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"`n` must be a positive integer, got {n!r}.")

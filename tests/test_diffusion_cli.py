@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+import diffusion
 import diffusion.datasets as ds
 from diffusion import metrics
 
@@ -206,6 +207,13 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert _in_process(capsys, "train", "--data", "gmm", "--out", run, "--steps", 5, "--eval-every", 0,
                        "--no-progress", "--n", 500)[0] == 0
     assert "not class-conditional" in error("sample", "--run", run, "--label", 2)
+    assert "give --steps or --nfe, not both" in error("sample", "--run", run, "--nfe", 8, "--steps", 8)
+    # --nfe without --method: the default sampler for that budget, recorded in the JSON
+    code, out, err = _in_process(capsys, "sample", "--run", run, "--nfe", 8, "--n", 50, "--out", tmp_path / "d.png",
+                                 "--json", tmp_path / "d.json")
+    assert code == 0, err
+    m = json.loads((tmp_path / "d.json").read_text())
+    assert m["nfe"] <= 8 and m["method"] == diffusion.default_sampler(8)["method"]
     ckpt = run / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated, e.g. by a full disk
     for verb in ("sample", "likelihood"):
