@@ -2,7 +2,7 @@
 
 Truth: a counting score (every evaluation is counted, whatever the method calls it for) checks that each
 method spends at most its budget and that one more step would not fit; the default sampler's pathwise error
-is checked against the exact flow of the probability-flow ODE (a dopri5 reference at 1e-10) and against the
+is checked against the exact flow of the probability-flow ODE (an RK4 reference on 400 log-SNR steps) and against the
 best diffusers sampler run from the same starting noise (where diffusers is installed).
 """
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import diffusion as df
 import diffusion.sampling as dsampling
 from diffusion import VPSDE, Score, default_sampler, sample
 from diffusion.oracle import GaussianMixture
@@ -105,9 +106,13 @@ def test_the_default_table_is_ordered_and_every_row_runs_within_its_lowest_budge
 
 # --------------------------------------------------------------------------- accuracy of the default
 def _reference_and_start(n):
+    """The exact flow's end point by RK4 on 400 log-SNR steps, with its own error bound (its distance to 200 steps,
+    an overestimate for a fourth-order method)."""
     x_T = SDE.prior_sample(n, 2, seed=18)
-    ref = sample(SDE, GM.score_fn(SDE), n, method="dopri5", rtol=1e-10, atol=1e-10, x_T=x_T, denoise=False)
-    return x_T, np.asarray(ref.x)
+    kw = dict(method="rk4", grid="logsnr", x_T=x_T, denoise=False, backend="numpy")
+    ref = np.asarray(sample(SDE, GM.score_fn(SDE), n, steps=400, **kw).x)
+    half = np.asarray(sample(SDE, GM.score_fn(SDE), n, steps=200, **kw).x)
+    return x_T, ref, float(np.sqrt(np.mean((ref - half) ** 2)))
 
 
 @pytest.mark.parametrize("nfe", [10, 20])
@@ -121,9 +126,10 @@ def test_the_default_beats_the_best_diffusers_multistep_sampler_from_the_same_no
     import peer_samplers as pk
 
     n = 300
-    x_T, ref = _reference_and_start(n)
-    ours = sample(SDE, GM.score_fn(SDE), n, nfe=nfe, x_T=x_T, denoise=False)
+    x_T, ref, ref_error = _reference_and_start(n)
+    ours = sample(SDE, GM.score_fn(SDE), n, nfe=nfe, x_T=x_T, denoise=False, backend="numpy")
     ours_rms = float(np.sqrt(np.mean((np.asarray(ours.x) - ref) ** 2)))
+    assert ref_error < 0.01 * ours_rms  # the reference is exact at the scale of the errors compared
 
     def x0_hat(x, t):
         return GM.tweedie(x, min(float(t[0]), SDE.T), SDE)
@@ -133,3 +139,29 @@ def test_the_default_beats_the_best_diffusers_multistep_sampler_from_the_same_no
         peer = min(float(np.sqrt(np.mean((pk.diffusers_sample(name, x0_hat, x_T_t, nfe, grid=g)[0].numpy() - ref) ** 2)))
                    for g in pk.GRIDS)
         assert ours_rms < peer, f"default {ours.method}/{ours.grid} RMS {ours_rms:.3e} >= diffusers {name} {peer:.3e}"
+
+
+# --------------------------------------------------------------------------- the default's grid
+def _reference_vp_tau(sigma_over_alpha):
+    """Time of the reference VP SDE (beta 0.1..20, B = 0.1 t + 9.95 t^2) at noise level sigma/alpha, solved directly."""
+    b = np.log1p(np.asarray(sigma_over_alpha, dtype=float) ** 2)
+    return (-0.1 + np.sqrt(0.01 + 4 * 9.95 * b)) / (2 * 9.95)
+
+
+@pytest.mark.parametrize("make", [lambda: VPSDE(), lambda: VPSDE(schedule="cosine"), lambda: df.VESDE(),
+                                  lambda: df.SubVPSDE(), lambda: df.RectifiedFlow()],
+                         ids=["vp", "vp-cosine", "ve", "sub-vp", "rectified-flow"])
+def test_the_power_grid_is_a_power_of_the_reference_vp_time_on_every_process(make):
+    """t_k have the noise levels of tau_k = tau_eps + (tau_T - tau_eps)(1 - k/n)^rho in the reference VP SDE's time;
+    on VPSDE() tau is t itself; phi' is the derivative of phi (central differences)."""
+    sde, rho, n = make(), 2.5, 12
+    grid = df.TimeGrid(sde, "power", rho=rho)
+    t = grid.times(n)
+    tau = _reference_vp_tau(sde.edm_sigma(t))
+    u = np.arange(n + 1) / n
+    np.testing.assert_allclose(tau, tau[-1] + (tau[0] - tau[-1]) * (1 - u) ** rho, rtol=1e-9, atol=1e-13)
+    if isinstance(sde, VPSDE) and sde.schedule == "linear":
+        np.testing.assert_allclose(t, sde.eps + (sde.T - sde.eps) * (1 - u) ** rho, rtol=1e-12)  # round trip via log-SNR
+    v, h = np.linspace(0.05, 0.95, 9), 1e-6
+    slope = (np.asarray(grid.phi(v + h, grid.params)) - np.asarray(grid.phi(v - h, grid.params))) / (2 * h)
+    np.testing.assert_allclose(np.asarray(grid.dphi(v, grid.params)), slope, rtol=1e-6)
