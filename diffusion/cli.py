@@ -103,8 +103,7 @@ def _sample(args) -> int:
     n = args.n or (100 if run.data == "digits" else 5000)
     if args.nfe is not None and args.steps is not None:
         raise ValueError("give --steps or --nfe, not both: --nfe is the budget of score evaluations and sets the steps.")
-    steps = 100 if args.method is not None and args.nfe is None and args.steps is None else args.steps
-    options = dict(method=args.method, steps=steps, nfe=args.nfe, grid=args.grid, seed=args.seed, label=args.label,
+    options = dict(method=args.method, steps=args.steps, nfe=args.nfe, grid=args.grid, seed=args.seed, label=args.label,
                    guidance=args.guidance)
     first = sample_run(run, n=min(n, FIRST_CALL_SAMPLES), **options)[2].seconds  # compilation and set-up
     x, labels, last = sample_run(run, n=n, **options)
