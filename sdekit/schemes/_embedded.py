@@ -12,15 +12,14 @@ the Rackauckas–Nie estimate, or the weights ``b - b_err`` of an embedded Runge
 The estimates and how ``RMS(err)`` scales with the step (``q + 1/2`` for a lower member of strong order ``q``;
 ``q + 1`` for an ODE pair), checked in ``tests/test_embedded.py``:
 
-=========================  ==========================================================  ====================
-step                        ``err``                                                     ``RMS(err)``
-=========================  ==========================================================  ====================
-:func:`euler_lamba`         ``h/2 (f(t+h, X') - f(t, X)) + (g(t+h, X') - g(t, X)) dW/2``  ``h^(p+1/2)`` of EM
-:func:`euler_heun_embedded`  ``h/2 (f(t+h, X') - f(t, X)) + (g(t+h, Xb) - g(t, X)) dW/2``  ``h`` (``h^1.5`` additive)
-:func:`sra_embedded`        ``delta h sum_i f(H0_i) + sum_i beta2_i g_i I10/h``          ``h^1.5`` (``delta = 0``)
-:func:`sri_embedded`        ``delta h sum_i f(H0_i) + sum_i (beta3_i I10/h + beta4_i I111/h) g(H1_i)``  ``h^1.5`` (``delta = 0``)
-:func:`erk_embedded`        ``h sum_i (b_i - b_err_i) k_i``                             ``h^(q+1)``, q = 4 for dopri5
-=========================  ==========================================================  ====================
+* :func:`euler_lamba`: ``h/2 (f(t+h, X') - f(t, X)) + (g(t+h, X') - g(t, X)) dW/2``; ``h^(p+1/2)``, p the
+  Euler–Maruyama order (1/2; 1 for additive noise);
+* :func:`euler_heun_embedded`: ``h/2 (f(t+h, X') - f(t, X)) + (g(t+h, Xb) - g(t, X)) dW/2``; ``h``
+  (``h^1.5`` for additive noise);
+* :func:`sra_embedded`: ``delta h sum_i f(H0_i) + sum_i beta2_i g_i I10/h``; ``h^1.5`` with ``delta = 0``;
+* :func:`sri_embedded`, :func:`sriw1_embedded`: ``delta h sum_i f(H0_i) + sum_i (beta3_i I10/h + beta4_i I111/h)
+  g(H1_i)``; ``h^1.5`` with ``delta = 0``;
+* :func:`erk_embedded`: ``h sum_i (b_i - b_err_i) k_i``; ``h^(q+1)``, q = 4 for dopri5.
 
 With ``delta > 0`` the Rackauckas–Nie drift term ``delta h sum_i f(H0_i)`` is of size ``h`` (it is a bound on
 the drift's contribution, not a difference of two drift approximations), so ``RMS(err)`` then scales like ``h``
