@@ -11,13 +11,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _bridge, _rng
+from . import _bridge, _cursor, _rng
 from ._jitcache import heal_module
 from ._rng import seed_to_key
 from .checks import require
 
 # The compiled tree is cached on disk: discard an unreadable cache entry and recompile instead of failing.
-for _module in (_rng, _bridge):
+for _module in (_rng, _bridge, _cursor):
     heal_module(_module)
 
 __all__ = ["BrownianBlock", "BrownianPath", "dyadic_level"]
@@ -108,10 +108,12 @@ class BrownianPath:
     (the Brownian tree with space-time Levy area of J. Foster, "Numerical
     approximations for stochastic differential equations", Oxford DPhil
     thesis, 2020).
-    Every backend reads the path through :meth:`blocks`.
-    ``W(t)`` at a time that is not a dyadic point of the base grid (to 48
-    levels) is interpolated linearly inside a node of length
-    ``(t1 - t0) / base_steps / 2**48``.
+    Every backend reads the path through :meth:`blocks`; :meth:`interval` and
+    :meth:`W` read the same tree at any times. A time that is not a dyadic
+    point of the base grid to 48 levels lies inside a leaf of length
+    ``(t1 - t0) / base_steps / 2**48``; it is drawn by the exact conditional law
+    of ``(W, integral of W)`` at that fraction of the leaf, keyed by the leaf (two
+    different such times in the same leaf are each exact, not jointly).
     """
 
     seed: int
@@ -391,24 +393,91 @@ class BrownianPath:
         np.cumsum(dw, axis=0, out=out[1:])
         return out
 
+    def _in_cells(self, t, name) -> np.ndarray:
+        """Times ``t`` (1-D float64) in cell units; a time within 8 ulps of a dyadic point of level 40 is that point."""
+        t0, t1 = self.t_span
+        tol = 1e-12 * (t1 - t0)
+        if np.any(~np.isfinite(t)) or np.any(t < t0 - tol) or np.any(t > t1 + tol):
+            raise ValueError(f"`{name}` must lie in the path's t_span {self.t_span}, got {t if t.size < 8 else 'values outside'}.")
+        tau = np.clip((t - t0) / self.cell_length, 0.0, float(self.base_steps))
+        # Grid times (at most 40 levels) computed in floating point land a few ulps off their node.
+        nearest = np.round(tau * 2.0**40) / 2.0**40
+        snap = np.abs(tau - nearest) <= 8.0 * np.finfo(float).eps * np.maximum(1.0, tau)
+        return np.where(snap, nearest, tau)
+
+    def interval(self, s, t, *, paths=None, device=None, dtype=None):
+        """Increments ``W(t) - W(s)``, and the space-time Lévy areas of ``[s, t]``, at any times.
+
+        The values are read from the same tree as :meth:`increments` (on a dyadic
+        grid they are its steps, and their sums) and :meth:`W`, so any set of
+        queries of one path is consistent with every other.
+
+        Parameters
+        ----------
+        s, t : float or 1-D array
+            Start and end times in ``t_span``, a scalar for every path or one per
+            selected path; ``t < s`` gives ``W(t) - W(s)`` all the same.
+        paths : range or slice, optional
+            Contiguous path indices (default: all).
+        device, dtype : optional
+            Either one returns torch tensors on ``device`` (default CPU) in
+            ``dtype`` (default ``torch.float64``); off the CPU they are computed by
+            :func:`sdekit._torch_bridge.interval_torch` on the device (equal to
+            round-off).
+
+        Returns
+        -------
+        dW, or (dW, H)
+            Arrays of shape ``(n, noise_dim)``; ``H`` (only when the path has Lévy
+            area) is the space-time Lévy area ``(1/h) integral_a^b (W_u - W_a) du
+            - dW/2`` of ``[a, b] = [min(s, t), max(s, t)]`` (Var ``h/12``), 0 when
+            ``s == t``.
+        """
+        first_path, end_path = self._path_range(paths)
+        n = end_path - first_path
+        ends = []
+        for name, v in (("s", s), ("t", t)):
+            v = np.asarray(v, dtype=float)
+            if v.ndim > 1 or (v.ndim == 1 and v.shape[0] != n):
+                raise ValueError(f"`{name}` must be a scalar or 1-D with one time per path ({n}), got shape {v.shape}.")
+            ends.append(self._in_cells(np.broadcast_to(v, (n,)).astype(float), name))
+        tau_a, tau_b = ends
+        torch = None
+        if device is not None or dtype is not None:
+            torch = require("torch", extra="torch", what="BrownianPath.interval tensors (device=, dtype=)")
+            device = torch.device("cpu" if device is None else device)
+            dtype = torch.float64 if dtype is None else dtype
+            if device.type != "cpu":
+                from ._torch_bridge import interval_torch
+
+                keys = torch.as_tensor(_rng.lane_keys(self._seed_key, first_path, n, self.noise_dim).view(np.int64), device=device)
+                dw, area = interval_torch(keys, self.noise_dim, self.base_steps, self.cell_length, self.levy_area,
+                                          torch.as_tensor(tau_a, device=device), torch.as_tensor(tau_b, device=device))
+                dw = dw.to(dtype)
+                return (dw, area.to(dtype)) if self.levy_area else dw
+        dw = np.empty((n, self.noise_dim))
+        area = np.empty((n, self.noise_dim))
+        _cursor.intervals(self._seed_key, first_path, n, self.noise_dim, self.base_steps, self.cell_length, self.levy_area,
+                          tau_a, tau_b, dw, area)
+        if torch is not None:
+            dw, area = torch.from_numpy(dw).to(device, dtype), torch.from_numpy(area).to(device, dtype)
+        return (dw, area) if self.levy_area else dw
+
     def W(self, t, *, paths=None) -> np.ndarray:
         """W at the times ``t`` (scalar or 1-D): shape ``(len(t), n, noise_dim)``.
 
-        A scalar ``t`` gives shape ``(n, noise_dim)``. Values on the dyadic grid
-        agree with :meth:`on_grid` up to round-off of the summation.
+        A scalar ``t`` gives shape ``(n, noise_dim)``. ``W(t)`` equals
+        ``interval(t0, t)`` and, on a dyadic grid, :meth:`on_grid`, up to the
+        round-off of the summation.
         """
         ts = np.asarray(t, dtype=float)
         scalar = ts.ndim == 0
         ts = np.atleast_1d(ts)
         if ts.ndim != 1:
             raise ValueError(f"`t` must be a scalar or 1-D, got shape {ts.shape}.")
-        t0, t1 = self.t_span
-        tol = 1e-12 * (t1 - t0)
-        if np.any(~np.isfinite(ts)) or np.any(ts < t0 - tol) or np.any(ts > t1 + tol):
-            raise ValueError(f"`t` must lie in the path's t_span {self.t_span}.")
-        in_cells = np.clip((ts - t0) / self.cell_length, 0.0, float(self.base_steps))
+        in_cells = self._in_cells(ts, "t")
         first_path, end_path = self._path_range(paths)
         out = np.empty((len(in_cells), end_path - first_path, self.noise_dim))
-        _bridge.values(self._seed_key, first_path, end_path - first_path, self.noise_dim, self.base_steps,
-                       self.cell_length, self.levy_area, self.MAX_DEPTH, in_cells, out)
+        _cursor.values(self._seed_key, first_path, end_path - first_path, self.noise_dim, self.base_steps,
+                       self.cell_length, self.levy_area, in_cells, out)
         return out[0] if scalar else out
