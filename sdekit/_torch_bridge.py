@@ -315,7 +315,7 @@ def interval_torch(lane_keys, noise_dim, n_cells, cell_length, levy_area, tau_a,
     node_b = root(keys_b)
     together, active_a, active_b = same, ~same & ~empty, ~same & ~empty
     suffix_a = prefix_b = middle = same_leaf = (zero, zero, zero)
-    top = int(torch.minimum(torch.maximum(ka, kb), torch.tensor(DEPTH)).max()) if tau_a.numel() else -1
+    top = int(torch.maximum(ka, kb).clamp(max=DEPTH).max()) if tau_a.numel() else -1
     for level in range(top + 1):
         length = cell_length / (1 << level)
         child = cell_length / (1 << (level + 1))

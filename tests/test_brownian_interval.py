@@ -155,9 +155,13 @@ def test_cursor_walk_matches_interval_torch_and_w():
             ends.append(target)
             cursor_dw.append(dw.copy())
             cursor_area.append(area.copy())
-            if rng.uniform() < 0.7:
+            u = rng.uniform()
+            if u < 0.6:
                 _cursor.cursor_move(cur, target)
                 position = target
+            elif u < 0.7:  # a move that its query did not precede
+                position = rng.uniform(0, n_cells)
+                _cursor.cursor_move(cur, position)
         starts, ends = np.array(starts), np.array(ends)
         # The path's p-th row, read as a path of that many queries (one per "path") through BrownianPath and torch.
         keys = _rng.lane_keys(bp._seed_key, p, 1, 3)
