@@ -397,8 +397,9 @@ class BrownianPath:
         """Times ``t`` (1-D float64) in cell units; a time within 8 ulps of a dyadic point of level 40 is that point."""
         t0, t1 = self.t_span
         tol = 1e-12 * (t1 - t0)
-        if np.any(~np.isfinite(t)) or np.any(t < t0 - tol) or np.any(t > t1 + tol):
-            raise ValueError(f"`{name}` must lie in the path's t_span {self.t_span}, got {t if t.size < 8 else 'values outside'}.")
+        outside = ~np.isfinite(t) | (t < t0 - tol) | (t > t1 + tol)
+        if outside.any():
+            raise ValueError(f"`{name}` must lie in the path's t_span {self.t_span}, got {float(t[outside][0])}.")
         tau = np.clip((t - t0) / self.cell_length, 0.0, float(self.base_steps))
         # Grid times (at most 40 levels) computed in floating point land a few ulps off their node.
         nearest = np.round(tau * 2.0**40) / 2.0**40
