@@ -22,6 +22,7 @@ from . import convergence, ops, params, problems, report
 from .backends import BACKENDS
 from .brownian import BrownianBlock, BrownianPath
 from .ensemble import EnsembleResult, Reducer, ensemble
+from .events import Event, EventLog
 from .problem import ODE, SDE
 from .schemes import Scheme, get_scheme, list_schemes
 from .semilinear import SemilinearODE
@@ -33,6 +34,6 @@ from .transform import time_change
 __all__ = [
     "SDE", "ODE", "BrownianPath", "params", "solve", "Solution", "Stats", "Scheme", "get_scheme", "list_schemes", "ops",
     "problems", "convergence", "report", "SemilinearODE", "time_change", "BACKENDS", "Stepper", "BrownianBlock",
-    "ensemble", "EnsembleResult", "Reducer",
+    "ensemble", "EnsembleResult", "Reducer", "Event", "EventLog",
 ]
 __version__ = "0.1.0"

@@ -34,7 +34,7 @@ __all__ = ["KERNEL_SOURCES", "compile_notice", "heal_cache", "heal_module", "sou
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # Every file whose code a cached sdekit kernel compiles in (relative to the package).
 KERNEL_SOURCES = (
-    "_rng.py", "_bridge.py", "schemes/_steps.py", "schemes/_adaptive.py", "backends/numba_kernels.py",
+    "_rng.py", "_bridge.py", "_cursor.py", "schemes/_steps.py", "schemes/_adaptive.py", "backends/numba_kernels.py",
     "backends/numba_backend.py", "backends/numba_adapters.py", "ops.py", "schemes/_stability.py", "schemes/_rosenbrock.py",
     "backends/rosenbrock.py",
 )

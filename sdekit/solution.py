@@ -59,6 +59,18 @@ class Solution:
     failure_reasons : dict or None
         ``{reason: number of failed paths}``, with reasons ``"non-finite state"``,
         ``"max_steps reached"``, ``"step size underflow"``; empty when no path failed.
+    steps_per_path, rejected_per_path : ndarray of int64 (n_paths,)
+        Each path's accepted and rejected steps (adaptive SDE steps and the
+        numpy/numba adaptive ODE solvers run each path on its own; otherwise
+        every path has the solve's steps).
+    drift_evals_per_path, diffusion_evals_per_path : ndarray of int64 (n_paths,)
+        Each path's evaluations of the drift (an ODE's right-hand side) and of
+        the diffusion.
+    event_t, event_x, event_id : ndarray (n_paths,), (n_paths, dim), int64 (n_paths,)
+        Per path, the time, state and index of the first terminal event that
+        fired (:class:`sdekit.Event`); NaN, NaN and -1 where none did.
+    events : sdekit.events.EventLog
+        Every event firing (terminal or not): path, event index, time, state.
     """
 
     t: np.ndarray
@@ -72,6 +84,14 @@ class Solution:
     method: str = ""
     backend: str = ""
     failure_reasons: dict = field(default=None)
+    steps_per_path: np.ndarray = field(default=None)
+    rejected_per_path: np.ndarray = field(default=None)
+    drift_evals_per_path: np.ndarray = field(default=None)
+    diffusion_evals_per_path: np.ndarray = field(default=None)
+    event_t: np.ndarray = field(default=None)
+    event_x: np.ndarray = field(default=None)
+    event_id: np.ndarray = field(default=None)
+    events: object = field(default=None)
 
     @property
     def success(self) -> bool:

@@ -9,8 +9,9 @@ import os
 import numpy as np
 
 from . import checks
-from .backends import Tolerances, Work, get_backend
+from .backends import PathPlan, Tolerances, Work, get_backend
 from .brownian import BrownianPath
+from .events import EventLog, check_events
 from .problem import ODE, SDE
 from .schemes import SCHEMES, _adaptive, get_scheme, implicit, stabilized
 from .schemes._stability import stability_boundary
@@ -54,6 +55,8 @@ def solve(
     detect_instability: bool = True,
     theta: float | None = None,
     lower_order_final: bool = False,
+    events=None,
+    dt0: float | None = None,
 ) -> Solution:
     """Solve an SDE or ODE for many paths.
 
@@ -91,9 +94,19 @@ def solve(
         ``Solution.x`` is then a tensor, with gradients to ``x0`` and to
         tensors in ``params``.
     rtol, atol : float, optional
-        Tolerances of adaptive methods (defaults 1e-6 and 1e-9).
+        Tolerances of adaptive methods (defaults 1e-6 and 1e-9). On an SDE,
+        giving either makes ``"euler"`` (Itô, Lamba's estimate),
+        ``"euler_heun"`` (Stratonovich), ``"sra1"``/``"sra3"`` (additive noise)
+        and ``"sriw1"`` (diagonal Itô noise) adapt their steps **per path** on
+        the solve's Brownian path, with the embedded error estimates of
+        :mod:`sdekit.schemes._embedded`; each path has its own steps, rejections
+        and end (``Solution.steps_per_path``, ``rejected_per_path``). A
+        rejected step is retried on the same path (refined by the Brownian
+        bridge), so rejections do not bias the law. Save times are stepped to
+        exactly; the default saves ``t0`` and ``t1``
+        (:mod:`sdekit.schemes._paths`).
     max_steps : int
-        Step budget per path of adaptive methods.
+        Step budget per path of adaptive methods (accepted and rejected).
     device, dtype : optional
         Torch backend only: where and in which precision to solve
         (``torch.float32`` or ``torch.float64``). Default: those of ``x0``
@@ -125,6 +138,17 @@ def solve(
         Exponential integrators only: lower the final steps' orders as
         diffusers' schedulers do (``lower_order_final=True`` there; see
         :func:`sdekit.semilinear.lowered_final_orders`). Default False.
+    events : list of sdekit.Event, optional
+        Functions of the state whose zero crossings are detected per path
+        (:mod:`sdekit.events`): terminal events stop their path
+        (``Solution.event_t``, ``event_x``, ``event_id``); every firing is in
+        ``Solution.events``. SDE crossings between steps are found through the
+        Brownian bridge (no discrete-monitoring bias); ODE crossings by
+        root-finding. Any fixed-step explicit scheme, the adaptive SDE schemes
+        and ``dopri5``.
+    dt0 : float, optional
+        Adaptive SDE steps: the first step size (default: estimated from the
+        sizes of the state, drift and diffusion).
 
     Returns
     -------
@@ -135,6 +159,7 @@ def solve(
         from then on; the other paths are unaffected.
     """
 
+    events = check_events(events)
     scheme, problem = _scheme(problem, method, t_grid)
     if theta is not None:
         scheme = implicit.with_theta(scheme, theta)
@@ -152,12 +177,18 @@ def solve(
     if brownian is not None and n_paths is None:
         n_paths = brownian.n_paths
     inputs = engine.prepare(problem, x0, n_paths, options)
-    n_steps, h, grid, tolerances = _steps(scheme, t0, t1, n_steps, dt, t_grid, rtol, atol, max_steps, options.compile)
+    adaptive_sde = problem.is_sde and (rtol is not None or atol is not None)
+    n_steps, h, grid, tolerances = _steps(scheme, t0, t1, n_steps, dt, t_grid, rtol, atol, max_steps, options.compile,
+                                          adaptive_sde)
+    if dt0 is not None and not adaptive_sde:
+        raise ValueError("`dt0` is the first step of an adaptive SDE solve (give `rtol`/`atol`); drop it here.")
+    dt0 = None if dt0 is None else checks.positive_float(dt0, "dt0")
     noise = _noise(problem, scheme, seed, brownian, t0, t1, n_steps, inputs.n_paths, inputs.noise_dim)
     engine.probe(inputs, t0)
     save_at = None if save_at is None else checks.times(save_at, "save_at")
-    n_save = save_at.size if save_at is not None else (2 if scheme.adaptive else n_steps + 1)
-    _check_memory(engine.name, scheme, inputs, n_save, n_steps, save_at is None)
+    adaptive = scheme.adaptive or adaptive_sde
+    n_save = save_at.size if save_at is not None else (2 if adaptive else n_steps + 1)
+    _check_memory(engine.name, scheme, inputs, n_save, n_steps, save_at is None, adaptive)
     if grid is None:
         save_t, save_idx = _save_points(save_at, t0, t1, h, n_steps)
     else:
@@ -165,12 +196,13 @@ def solve(
     if scheme.family is stabilized.STABILIZED:
         plan = stabilized.solve_plan(scheme, problem, inputs, t0, h, spectral_radius)
     else:
-        plan = None if scheme.adaptive or grid is not None else scheme.plan(problem, inputs.dim)
+        plan = None if adaptive or grid is not None else scheme.plan(problem, inputs.dim)
+    path_plan = _path_plan(scheme, problem, inputs.dim, plan, adaptive_sde, events)
     if not isinstance(detect_instability, bool):
         raise ValueError(f"`detect_instability` must be True or False, got {detect_instability!r}.")
     beta = stability_boundary(plan) if plan is not None and detect_instability else 0.0
     work = Work(scheme, t0, t1, save_t, save_idx, plan=plan, n_steps=n_steps, h=h, grid=grid, brownian=noise,
-                tolerances=tolerances, stability_boundary=beta)
+                tolerances=tolerances, stability_boundary=beta, events=events, dt0=dt0, path_plan=path_plan)
     return _solution(engine.run(inputs, work), work, engine.name)
 
 
@@ -193,23 +225,40 @@ def _scheme(problem, method, t_grid):
     return get_scheme(method, problem), problem
 
 
-def _steps(scheme, t0, t1, n_steps, dt, t_grid, rtol, atol, max_steps, compile_):
+def _tolerances(rtol, atol, max_steps):
+    return Tolerances(1e-6 if rtol is None else checks.positive_float(rtol, "rtol"),
+                      1e-9 if atol is None else checks.positive_float(atol, "atol"), checks.step_budget(max_steps))
+
+
+def _steps(scheme, t0, t1, n_steps, dt, t_grid, rtol, atol, max_steps, compile_, adaptive_sde=False):
     """The steps of ``scheme``: ``(n_steps, h, grid, tolerances)``.
 
     Fixed-step Runge–Kutta schemes: ``n_steps`` and the signed step ``h``; exponential integrators: ``n_steps``
-    and the step times ``grid`` (from ``n_steps``/``dt`` or ``t_grid``); adaptive schemes: the
-    :class:`~sdekit.backends.Tolerances` (``n_steps`` 0). The other entries are None.
+    and the step times ``grid`` (from ``n_steps``/``dt`` or ``t_grid``); adaptive schemes (and SDE schemes given
+    ``rtol``/``atol``, ``adaptive_sde``): the :class:`~sdekit.backends.Tolerances` (``n_steps`` 0). The other
+    entries are None.
     """
+    if adaptive_sde:
+        if getattr(scheme, "embedded", None) is None:
+            ok = sorted(s.name for s in SCHEMES.values() if s.kind == "sde" and getattr(s, "embedded", None) is not None)
+            raise ValueError(f"{scheme.name} has no error estimate to adapt its steps; drop `rtol`/`atol` (fixed steps: "
+                             f"`n_steps`/`dt`) or use one of {ok}.")
+        if n_steps is not None or dt is not None:
+            raise ValueError(f"`rtol`/`atol` make {scheme.name} choose its own steps per path; drop `n_steps`/`dt` "
+                             "(or drop `rtol`/`atol` for fixed steps).")
+        if compile_:
+            raise ValueError("`compile` applies to fixed-step methods; adaptive SDE steps are decided per path at run time.")
+        return 0, None, None, _tolerances(rtol, atol, max_steps)
     if scheme.adaptive:
         if n_steps is not None or dt is not None:
             raise ValueError(f"{scheme.name} chooses its own steps; drop `n_steps`/`dt` and set `rtol`/`atol`.")
-        tolerances = Tolerances(1e-6 if rtol is None else checks.positive_float(rtol, "rtol"),
-                                1e-9 if atol is None else checks.positive_float(atol, "atol"), checks.step_budget(max_steps))
+        tolerances = _tolerances(rtol, atol, max_steps)
         if compile_:
             raise ValueError("`compile` applies to fixed-step methods; dopri5 decides its steps at run time.")
         return 0, None, None, tolerances
     if rtol is not None or atol is not None:
-        raise ValueError(f"`rtol`/`atol` apply to adaptive methods ('dopri5'); {scheme.name} uses fixed steps.")
+        raise ValueError(f"`rtol`/`atol` apply to adaptive methods (ODE 'dopri5', 'rodas4', ...; SDE 'euler', "
+                         f"'euler_heun', 'sra1', 'sriw1'); {scheme.name} uses fixed steps.")
     if scheme.kind != "semilinear":
         if (n_steps is None) == (dt is None):
             raise ValueError(f"{scheme.name} uses fixed steps: give exactly one of `n_steps` or `dt`.")
@@ -243,7 +292,7 @@ def _noise(problem, scheme, seed, brownian, t0, t1, n_steps, n_paths, noise_dim)
             seed = int(np.random.SeedSequence().entropy)
         elif not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}.")
-        return BrownianPath.for_steps(seed, (lo, hi), n_steps, n_paths=n_paths, noise_dim=noise_dim,
+        return BrownianPath.for_steps(seed, (lo, hi), max(n_steps, 1), n_paths=n_paths, noise_dim=noise_dim,
                                       levy_area=scheme.levy_area)
     if seed is not None:
         raise ValueError("give either `seed` or `brownian`, not both (the path carries its own seed).")
@@ -261,8 +310,37 @@ def _noise(problem, scheme, seed, brownian, t0, t1, n_steps, n_paths, noise_dim)
         )
     if scheme.levy_area and not brownian.levy_area:
         raise ValueError(f"{scheme.name} needs the Lévy area: make the path with levy_area=True.")
-    brownian.level(n_steps)
+    if n_steps:  # adaptive steps (0) read the path at any time
+        brownian.level(n_steps)
     return brownian
+
+
+def _path_plan(scheme, problem, dim, plan, adaptive_sde, events):
+    """The :class:`~sdekit.backends.PathPlan` of a solve that runs path by path (adaptive SDE steps, or events), else
+    None; schemes that cannot run so are refused in one line."""
+    if not adaptive_sde and not events:
+        return None
+    if adaptive_sde or scheme.adaptive:
+        if scheme.adaptive and getattr(scheme, "embedded", None) is None:
+            raise ValueError(f"events are not supported with {scheme.name}; use 'dopri5' or a fixed-step method.")
+        from .schemes._embedded import embedded_plan, estimate_order
+
+        if adaptive_sde and scheme.name == "euler" and problem.noise != "additive":
+            raise ValueError(
+                "adaptive 'euler' (Euler–Maruyama) is refused on multiplicative Itô noise: steps chosen from the path "
+                "bias the quadratic variation it relies on and it converges to a wrong solution (Gaines & Lyons 1997); "
+                "use 'milstein' or 'sriw1' (Itô), 'euler_heun' (Stratonovich), or fixed steps.")
+
+        step, tab, n_drift, n_diffusion = embedded_plan(scheme, problem, dim)
+        return PathPlan(step, tab, n_drift, n_diffusion, 1.0 / estimate_order(step, problem, scheme), True)
+    from .backends.numba_kernels import JACOBIAN_STEPS
+
+    if plan is None or scheme.kind == "semilinear" or scheme.family is stabilized.STABILIZED or plan.step in JACOBIAN_STEPS:
+        raise ValueError(f"events are not supported with {scheme.name}; use an explicit fixed-step scheme, an adaptive "
+                         "SDE scheme or 'dopri5'.")
+    from .backends.paths import attempt_of
+
+    return PathPlan(attempt_of(plan.step, False), plan.tab, plan.n_drift, plan.n_diffusion, 1.0, False)
 
 
 def _solution(result, work, backend):
@@ -287,11 +365,32 @@ def _solution(result, work, backend):
         status = "success"
         steps = result.stats.n_accepted // n_paths
         message = f"{n_paths} paths integrated with {work.scheme.name} ({steps} steps per path on average)."
+    per_path = result.per_path if result.per_path is not None else _uniform_per_path(result, work)
     return Solution(
         t=work.save_t, x=result.x, stats=result.stats, status=status, message=message, brownian=work.brownian,
         failed=failed, failure_time=result.failure_time, method=work.scheme.name, backend=backend,
-        failure_reasons=failure_reasons,
+        failure_reasons=failure_reasons, steps_per_path=per_path["steps"], rejected_per_path=per_path["rejected"],
+        drift_evals_per_path=per_path["drift_evals"], diffusion_evals_per_path=per_path["diffusion_evals"],
+        event_t=per_path["event_t"], event_x=per_path["event_x"], event_id=per_path["event_id"],
+        events=per_path["events"],
     )
+
+
+def _uniform_per_path(result, work):
+    """The per-path records of a run whose paths share their steps (fixed steps; the torch batch integrators), from
+    the totals; no events."""
+    stats = result.stats
+    n = max(stats.n_paths, 1)
+    dim = int(result.x.shape[2])
+
+    def each(total):
+        return np.full(stats.n_paths, total // n, dtype=np.int64)
+
+    return {"steps": each(stats.n_accepted), "rejected": each(stats.n_rejected), "drift_evals": each(stats.n_drift_evals),
+            "diffusion_evals": each(stats.n_diffusion_evals), "event_t": np.full(stats.n_paths, np.nan),
+            "event_x": np.full((stats.n_paths, dim), np.nan), "event_id": np.full(stats.n_paths, -1, dtype=np.int64),
+            "events": EventLog(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0),
+                               np.zeros((0, dim)))}
 
 
 def _memory_limit() -> int:
@@ -374,10 +473,10 @@ def _grid_save_points(s, grid):
     return grid[save_idx], save_idx
 
 
-def _check_memory(backend, scheme, inputs, n_save, n_steps, default_save):
+def _check_memory(backend, scheme, inputs, n_save, n_steps, default_save, adaptive):
     """Refuse a solve whose arrays (every one it allocates, see :func:`memory_need`) exceed half the memory."""
     device, dtype, problem = inputs.options.device, inputs.options.dtype, inputs.problem
-    need = memory_need(backend, adaptive=scheme.adaptive, n_save=n_save, n_paths=inputs.n_paths, dim=inputs.dim,
+    need = memory_need(backend, adaptive=adaptive, n_save=n_save, n_paths=inputs.n_paths, dim=inputs.dim,
                        m=inputs.noise_dim, n_steps=n_steps, itemsize=8 if dtype is None else dtype.itemsize,
                        matrix_noise=bool(problem.is_sde and problem.matrix_noise), default_save=default_save,
                        device=device, exponential=scheme.kind == "semilinear")

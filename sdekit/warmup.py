@@ -57,6 +57,7 @@ def _brownian():
                     pass
         path.increments(8)
         path.W(np.array([0.3, 0.7]))
+        path.interval(0.2, np.array([0.3, 0.7, 0.9]))
 
 
 def _ensemble_moments():

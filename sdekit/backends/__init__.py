@@ -96,6 +96,34 @@ class Tolerances:
 
 
 @dataclass(frozen=True)
+class PathPlan:
+    """A per-path run (:mod:`sdekit.backends.paths`): adaptive SDE steps, or any steps with events.
+
+    Attributes
+    ----------
+    attempt : callable
+        ``attempt(f, g, p, tab, t, x, h, sqrt|h|, dw, levy_area) -> (x_new, err)``: the scheme's step with its
+        embedded error estimate (adaptive), or its plain step returning ``x`` as the unused error.
+    tab : ndarray
+        The step's packed coefficients.
+    n_drift, n_diffusion : int
+        Evaluations per attempt.
+    exponent : float
+        The controller's exponent ``1 / q``, ``h^q`` the size of the error estimate
+        (:func:`sdekit.schemes._embedded.estimate_order`).
+    adaptive : bool
+        Steps chosen by the error estimate; otherwise ``Work.n_steps`` equal steps.
+    """
+
+    attempt: Any
+    tab: np.ndarray
+    n_drift: int
+    n_diffusion: int
+    exponent: float
+    adaptive: bool
+
+
+@dataclass(frozen=True)
 class Work:
     """What to integrate, whatever the backend.
 
@@ -124,6 +152,13 @@ class Work:
     stability_boundary : float
         Fixed-step explicit schemes: ``beta`` of the instability rule (:mod:`sdekit.schemes._stability`); 0.0
         turns the check off.
+    events : tuple of sdekit.Event
+        The solve's events (:mod:`sdekit.events`).
+    dt0 : float or None
+        Adaptive SDE steps: the first step (None: estimated).
+    path_plan : PathPlan or None
+        Set when the solve runs path by path (adaptive SDE steps, or events): the backends' ``run`` hands it to
+        their per-path integrator.
     """
 
     scheme: Scheme
@@ -138,6 +173,9 @@ class Work:
     brownian: BrownianPath | None = None
     tolerances: Tolerances | None = None
     stability_boundary: float = 0.0
+    events: tuple = ()
+    dt0: float | None = None
+    path_plan: PathPlan | None = None
 
     @property
     def reverse(self) -> bool:
@@ -159,12 +197,16 @@ class Result:
         ``schemes._adaptive`` failure codes (0: none, or a non-finite state of a fixed step; fixed steps also
         record UNSTABLE and the codes of :data:`sdekit.schemes._stability.NONFINITE_CODES`).
     stats : Stats
+    per_path : dict or None
+        Per-path runs: ``steps``, ``rejected``, ``drift_evals``, ``diffusion_evals`` (n_paths,) and the events'
+        ``event_t``, ``event_x``, ``event_id`` and ``events`` (an :class:`sdekit.events.EventLog`).
     """
 
     x: Any
     failure_time: np.ndarray
     failure_codes: np.ndarray
     stats: Stats
+    per_path: dict | None = None
 
 
 class Backend(Protocol):

@@ -40,11 +40,15 @@ from .numba_kernels import F64_1, F64_2, F64_3, FLAT
 __all__ = ["ERR_SLOT", "FORMS", "adapter", "flatten_params", "jit_user", "shape_error"]
 
 # The adapter types: "flat" maps (n*dim,) states to (n*dim,) values (flat states keep Numba's loops long when dim is
-# small); "2d" (n, dim) -> (n, dim); "3d" (n, dim) -> (n, dim, m).
+# small); "2d" (n, dim) -> (n, dim); "3d" (n, dim) -> (n, dim, m); "event" (n, dim) -> (n,), one value per path.
 FORMS = {
     "flat": F64_1(types.float64, F64_1, FLAT),
     "2d": F64_2(types.float64, F64_2, FLAT),
     "3d": F64_3(types.float64, F64_2, FLAT),
+    "event": F64_1(types.float64, F64_2, FLAT),
+    # the same with one time per row, an (n, 1) column (per-path adaptive steps: sdekit.schemes._paths)
+    "2d_t": F64_2(F64_2, F64_2, FLAT),
+    "3d_t": F64_3(F64_2, F64_2, FLAT),
 }
 # Error slots appended to the flat params: per adapter [flag, rows of the call, ndim, shape[:3]].
 ERR_SLOT = 6
@@ -312,6 +316,38 @@ def matrix_from_3d(r, n, dim, m, flat, base):
     return out
 
 
+@njit(cache=True)
+def values_from_number(v, n):
+    out = np.empty(n)
+    for a in range(n):
+        out[a] = v
+    return out
+
+
+@njit(cache=True)
+def values_from_1d(r, n, flat, base):
+    k = r.shape[0]
+    if k != 1 and k != n:
+        flag_shape(flat, base, n, 1, k, 0, 0)
+        return values_from_number(np.nan, n)
+    out = np.empty(n)
+    for a in range(n):
+        out[a] = r[a if k > 1 else 0]
+    return out
+
+
+@njit(cache=True)
+def values_from_2d(r, n, flat, base):
+    s0, s1 = r.shape
+    if (s0 != 1 and s0 != n) or s1 != 1:
+        flag_shape(flat, base, n, 2, s0, s1, 0)
+        return values_from_number(np.nan, n)
+    out = np.empty(n)
+    for a in range(n):
+        out[a] = r[a if s0 > 1 else 0, 0]
+    return out
+
+
 heal_module(sys.modules[__name__])
 
 
@@ -349,7 +385,8 @@ def _build(fn, user, name, form, dim, m, layout, slot):
                               digest_size=16).hexdigest()
 
     def make_source():
-        return _source(_return_type(user, name, params_expr, classes, layout_size(layout)), form, dim, m, params_expr,
+        return _source(_return_type(user, name, params_expr, classes, layout_size(layout), FORMS[form].args[0]),
+                       form.removesuffix("_t"), dim, m, params_expr,
                        base, name)
 
     try:
@@ -362,12 +399,12 @@ def _build(fn, user, name, form, dim, m, layout, slot):
     return compiled
 
 
-def _return_type(user, name, params_expr, classes, n_numbers):
+def _return_type(user, name, params_expr, classes, n_numbers, t_type=types.float64):
     """The Numba type of the user's function's result for the adapter's argument types (type inference only:
     the function is compiled once, as part of its adapter). ``n_numbers``: the size of the flat params."""
     flat = np.zeros(n_numbers)
     example = eval(params_expr, {**classes, "flat": flat})  # noqa: S307 - the expression is generated from the layout
-    args = (types.float64, F64_2, numba.typeof(example))
+    args = (t_type, F64_2, numba.typeof(example))
     typing, target = cpu_target.typing_context, cpu_target.target_context
     typing.refresh()
     target.refresh()
@@ -397,20 +434,24 @@ def _compile_error(name, exc):
 def _source(rt, form, dim, m, params_expr, base, name):
     """The Python source of one adapter, specialised to the result type ``rt`` of the user's function."""
     rank = rt.ndim if isinstance(rt, types.Array) else 0
-    target_rank = 3 if form == "3d" else 2
+    target_rank = {"3d": 3, "event": 1}.get(form, 2)
     n_expr, x_arg = (f"x.shape[0] // {dim}", f"x.reshape((n, {dim}))") if form == "flat" else ("x.shape[0]", "x")
     body = [f"    n = {n_expr}", f"    r = user(t, {x_arg}, {params_expr})"]
     kind, extra = ("matrix", f"{dim}, {m}") if form == "3d" else ("rows", f"{dim}")
+    if form == "event":
+        kind, extra = "values", ""
+        target_rank = 2  # an (n, 1) column is one value per path too
+    sep = ", " if extra else ""
     if rank > target_rank:
         shape = ", ".join(f"r.shape[{i}]" for i in range(3))
-        body += [f"    flag_shape(flat, {base}, n, {rank}, {shape})", f"    out = {kind}_from_number(np.nan, n, {extra})"]
+        body += [f"    flag_shape(flat, {base}, n, {rank}, {shape})", f"    out = {kind}_from_number(np.nan, n{sep}{extra})"]
     elif rank == 0:
         value = "r[()]" if isinstance(rt, types.Array) else "r"
-        body += [f"    out = {kind}_from_number(1.0 * {value}, n, {extra})"]
+        body += [f"    out = {kind}_from_number(1.0 * {value}, n{sep}{extra})"]
     else:
         if form == "flat" and rank == 2 and rt.layout == "C" and rt.dtype == types.float64:
             body += [f"    if r.shape[0] == n and r.shape[1] == {dim}:", "        return r.reshape(-1)"]  # no copy
-        body += [f"    out = {kind}_from_{rank}d(r, n, {extra}, flat, {base})"]
+        body += [f"    out = {kind}_from_{rank}d(r, n{sep}{extra}, flat, {base})"]
     body += ["    return out.reshape(-1)" if form == "flat" else "    return out"]
     return "\n".join([
         f"# sdekit adapter of `{name}` ({form}, result {rt}): generated, do not edit",
@@ -418,7 +459,8 @@ def _source(rt, form, dim, m, params_expr, base, name):
         "from numba import njit",
         "",
         "from sdekit.backends.numba_adapters import (flag_shape, matrix_from_1d, matrix_from_2d, matrix_from_3d,",
-        "                                            matrix_from_number, rows_from_1d, rows_from_2d, rows_from_number)",
+        "                                            matrix_from_number, rows_from_1d, rows_from_2d, rows_from_number,",
+        "                                            values_from_1d, values_from_2d, values_from_number)",
         "",
         "",
         "@njit(cache=True)",
@@ -438,7 +480,9 @@ def shape_error(flat, n_params, names, dim, m, forms):
         if flat[base]:
             n, nd = int(flat[base + 1]), int(flat[base + 2])
             shape = tuple(int(v) for v in flat[base + 3 : base + 3 + min(nd, 3)]) + (("...",) if nd > 3 else ())
-            target = (n, dim, dim if name == "jac" else m) if forms[slot] == "3d" else (n, dim)
+            target = (n, dim, dim if name == "jac" else m) if forms[slot].startswith("3d") else (n, dim)
+            if forms[slot] == "event":
+                target = (n,)
             return ValueError(
                 f"`{name}` returned shape {shape} for x of shape ({n}, {dim}); it must broadcast to {target} "
                 "(one row per path, trailing axes aligned)."

@@ -168,6 +168,10 @@ class NumbaBackend(NumpyBackend):
         return n_threads * (blocks + 4 * levels * batch * m * 8 + 24 * batch * width * 8)
 
     def run(self, inputs, work) -> Result:
+        if work.path_plan is not None:
+            from .paths import run_numba
+
+            return run_numba(inputs, work)
         if work.scheme.kind == "semilinear":  # one evaluation of D per step on the whole batch: NumPy's loop
             return run_exponential(inputs, work, _nonlinear(inputs))
         if work.scheme.adaptive:

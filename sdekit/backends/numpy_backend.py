@@ -101,6 +101,10 @@ class NumpyBackend:
         return 3 * n_steps * batch * m * 8 + 24 * batch * width * 8
 
     def run(self, inputs, work) -> Result:
+        if work.path_plan is not None:
+            from .paths import run_numpy
+
+            return run_numpy(inputs, work)
         if work.scheme.kind == "semilinear":
             return run_exponential(inputs, work, inputs.problem.nonlinear)
         if work.scheme.adaptive:

@@ -14,16 +14,19 @@ The estimates and how ``RMS(err)`` scales with the step (``q + 1/2`` for a lower
 
 * :func:`euler_lamba`: ``h/2 (f(t+h, X') - f(t, X)) + (g(t+h, X') - g(t, X)) dW/2``; ``h^(p+1/2)``, p the
   Euler–Maruyama order (1/2; 1 for additive noise);
+* :func:`milstein_embedded`: ``h/2 (f(t+h, X') - f(t, X)) + (1/2) L J``; ``h`` (``h^1.5`` for additive noise);
 * :func:`euler_heun_embedded`: ``h/2 (f(t+h, X') - f(t, X)) + (g(t+h, Xb) - g(t, X)) dW/2``; ``h``
   (``h^1.5`` for additive noise);
-* :func:`sra_embedded`: ``delta h sum_i f(H0_i) + sum_i beta2_i g_i I10/h``; ``h^1.5`` with ``delta = 0``;
-* :func:`sri_embedded`, :func:`sriw1_embedded`: ``delta h sum_i f(H0_i) + sum_i (beta3_i I10/h + beta4_i I111/h)
-  g(H1_i)``; ``h^1.5`` with ``delta = 0``;
+* :func:`sra_embedded`: ``delta h (sum_i alpha_i f(H0_i) - f(t, X)) + sum_i beta2_i g_i I10/h``; ``h^1.5``;
+* :func:`sri_embedded`, :func:`sriw1_embedded`: ``delta h (sum_i alpha_i f(H0_i) - f(t, X)) + sum_i (beta3_i
+  I10/h + beta4_i I111/h) g(H1_i)``; ``h^1.5``;
 * :func:`erk_embedded`: ``h sum_i (b_i - b_err_i) k_i``; ``h^(q+1)``, q = 4 for dopri5.
 
-With ``delta > 0`` the Rackauckas–Nie drift term ``delta h sum_i f(H0_i)`` is of size ``h`` (it is a bound on
-the drift's contribution, not a difference of two drift approximations), so ``RMS(err)`` then scales like ``h``
-where the drift is non-zero.
+The noise part ``E_N`` is Rackauckas & Nie's (2017, DCDS-B 22(7), §3): the terms whose removal leaves a method of
+strong order 1. Their drift part is ``delta h sum_i f(H0_i)``, of size ``h`` whatever the accuracy (a bound on the
+drift's motion, not a difference of two approximations): it makes the error scale like ``h`` and stalls the steps
+at loose tolerances. Here ``E_D`` is the difference between the scheme's drift quadrature and the Euler drift
+``h f(t, X)`` on the same stages — an embedded lower-order drift, ``O(h^1.5)`` like ``E_N`` — with ``delta = 1``.
 """
 
 from __future__ import annotations
@@ -32,12 +35,15 @@ import numpy as np
 
 from ._steps import apply_noise
 
-__all__ = ["DELTA", "EVALS", "embedded_plan", "erk_embedded", "euler_heun_embedded", "euler_lamba", "sra_embedded",
-           "sri_embedded", "sriw1_embedded"]
+__all__ = [
+    "DELTA", "EVALS", "embedded_plan", "estimate_order", "milstein_embedded", "erk_embedded",
+    "euler_heun_embedded", "euler_lamba", "sra_embedded", "sri_embedded", "sriw1_embedded",
+]
 
-# The weight of the drift estimate E_D in E = delta E_D + E_N (Rackauckas & Nie 2017, §3): the default of the
-# `delta` option of StochasticDiffEq.jl, which implements their estimates.
-DELTA = 1.0 / 6.0
+# The weight of the drift estimate E_D in E = delta E_D + E_N (the form of Rackauckas & Nie 2017, §3; their E_D is
+# a sum of drift values, weighted by StochasticDiffEq.jl's default 1/6; ours is a difference of two drift
+# approximations, an error estimate in its own right, weighted 1).
+DELTA = 1.0
 
 
 def euler_lamba(f, g, p, tab, t, x, h, sq, dw, levy_area):
@@ -83,6 +89,32 @@ def euler_heun_embedded(f, g, p, tab, t, x, h, sq, dw, levy_area):
     return x_new, err
 
 
+def milstein_embedded(f, g, p, tab, t, x, h, sq, dw, levy_area):
+    """Derivative-free Milstein (scalar, diagonal or additive noise, Itô or Stratonovich) with the embedded
+    Euler–Maruyama estimate.
+
+    ``X' = X + f h + g dW + (1/2) L J`` with ``J = dW^2 - h`` (Itô, ``tab[0, 0] = 1``) or ``dW^2``
+    (Stratonovich), and ``L = (g(t, X + g sqrt(h)) - g(t, X - g sqrt(h))) / (2 sqrt(h)) = g g' + O(h)``, the
+    central quotient (Kloeden & Platen 1992, §11.1) for both calculi: the one-sided Itô quotient of
+    :func:`._steps.milstein` leaves an error ``(1/4) g'' g^2 sqrt(h) J`` of mean zero only while the steps do not
+    depend on ``dW``; adaptive steps do, so the central quotient keeps strong order 1 there. ``err = h/2
+    (f(t + h, X') - f(t, X)) + (1/2) L J``: the trapezoidal drift difference plus the Milstein term, the
+    difference to the embedded Euler–Maruyama step (Lamba 2003's form); ``RMS(err) ~ h``. 2 drift and 3
+    diffusion evaluations. Why an Itô adaptive scheme needs the ``dW^2 - h`` term explicitly: steps chosen from
+    the path bias the sum of accepted ``dW^2`` (the quadratic variation) that Euler–Maruyama relies on
+    (Gaines & Lyons 1997, SIAM J. Appl. Math. 57(5)); Milstein's ``J`` term corrects it to ``O(h)``.
+    """
+    ito = tab[0, 0]
+    ah = sq * sq
+    fx = f(t, x, p)
+    gx = g(t, x, p)
+    quotient = (g(t, x + gx * sq, p) - g(t, x - gx * sq, p)) * (0.5 / sq)
+    corr = (0.5 * quotient) * (dw * dw - ito * ah)
+    x_new = x + fx * h + gx * dw + corr
+    err = (0.5 * h) * (f(t + h, x_new, p) - fx) + corr
+    return x_new, err
+
+
 def sra_embedded(f, g, p, tab, t, x, h, sq, dw, levy_area):
     """Rößler's SRA step (any SRA tableau) with the natural-embedding estimate of Rackauckas & Nie (2017).
 
@@ -90,11 +122,12 @@ def sra_embedded(f, g, p, tab, t, x, h, sq, dw, levy_area):
     ``beta2`` terms (the ``I_(1,0)`` terms) leaves a strong order 1.0 method for additive noise, so
     (Rackauckas & Nie 2017, DCDS-B 22(7), 2731–2761, §3, eqs. for ``E_D``, ``E_N`` and ``E = delta E_D + E_N``)
 
-    ``E_N = sum_i beta2_i g(t + c1_i h) I_(1,0)/h``,  ``E_D = h sum_i f(t + c0_i h, H0_i)``,
+    ``E_N = sum_i beta2_i g(t + c1_i h) I_(1,0)/h``,  ``E_D = h (sum_i alpha_i f(t + c0_i h, H0_i) - f(t, X))``,
     ``err = delta E_D + E_N``,
 
     with ``I_(1,0)/h = dW/2 + H`` and ``delta = tab[5 + 2s, 0]`` (packed by :func:`embedded_plan`). ``E_N`` is
-    ``O(h^1.5)`` in RMS (``sum beta2 = 0``); ``E_D`` is ``O(h)``. No extra evaluation. ``tab`` rows: those of
+    ``O(h^1.5)`` in RMS (``sum beta2 = 0``), and so is ``E_D``, the difference to the Euler drift on the same
+    stages (see the module notes on why not Rackauckas & Nie's ``h sum_i f``). No extra evaluation. ``tab`` rows: those of
     :func:`._steps.sra`, then ``[delta, 0, ...]``. Diagonal or (n, dim, m) additive noise.
     """
     s = tab.shape[1]
@@ -123,8 +156,8 @@ def sra_embedded(f, g, p, tab, t, x, h, sq, dw, levy_area):
                 xi = xi + B0[i, j] * NZ[j]
         F[i] = f(t + c0[i] * h, xi, p)
         out = out + (alpha[i] * h) * F[i]
-        f_sum = f_sum + F[i]
-    return out, (delta * h) * f_sum + e_noise
+        f_sum = f_sum + alpha[i] * F[i]
+    return out, (delta * h) * (f_sum - f(t, x, p) if c0[0] != 0.0 else f_sum - F[0]) + e_noise
 
 
 def sri_embedded(f, g, p, tab, t, x, h, sq, dw, levy_area):
@@ -134,10 +167,11 @@ def sri_embedded(f, g, p, tab, t, x, h, sq, dw, levy_area):
     ``I_(1,0)`` and ``I_(1,1,1)``) leaves a strong order 1.0 method, so (Rackauckas & Nie 2017, DCDS-B 22(7), §3)
 
     ``E_N = sum_i (beta3_i I_(1,0)/h + beta4_i I_(1,1,1)/h) g(t + c1_i h, H1_i)``,
-    ``E_D = h sum_i f(t + c0_i h, H0_i)`` (the stages the step evaluates), ``err = delta E_D + E_N``,
+    ``E_D = h (sum_i alpha_i f(t + c0_i h, H0_i) - f(t, X))``, ``err = delta E_D + E_N``,
 
     ``delta = tab[9 + 4s, 0]``. The order conditions ``sum beta3 = beta3.B1e = 0``,
-    ``sum beta4 = beta4.B1e = 0`` make ``E_N`` ``O(h^1.5)`` in RMS; ``E_D`` is ``O(h)``. No extra evaluation.
+    ``sum beta4 = beta4.B1e = 0`` make ``E_N`` ``O(h^1.5)`` in RMS, and ``E_D`` (the difference to the Euler
+    drift) is too. No extra evaluation when the first stage is ``f(t, X)`` (``c0_1 = 0``, ``A0`` row 1 zero).
     Diagonal or scalar noise ((n, dim) diffusion).
     """
     s = tab.shape[1]
@@ -168,7 +202,7 @@ def sri_embedded(f, g, p, tab, t, x, h, sq, dw, levy_area):
                 h1 = h1 + (B1[i, j] * sq) * G[j]
         if need_f[i] != 0.0:
             F[i] = f(t + c0[i] * h, h0, p)
-            f_sum = f_sum + F[i]
+            f_sum = f_sum + alpha[i] * F[i]
             if alpha[i] != 0.0:
                 out = out + (alpha[i] * h) * F[i]
         if need_g[i] != 0.0:
@@ -176,13 +210,14 @@ def sri_embedded(f, g, p, tab, t, x, h, sq, dw, levy_area):
             high = G[i] * (beta3[i] * chi2 + beta4[i] * chi3)
             out = out + G[i] * (beta1[i] * dw + beta2[i] * chi1) + high
             e_noise = e_noise + high
-    return out, (delta * h) * f_sum + e_noise
+    euler_drift = F[0] if need_f[0] != 0.0 and c0[0] == 0.0 else f(t, x, p)
+    return out, (delta * h) * (f_sum - euler_drift) + e_noise
 
 
 def sriw1_embedded(f, g, p, tab, t, x, h, sq, dw, levy_area):
     """SRIW1 written out (:func:`._steps.sriw1`) with the estimate of :func:`sri_embedded` on its tableau.
 
-    ``E_D = h (f(t, X) + f(t + 3h/4, H0_2))``,
+    ``E_D = (2/3) h (f(t + 3h/4, H0_2) - f(t, X))`` (SRIW1's drift ``h (f1 + 2 f2)/3`` minus Euler's ``h f1``),
     ``E_N = I_(1,0)/h (2 g1 - 4/3 g2 - 2/3 g3) + I_(1,1,1)/h (-2 g1 + 5/3 g2 - 2/3 g3 + g4)``,
     ``err = delta E_D + E_N`` (Rackauckas & Nie 2017, DCDS-B 22(7), §3), ``delta = tab[-1, 0]`` (the row after
     the SRI rows packed by :func:`embedded_plan`). 2 drift and 4 diffusion evaluations, as the fixed step.
@@ -204,7 +239,7 @@ def sriw1_embedded(f, g, p, tab, t, x, h, sq, dw, levy_area):
              + dw * (-g1 + (4.0 / 3.0) * g2 + (2.0 / 3.0) * g3)
              + chi1 * (-g1 + (4.0 / 3.0) * g2 - (1.0 / 3.0) * g3)
              + e_noise)
-    return x_new, delta * (fh1 + fh2) + e_noise
+    return x_new, (delta * 2.0 / 3.0) * (fh2 - fh1) + e_noise
 
 
 def erk_embedded(f, g, p, tab, t, x, h, sq, dw, levy_area):
@@ -237,12 +272,23 @@ def erk_embedded(f, g, p, tab, t, x, h, sq, dw, levy_area):
 # the total per call for a scheme.
 EVALS = {
     euler_lamba: (1, 1),
+    milstein_embedded: (1, 1),
     euler_heun_embedded: (1, 0),
     sra_embedded: (0, 0),
     sri_embedded: (0, 0),
     sriw1_embedded: (0, 0),
     erk_embedded: (0, 0),
 }
+
+
+def estimate_order(step, problem, scheme) -> float:
+    """The power ``q`` of ``h`` in the RMS of ``step``'s error estimate on ``problem`` (the controller's
+    step-size exponent is ``1/q``): ``h^(p+1/2)`` of the lower member of the pair (see the module notes)."""
+    if step is erk_embedded:
+        return float(scheme.order_for(problem))
+    if step in (euler_lamba, euler_heun_embedded, milstein_embedded):
+        return 1.5 if problem.noise == "additive" else 1.0
+    return 1.5
 
 
 def _with_row(tab, first):
@@ -282,5 +328,10 @@ def embedded_plan(scheme, problem, dim: int, delta: float = DELTA):
             raise ValueError(f"method {scheme.name!r} has no embedded Runge–Kutta solution (b_err); use dopri5 for "
                              "adaptive steps.")
         tab = _with_row(tab, np.asarray(scheme.tableau.b, dtype=np.float64) - np.asarray(b_err, dtype=np.float64))
+    if step is milstein_embedded:
+        if problem.matrix_noise and problem.noise != "additive":
+            raise ValueError("adaptive 'milstein' takes scalar, diagonal or additive noise; for commutative matrix "
+                             "noise use fixed steps (n_steps/dt).")
+        return step, np.ascontiguousarray(plan.tab), 2, 3
     extra_f, extra_g = EVALS[step]
     return step, tab, plan.n_drift + extra_f, plan.n_diffusion + extra_g

@@ -88,6 +88,11 @@ class Scheme:
     matrix_noise : bool
         Whether the step accepts a ``(dim, m)`` diffusion matrix (SRI steps
         act componentwise and need diagonal-shaped noise).
+    embedded : callable or None
+        The step with an embedded error estimate for adaptive stepping,
+        ``step(f, g, p, tab, t, x, h, sq, dw, levy_area) -> (x_new, err)``
+        (:mod:`sdekit.schemes._embedded`; its ``tab`` from
+        ``_embedded.embedded_plan``); None: fixed steps only.
     """
 
     name: str
@@ -101,6 +106,7 @@ class Scheme:
     reference: str = ""
     family: Family | None = None
     matrix_noise: bool = True
+    embedded: Callable | None = None
 
     @property
     def noise_types(self) -> tuple:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import _steps
+from . import _embedded, _steps
 from .base import Family, Scheme, StepPlan, register
 from .euler import calculus_flag
 
@@ -24,6 +24,6 @@ MILSTEIN_FAMILY = Family("milstein", milstein_plan, steps=(_steps.euler, _steps.
 MILSTEIN = register(Scheme(
     "milstein", "sde", {"scalar": 1.0, "diagonal": 1.0, "additive": 1.0, "commutative": 1.0},
     dict.fromkeys(("scalar", "diagonal", "additive", "commutative"), 1.0), ("ito", "stratonovich"),
-    family=MILSTEIN_FAMILY,
+    family=MILSTEIN_FAMILY, embedded=_embedded.milstein_embedded,
     reference="Milstein (1974); derivative-free form: Kloeden & Platen (1992), eqs. 11.1.5 and 11.1.7.",
 ))

@@ -9,7 +9,7 @@ Two families, each interpreting any tableau of its kind: SRA (additive noise,
 from __future__ import annotations
 
 from .. import tableaus as tb
-from . import _steps
+from . import _embedded, _steps
 from .base import Family, Scheme, StepPlan, pack_tableau, register
 
 BOTH_CALCULI = ("ito", "stratonovich")  # additive noise: the two coincide
@@ -43,11 +43,14 @@ SRI = Family("sri", sri_plan, steps=(_steps.sri,))
 SRIW1_WRITTEN_OUT = Family("sriw1", sriw1_plan, steps=(_steps.sriw1,))
 
 SRA1 = register(Scheme("sra1", "sde", {"additive": 1.5}, {"additive": 2.0}, BOTH_CALCULI, levy_area=True,
-                       tableau=tb.SRA1, family=SRA, reference="Rößler (2010), SIAM J. Numer. Anal. 48(3), 922–952, SRA1."))
+                       tableau=tb.SRA1, family=SRA, embedded=_embedded.sra_embedded,
+                       reference="Rößler (2010), SIAM J. Numer. Anal. 48(3), 922–952, SRA1."))
 SRA3 = register(Scheme("sra3", "sde", {"additive": 1.5}, {"additive": 3.0}, BOTH_CALCULI, levy_area=True,
-                       tableau=tb.SRA3, family=SRA, reference="Rößler (2010), SIAM J. Numer. Anal. 48(3), 922–952, SRA3."))
+                       tableau=tb.SRA3, family=SRA, embedded=_embedded.sra_embedded,
+                       reference="Rößler (2010), SIAM J. Numer. Anal. 48(3), 922–952, SRA3."))
 SRIW1 = register(Scheme(
     "sriw1", "sde", {"scalar": 1.5, "diagonal": 1.5, "additive": 1.5}, {"scalar": 2.0, "diagonal": 2.0, "additive": 2.0},
     ("ito",), levy_area=True, tableau=tb.SRIW1, family=SRIW1_WRITTEN_OUT, matrix_noise=False,
+    embedded=_embedded.sriw1_embedded,
     reference="Rößler (2010), SIAM J. Numer. Anal. 48(3), 922–952, SRIW1.",
 ))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import tableaus as tb
-from . import _steps
+from . import _embedded, _steps
 from .base import Family, Scheme, StepPlan, pack_tableau, register
 
 
@@ -20,7 +20,8 @@ def runge_kutta(tableau, reference: str) -> Scheme:
     """Register the ODE scheme of ``tableau`` (order from the tableau; adaptive when it has an embedded solution)."""
     order = {"ode": float(tableau.order)}
     return register(Scheme(tableau.name, "ode", order, order, tableau=tableau, adaptive=tableau.b_err is not None,
-                           family=ERK, reference=reference))
+                           family=ERK, reference=reference,
+                           embedded=_embedded.erk_embedded if tableau.b_err is not None else None))
 
 
 EULER = runge_kutta(tb.EULER, "Euler (1768).")
