@@ -36,7 +36,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 KERNEL_SOURCES = (
     "_rng.py", "_bridge.py", "_cursor.py", "schemes/_steps.py", "schemes/_adaptive.py", "backends/numba_kernels.py",
     "backends/numba_backend.py", "backends/numba_adapters.py", "ops.py", "schemes/_stability.py", "schemes/_rosenbrock.py",
-    "backends/rosenbrock.py",
+    "backends/rosenbrock.py", "schemes/_paths.py", "schemes/_embedded.py", "backends/paths.py",
 )
 
 

@@ -98,6 +98,11 @@ class EventLog:
     def __len__(self):
         return int(self.path.size)
 
+    @classmethod
+    def empty(cls, dim: int) -> EventLog:
+        """The log of a solve in which nothing fired (states of ``dim`` components)."""
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros((0, dim)))
+
     def of(self, event: int) -> EventLog:
         """The firings of one event."""
         keep = self.event == event

@@ -389,8 +389,7 @@ def _uniform_per_path(result, work):
     return {"steps": each(stats.n_accepted), "rejected": each(stats.n_rejected), "drift_evals": each(stats.n_drift_evals),
             "diffusion_evals": each(stats.n_diffusion_evals), "event_t": np.full(stats.n_paths, np.nan),
             "event_x": np.full((stats.n_paths, dim), np.nan), "event_id": np.full(stats.n_paths, -1, dtype=np.int64),
-            "events": EventLog(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0),
-                               np.zeros((0, dim)))}
+            "events": EventLog.empty(dim)}
 
 
 def _memory_limit() -> int:

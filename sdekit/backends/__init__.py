@@ -248,3 +248,14 @@ def fixed_step_stats(work: Work, n_paths: int, noise_dim: int) -> Stats:
 def no_failures(n_paths: int) -> tuple[np.ndarray, np.ndarray]:
     """``(failure_time, failure_codes)`` of ``n_paths`` paths before any failed: NaN times, zero codes."""
     return np.full(n_paths, np.nan), np.zeros(n_paths, dtype=np.int64)
+
+
+def ode_per_path(counts, dim) -> dict:
+    """``Result.per_path`` of an adaptive ODE run from its ``(n_paths, 3)`` counts (accepted, rejected, evaluations)."""
+    from ..events import EventLog
+
+    n = counts.shape[0]
+    return {"steps": counts[:, 0].copy(), "rejected": counts[:, 1].copy(), "drift_evals": counts[:, 2].copy(),
+            "diffusion_evals": np.zeros(n, dtype=np.int64), "event_t": np.full(n, np.nan),
+            "event_x": np.full((n, dim), np.nan), "event_id": np.full(n, -1, dtype=np.int64),
+            "events": EventLog.empty(dim)}

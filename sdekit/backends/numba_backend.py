@@ -32,7 +32,7 @@ from numba.core.errors import NumbaIRAssumptionWarning
 from ..schemes import _adaptive
 from ..schemes._stability import nonfinite_code
 from ..solution import Stats
-from . import Inputs, Result, Work, fixed_step_stats, no_failures, rosenbrock
+from . import Inputs, Result, Work, fixed_step_stats, no_failures, ode_per_path, rosenbrock
 from .numba_adapters import ERR_SLOT, adapter, flatten_params, shape_error
 from .numba_kernels import F64_1 as _F64_1
 from .numba_kernels import F64_2 as _F64_2
@@ -53,11 +53,12 @@ _integrate_path = njit(_adaptive.integrate_path)
 @cached_kernel(
     types.void(FN2, _FLAT, _F64_2, types.float64[::1], types.float64[::1], types.float64[::1], _F64_2,
                types.float64, types.float64, _F64_2, types.int64, types.int64, types.float64, types.float64,
-               types.int64, types.float64[::1], _F64_3, types.float64[::1], types.int64[::1], types.int64[::1]),
+               types.int64, types.float64[::1], _F64_3, types.float64[::1], types.int64[::1], types.int64[::1],
+               types.int64[:, ::1]),
     nogil=True,
 )
 def _adaptive_range(f, p, A, b, e, c, P, t0, t1, x0, lo, hi, rtol, atol, max_steps, save_t, out, fail_t,
-                    codes, totals):
+                    codes, totals, per_path):
     counts = np.zeros(3, dtype=np.int64)
     dim = x0.shape[1]
     for i in range(lo, hi):
@@ -72,6 +73,7 @@ def _adaptive_range(f, p, A, b, e, c, P, t0, t1, x0, lo, hi, rtol, atol, max_ste
                 out[j, i, k] = res[j, k]
         for k in range(3):
             totals[k] += counts[k]
+            per_path[i, k] = counts[k]
         if code != 0:
             fail_t[i] = t_end
             codes[i] = code
@@ -251,16 +253,17 @@ def run_adaptive(inputs: Inputs, work: Work) -> Result:
     failure_time, failure_codes = no_failures(inputs.n_paths)
     ranges = _ranges(inputs.n_paths, 16, numba.get_num_threads())
     totals = np.zeros((len(ranges), 3), dtype=np.int64)  # per range: accepted, rejected, evaluations
+    per_path = np.zeros((inputs.n_paths, 3), dtype=np.int64)
     slot = {r: i for i, r in enumerate(ranges)}
 
     def integrate(lo, hi):
         thread_flat = flat.copy()
         _adaptive_range(f, thread_flat, tab.A, tab.b, error_weights, tab.c, tab.dense, work.t0, work.t1, inputs.x0,
                         lo, hi, tol.rtol, tol.atol, tol.max_steps, work.save_t, out, failure_time, failure_codes,
-                        totals[slot[(lo, hi)]])
+                        totals[slot[(lo, hi)]], per_path)
         check(thread_flat)
 
     _run_parallel(integrate, ranges)
     accepted, rejected, evaluations = (int(v) for v in totals.sum(axis=0))
     stats = Stats(accepted + rejected, accepted, rejected, evaluations, 0, inputs.n_paths)
-    return Result(out, failure_time, failure_codes, stats)
+    return Result(out, failure_time, failure_codes, stats, ode_per_path(per_path, inputs.dim))

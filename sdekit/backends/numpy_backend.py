@@ -20,7 +20,7 @@ from ..schemes import _adaptive, _stability
 from ..schemes._stability import nonfinite_code
 from ..semilinear import ORDERS, SemilinearODE, grid_weights
 from ..solution import Stats
-from . import Inputs, Options, Result, Work, fixed_step_stats, no_failures, rosenbrock
+from . import Inputs, Options, Result, Work, fixed_step_stats, no_failures, ode_per_path, rosenbrock
 
 
 def wrap(fn, target, name="drift"):
@@ -223,6 +223,7 @@ def run_adaptive(inputs: Inputs, work: Work) -> Result:
     failure_time, failure_codes = no_failures(inputs.n_paths)
     counts = np.zeros(3, dtype=np.int64)  # accepted, rejected, evaluations of one path (filled by integrate_path)
     totals = np.zeros(3, dtype=np.int64)
+    per_path = np.zeros((inputs.n_paths, 3), dtype=np.int64)
     x0 = inputs.x0
     for i in range(inputs.n_paths):
         xi = np.array(x0[i : i + 1] if x0.shape[0] > 1 else x0[:1], dtype=float)
@@ -231,12 +232,13 @@ def run_adaptive(inputs: Inputs, work: Work) -> Result:
             tol.rtol, tol.atol, tol.max_steps, work.save_t, out[:, i, :], counts,
         )
         totals += counts
+        per_path[i] = counts
         if code != _adaptive.OK:
             failure_time[i] = t_end
             failure_codes[i] = code
     accepted, rejected, evaluations = (int(v) for v in totals)
     stats = Stats(accepted + rejected, accepted, rejected, evaluations, 0, inputs.n_paths)
-    return Result(out, failure_time, failure_codes, stats)
+    return Result(out, failure_time, failure_codes, stats, ode_per_path(per_path, dim))
 
 
 def run_exponential(inputs: Inputs, work: Work, nonlinear) -> Result:

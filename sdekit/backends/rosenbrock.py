@@ -21,7 +21,7 @@ from numba import njit, types
 from ..schemes import _adaptive, _rosenbrock
 from ..schemes.rosenbrock import ROSENBROCK
 from ..solution import Stats
-from . import Inputs, Result, Work, no_failures
+from . import Inputs, Result, Work, no_failures, ode_per_path
 from .numba_kernels import F64_2, F64_3, FLAT, FN2, FN3, cached_kernel, no_jacobian
 
 
@@ -47,6 +47,7 @@ def run_numpy(inputs: Inputs, work: Work) -> Result:
     failure_time, failure_codes = no_failures(inputs.n_paths)
     counts = np.zeros(3, dtype=np.int64)
     totals = np.zeros(3, dtype=np.int64)
+    per_path = np.zeros((inputs.n_paths, 3), dtype=np.int64)
     x0 = inputs.x0
     for i in range(inputs.n_paths):
         xi = np.array(x0[i : i + 1] if x0.shape[0] > 1 else x0[:1], dtype=float)
@@ -54,10 +55,11 @@ def run_numpy(inputs: Inputs, work: Work) -> Result:
                                                  work.t1, xi, tol.rtol, tol.atol, tol.max_steps, work.save_t,
                                                  out[:, i, :], counts)
         totals += counts
+        per_path[i] = counts
         if code != _adaptive.OK:
             failure_time[i] = t_end
             failure_codes[i] = code
-    return Result(out, failure_time, failure_codes, _stats(totals, inputs.n_paths))
+    return Result(out, failure_time, failure_codes, _stats(totals, inputs.n_paths), ode_per_path(per_path, dim))
 
 
 # --------------------------------------------------------------------------- numba
@@ -68,11 +70,11 @@ _integrate_path = njit(_rosenbrock.integrate_path)
     types.void(FN2, FN3, types.boolean, FLAT, F64_2, F64_2, types.float64, types.float64[::1], types.float64[::1],
                types.float64[::1], types.float64[::1], F64_2, types.float64, types.float64, types.float64, F64_2,
                types.int64, types.int64, types.float64, types.float64, types.int64, types.float64[::1], F64_3,
-               types.float64[::1], types.int64[::1], types.int64[::1]),
+               types.float64[::1], types.int64[::1], types.int64[::1], types.int64[:, ::1]),
     nogil=True,
 )
 def _rosenbrock_range(f, jac, use_jac, p, a, C, gamma, c, d, b, e, H, order, t0, t1, x0, lo, hi, rtol, atol,
-                      max_steps, save_t, out, fail_t, codes, totals):
+                      max_steps, save_t, out, fail_t, codes, totals, per_path):
     counts = np.zeros(3, dtype=np.int64)
     dim = x0.shape[1]
     for i in range(lo, hi):
@@ -88,6 +90,7 @@ def _rosenbrock_range(f, jac, use_jac, p, a, C, gamma, c, d, b, e, H, order, t0,
                 out[j, i, k] = res[j, k]
         for k in range(3):
             totals[k] += counts[k]
+            per_path[i, k] = counts[k]
         if code != 0:
             fail_t[i] = t_end
             codes[i] = code
@@ -109,6 +112,7 @@ def run_numba(inputs: Inputs, work: Work) -> Result:
     failure_time, failure_codes = no_failures(inputs.n_paths)
     ranges = _ranges(inputs.n_paths, 16, numba.get_num_threads())
     totals = np.zeros((len(ranges), 3), dtype=np.int64)
+    per_path = np.zeros((inputs.n_paths, 3), dtype=np.int64)
     slot = {r: i for i, r in enumerate(ranges)}
     coefficients = _coefficients(work)
 
@@ -116,13 +120,14 @@ def run_numba(inputs: Inputs, work: Work) -> Result:
         thread_flat = flat.copy()
         _rosenbrock_range(f, jac, has_jac, thread_flat, *coefficients, work.t0, work.t1, inputs.x0, lo, hi, tol.rtol,
                           tol.atol, tol.max_steps, work.save_t, out, failure_time, failure_codes,
-                          totals[slot[(lo, hi)]])
+                          totals[slot[(lo, hi)]], per_path)
         err = shape_error(thread_flat, n_params, names, dim, dim, forms)
         if err is not None:
             raise err
 
     _run_parallel(integrate, ranges)
-    return Result(out, failure_time, failure_codes, _stats(totals.sum(axis=0), inputs.n_paths))
+    return Result(out, failure_time, failure_codes, _stats(totals.sum(axis=0), inputs.n_paths),
+                  ode_per_path(per_path, dim))
 
 
 # --------------------------------------------------------------------------- torch

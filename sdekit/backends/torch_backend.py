@@ -230,6 +230,10 @@ class TorchBackend:
         return 2 * n_save * n_paths * dim * itemsize + work
 
     def run(self, inputs, work) -> Result:
+        if work.path_plan is not None:  # adaptive SDE steps per path (events are refused there)
+            from .torch_paths import run as run_paths
+
+            return run_paths(inputs, work)
         if work.scheme.kind == "semilinear":
             return run_exponential(inputs, work)
         if work.scheme.adaptive:
