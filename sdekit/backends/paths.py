@@ -10,7 +10,7 @@ scheme adapts its steps (``rtol``/``atol`` given) or when events are given.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
 from .. import _cursor, checks, ops
 from .._rng import lane_keys
@@ -197,6 +197,31 @@ def _store(a, i, res, code, t_end, acc, rej, nf, ng, n_log, ev_t, ev_id, ev_x, f
 _KERNELS: dict = {}
 
 
+def attempt_signature(matrix: bool, rows: bool):
+    """The compiled type of an attempt (see :func:`attempt_of`) whose functions take the time as a number, or as an
+    (n, 1) column with ``rows`` (the batched integrator); ``matrix``: an (n, dim, m) diffusion."""
+    from .numba_kernels import F64_2, F64_3, FLAT
+
+    t = F64_2 if rows else types.float64
+    fn_f = types.FunctionType(F64_2(t, F64_2, FLAT))
+    fn_g = types.FunctionType((F64_3 if matrix else F64_2)(t, F64_2, FLAT))
+    return types.Tuple((F64_2, F64_2))(fn_f, fn_g, FLAT, F64_2, t, F64_2, t, t, F64_2, F64_2)
+
+
+_ATTEMPTS: dict = {}
+
+
+def compiled_attempt(attempt, matrix: bool, rows: bool):
+    """``attempt`` compiled for :func:`attempt_signature` (cached on disk): a first-class function the integrator
+    kernels take as an argument, so that they are compiled once for every scheme."""
+    from .numba_kernels import CachedKernel
+
+    key = (attempt, matrix, rows)
+    if key not in _ATTEMPTS:
+        _ATTEMPTS[key] = CachedKernel(attempt, attempt_signature(matrix, rows))
+    return _ATTEMPTS[key].compiled
+
+
 def _kernel_signature(matrix: bool, n_slots: int):
     from .numba_kernels import F64_1, F64_2, F64_3, FLAT, FN2, FN3
 
@@ -204,23 +229,23 @@ def _kernel_signature(matrix: bool, n_slots: int):
     i64, f64, b1 = types.int64, types.float64, types.boolean
     i64_1, i64_2 = types.int64[::1], types.int64[:, ::1]
     return types.void(
-        FN2, FN3 if matrix else FN2, FLAT, F64_2, f64, b1, i64, i64, F64_2, f64, f64, f64, f64, i64, f64, i64, f64, f64,
+        types.FunctionType(attempt_signature(matrix, False)), FN2, FN3 if matrix else FN2, FLAT, F64_2, f64, b1, i64, i64,
+        F64_2, f64, f64, f64, f64, i64, f64, i64, f64, f64,
         i64, f64, F64_1, F64_3, types.uint64, i64, i64, b1, types.UniTuple(fne, n_slots), i64, i64_1,
         types.boolean[::1], types.boolean[::1], F64_2, F64_3, i64_2, i64_1, F64_1, i64_1, F64_2, i64_1, i64_1, i64_1, i64_1, F64_1, i64_1,
         i64, i64,
     )
 
 
-def path_kernel(attempt, matrix: bool, n_slots: int):
-    """The compiled kernel that integrates paths ``lo..hi-1`` with ``attempt`` (``matrix``: an (n, dim, m)
-    diffusion; ``n_slots`` event functions), compiled on first use and cached on disk."""
+def path_kernel(matrix: bool, n_slots: int):
+    """The compiled kernel that integrates paths ``lo..hi-1`` one at a time with a compiled attempt
+    (:func:`compiled_attempt`; ``matrix``: an (n, dim, m) diffusion; ``n_slots`` event functions), compiled on
+    first use and cached on disk."""
     from .numba_kernels import CachedKernel
 
-    key = (attempt, matrix, n_slots)
+    key = ("path", matrix, n_slots)
     if key not in _KERNELS:
-        step = njit(attempt)  # a compiled function can be handed to the integrator as a value
-
-        def run_range(f, g, p, tab, exponent, adaptive, n_drift, n_diffusion, x0, tau0, tau1, lo, hi, n_cells,
+        def run_range(step, f, g, p, tab, exponent, adaptive, n_drift, n_diffusion, x0, tau0, tau1, lo, hi, n_cells,
                       cell_length, n_fixed, rtol, atol, max_steps, dt0, save_tau, out, seed_key, first_path, m,
                       levy_area, events, n_events, ev_direction, ev_terminal, ev_bridge, log_t, log_x, log_id, log_n, ev_t, ev_id,
                       ev_x, steps, rejected, n_f, n_g, fail_t, codes, path_lo, path_hi):
@@ -248,8 +273,7 @@ def path_kernel(attempt, matrix: bool, n_slots: int):
                 if code != 0:
                     fail_t[i], codes[i] = t_end, code
 
-        name = getattr(attempt, "__name__", "attempt")
-        run_range.__qualname__ = f"paths_{name}{'_matrix' if matrix else ''}_{n_slots}"
+        run_range.__qualname__ = f"paths{'_matrix' if matrix else ''}_{n_slots}"
         _KERNELS[key] = CachedKernel(run_range, _kernel_signature(matrix, n_slots), nogil=True)
     return _KERNELS[key]
 
@@ -304,7 +328,8 @@ def run_numba(inputs: Inputs, work: Work) -> Result:
     args = common_arguments(inputs, work)
     direction, terminal, bridge = event_settings(work)
     plan = work.path_plan
-    kernel = path_kernel(plan.attempt, matrix, n_slots)
+    kernel = path_kernel(matrix, n_slots)
+    step = compiled_attempt(plan.attempt, matrix, False)
     seed_key = work.brownian._seed_key if work.brownian is not None else np.uint64(0)
     first_path = work.brownian.first_path if work.brownian is not None else 0
     levy_area = bool(work.brownian is not None and work.brownian.levy_area)
@@ -314,7 +339,7 @@ def run_numba(inputs: Inputs, work: Work) -> Result:
     def run_paths(a, capacity, failure_time, failure_codes):
         def integrate(lo, hi):
             thread_flat = flat.copy()
-            kernel(f, g, thread_flat, tab, args["exponent"], args["adaptive"], args["n_drift"], args["n_diffusion"], x0,
+            kernel(step, f, g, thread_flat, tab, args["exponent"], args["adaptive"], args["n_drift"], args["n_diffusion"], x0,
                    args["tau0"], args["tau1"], args["lo"], args["hi"], args["n_cells"], args["cell_length"],
                    args["n_fixed"], args["rtol"], args["atol"], args["max_steps"], args["dt0"], args["save_tau"],
                    a["out"], np.uint64(seed_key), first_path, m, levy_area, events_arg, len(events), direction, terminal,
@@ -340,21 +365,21 @@ def _kernel_batch_signature(matrix: bool):
     fn3 = types.FunctionType(F64_3(F64_2, F64_2, FLAT))
     i64, f64, b1, i64_1 = types.int64, types.float64, types.boolean, types.int64[::1]
     return types.void(
-        fn2, fn3 if matrix else fn2, FLAT, F64_2, f64, i64, i64, F64_2, f64, f64, f64, f64, i64, f64, f64, f64, i64, f64,
+        types.FunctionType(attempt_signature(matrix, True)), fn2, fn3 if matrix else fn2, FLAT, F64_2, f64, i64, i64,
+        F64_2, f64, f64, f64, f64, i64, f64, f64, f64, i64, f64,
         F64_1, F64_3, types.uint64, i64, i64, b1, i64, i64_1, i64_1, i64_1, i64_1, F64_1, i64_1, i64, i64,
     )
 
 
-def batch_kernel(attempt, matrix: bool):
+def batch_kernel(matrix: bool):
     """The compiled kernel of the batched integrator (:func:`sdekit.schemes._paths.integrate_batch`) for paths
-    ``lo..hi-1``, in batches of ``batch`` paths; compiled on first use and cached on disk."""
+    ``lo..hi-1``, in batches of ``batch`` paths, with a compiled attempt (:func:`compiled_attempt`); compiled on
+    first use and cached on disk."""
     from .numba_kernels import CachedKernel
 
-    key = ("batch", attempt, matrix)
+    key = ("batch", matrix)
     if key not in _KERNELS:
-        step = njit(attempt)
-
-        def run_batches(f, g, p, tab, exponent, n_drift, n_diffusion, x0, tau0, tau1, lo, hi, n_cells, cell_length,
+        def run_batches(step, f, g, p, tab, exponent, n_drift, n_diffusion, x0, tau0, tau1, lo, hi, n_cells, cell_length,
                         rtol, atol, max_steps, dt0, save_tau, out, seed_key, first_path, m, levy_area, batch, steps,
                         rejected, n_f, n_g, fail_t, codes, path_lo, path_hi):
             dim = x0.shape[1]
@@ -372,8 +397,7 @@ def batch_kernel(attempt, matrix: bool):
                                        cursors, m, steps[b0:b1], rejected[b0:b1], n_f[b0:b1], n_g[b0:b1],
                                        fail_t[b0:b1], codes[b0:b1])
 
-        name = getattr(attempt, "__name__", "attempt")
-        run_batches.__qualname__ = f"batches_{name}{'_matrix' if matrix else ''}"
+        run_batches.__qualname__ = f"batches{'_matrix' if matrix else ''}"
         _KERNELS[key] = CachedKernel(run_batches, _kernel_batch_signature(matrix), nogil=True)
     return _KERNELS[key]
 
@@ -432,7 +456,8 @@ def run_numba_batched(inputs: Inputs, work: Work):
             return None
     args = common_arguments(inputs, work)
     plan = work.path_plan
-    kernel = batch_kernel(plan.attempt, matrix)
+    kernel = batch_kernel(matrix)
+    step = compiled_attempt(plan.attempt, matrix, True)
     x0 = np.ascontiguousarray(inputs.x0, dtype=np.float64)
     tab = np.ascontiguousarray(plan.tab, dtype=np.float64)
     a = _arrays(inputs, work, 1)
@@ -440,7 +465,7 @@ def run_numba_batched(inputs: Inputs, work: Work):
 
     def integrate(lo, hi):
         thread_flat = flat.copy()
-        kernel(f, g, thread_flat, tab, args["exponent"], args["n_drift"], args["n_diffusion"], x0, args["tau0"],
+        kernel(step, f, g, thread_flat, tab, args["exponent"], args["n_drift"], args["n_diffusion"], x0, args["tau0"],
                args["tau1"], args["lo"], args["hi"], args["n_cells"], args["cell_length"], args["rtol"], args["atol"],
                args["max_steps"], args["dt0"], args["save_tau"], a["out"], np.uint64(work.brownian._seed_key),
                work.brownian.first_path, m, bool(work.brownian.levy_area), BATCH, a["steps"], a["rejected"], a["n_f"],
