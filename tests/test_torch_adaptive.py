@@ -124,10 +124,33 @@ def test_tensor_time_errors_name_the_fix():
         sdekit.solve(first_row, 1.0, (0.0, 1.0), method="sriw1", rtol=1e-2, seed=1, n_paths=4, backend="torch")
 
 
-def test_events_are_refused_on_torch():
-    with pytest.raises(ValueError, match="events run on the numpy and numba backends"):
-        sdekit.solve(GBM, 1.0, (0.0, 1.0), method="sriw1", rtol=1e-2, seed=1, n_paths=4, backend="torch",
-                     events=[sdekit.Event(lambda t, x, p: x[:, 0] - 1.5)])
+EVENTS = [sdekit.Event(lambda t, x, p: x[:, 0] - 1.5),
+          sdekit.Event(lambda t, x, p: x[:, 0] - 1.2, terminal=False),
+          sdekit.Event(lambda t, x, p: x[:, 0] - 0.8, terminal=False, direction=-1)]
+
+
+@pytest.mark.parametrize(("span", "steps"), [((0.0, 1.0), dict(method="sriw1", rtol=1e-2, atol=1e-4)),
+                                             ((1.0, 0.0), dict(method="sriw1", rtol=1e-2, atol=1e-4)),
+                                             ((0.0, 1.0), dict(method="euler", n_steps=16))])
+def test_sde_events_same_as_numpy(span, steps):
+    ref, got = pair(GBM, 1.0, span, seed=3, n_paths=40, events=EVENTS, save_at=[span[0], 0.5, span[1]], **steps)
+    assert_parity(ref, got)
+    assert np.isfinite(ref.event_t).sum() >= 5 and len(ref.events) > np.isfinite(ref.event_t).sum()  # both kinds fired
+    np.testing.assert_array_equal(got.event_id, ref.event_id)
+    np.testing.assert_allclose(got.event_t, ref.event_t, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got.event_x, ref.event_x, rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(got.events.path, ref.events.path)
+    np.testing.assert_array_equal(got.events.event, ref.events.event)
+    np.testing.assert_allclose(got.events.t, ref.events.t, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got.events.x, ref.events.x, rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(got.diffusion_evals_per_path, ref.diffusion_evals_per_path)
+
+
+def test_ode_events_are_refused_on_torch():
+    decay = sdekit.ODE(lambda t, x, p: -x)
+    with pytest.raises(ValueError, match="ODE events run on the numpy and numba backends"):
+        sdekit.solve(decay, 1.0, (0.0, 1.0), method="rk4", n_steps=8, backend="torch",
+                     events=[sdekit.Event(lambda t, x, p: x[:, 0] - 0.5)])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
