@@ -22,6 +22,8 @@ __all__ = ["attempt_of", "memory_per_thread", "run_numba", "run_numpy"]
 
 # Event firings kept per path on a first run; a path that fires more is run again with room for all of them.
 LOG_CAPACITY = 8
+# Event function slots of the compiled per-path kernel: solves with up to this many events share one kernel.
+EVENT_SLOTS = 4
 
 
 def attempt_of(step, embedded: bool):
@@ -322,8 +324,8 @@ def run_numba(inputs: Inputs, work: Work) -> Result:
     events = tuple(adapter(_EventHolder(ev.g), "g", "event", dim, m, layout, slot0 + i) for i, ev in enumerate(work.events))
     all_names = names + tuple(f"events[{i}]" for i in range(len(events)))
     all_forms = forms + ("event",) * len(events)
-    n_slots = max(len(events), 1)
-    events_arg = events if events else (no_event,)
+    n_slots = max(len(events), EVENT_SLOTS)  # up to EVENT_SLOTS events share one compiled kernel
+    events_arg = events + (no_event,) * (n_slots - len(events))
     flat = np.concatenate([flat, np.zeros(ERR_SLOT * len(all_names))])
     args = common_arguments(inputs, work)
     direction, terminal, bridge = event_settings(work)
