@@ -104,7 +104,12 @@ def solve(
         rejected step is retried on the same path (refined by the Brownian
         bridge), so rejections do not bias the law. Save times are stepped to
         exactly; the default saves ``t0`` and ``t1``
-        (:mod:`sdekit.schemes._paths`).
+        (:mod:`sdekit.schemes._paths`). On ``backend="torch"`` the paths
+        step as one batch with masks and the functions receive ``t`` as an
+        ``(n, 1)`` tensor, one time per path (write time dependence with
+        torch operations or :mod:`sdekit.ops`); gradients flow to ``x0`` and
+        ``params`` with the chosen steps held fixed
+        (:mod:`sdekit.backends.torch_paths`).
     max_steps : int
         Step budget per path of adaptive methods (accepted and rejected).
     device, dtype : optional
