@@ -225,8 +225,8 @@ def test_batched_and_per_path_integrators_agree():
 
 # ---------------------------------------------------------------- noise shapes, calculus, nonlinear sigma (numpy)
 def test_matrix_additive_noise_sra1():
-    """dX = b dt + S dW with a (2, 3) matrix S: sra1 is exact, X(t) = x0 + b t + S W(t) at non-dyadic save times;
-    with a linear drift the error shrinks with rtol."""
+    """dX = b dt + S dW with a (2, 3) matrix S: sra1 is exact, X(t) = x0 + b t + S W(t) at non-dyadic save times.
+    dX = -theta X dt + S dW at rtol 0.1: the mean and covariance of X_1 (exact Gaussian law) within 4 s.e."""
     s_mat = np.array([[0.5, -0.3, 0.2], [0.1, 0.4, -0.6]])
     b = np.array([0.3, -0.1])
     problem = sdekit.SDE(lambda t, x, p: b + 0.0 * x, lambda t, x, p: s_mat, noise="additive", noise_dim=3)
@@ -236,6 +236,16 @@ def test_matrix_additive_noise_sra1():
     w = sol.brownian.W(save)  # (len(save), n, 3)
     exact = np.array([1.0, -1.0]) + save[:, None, None] * b + w @ s_mat.T
     np.testing.assert_allclose(sol.x, exact, rtol=0, atol=1e-13)
+    theta, n = 1.2, 2000
+    ou_matrix = sdekit.SDE(lambda t, x, p: -theta * x, lambda t, x, p: s_mat, noise="additive", noise_dim=3)
+    sol = sdekit.solve(ou_matrix, [1.0, -1.0], (0.0, 1.0), method="sra1", rtol=1e-1, n_paths=n, seed=75,
+                       backend="numpy")
+    mean = np.array([1.0, -1.0]) * np.exp(-theta)
+    cov = s_mat @ s_mat.T * (1 - np.exp(-2 * theta)) / (2 * theta)
+    x = sol.x[-1]
+    assert np.all(np.abs(x.mean(axis=0) - mean) < 4 * np.sqrt(np.diag(cov) / n))
+    se_cov = np.sqrt((np.outer(np.diag(cov), np.diag(cov)) + cov**2) / n)  # s.e. of a Gaussian sample covariance
+    assert np.all(np.abs(np.cov(x.T) - cov) < 4 * se_cov)
 
 
 def test_scalar_noise_two_components():
