@@ -242,3 +242,14 @@ def test_event_log_orders_by_path_then_time():
     v_zero = log.of(1)
     assert (v_zero.event == 1).all() and len(v_zero) == int((log.event == 1).sum())
     np.testing.assert_allclose(v_zero.x[:, 1], 0.0, atol=1e-8)
+
+
+def test_event_state_lies_on_a_nonlinear_level():
+    """The state at an SDE crossing is moved onto G = 0 by Newton's method: exact for a level of exp(x), where one
+    linear correction from the straight line between the steps misses it by a few per cent."""
+    drifting = sdekit.SDE(lambda t, x, p: 0.055 + 0 * x, lambda t, x, p: 0.3 + 0 * x, noise="additive")
+    sol = sdekit.solve(drifting, 0.0, (0.0, 1.0), method="euler", n_steps=8, n_paths=2000, seed=103, backend="numpy",
+                       events=[sdekit.Event(lambda t, x, p: np.exp(x[:, 0]) - 1.3)])
+    hit = np.isfinite(sol.event_t)
+    assert hit.sum() > 500
+    np.testing.assert_allclose(np.exp(sol.event_x[hit, 0]), 1.3, rtol=1e-12)

@@ -52,7 +52,7 @@ from .._rng import lane_keys
 from .._torch_bridge import _signed, _uniform_open, interval_torch, mix64, normals
 from ..events import EventLog
 from ..schemes._adaptive import MAX_STEPS, NONFINITE, STEP_UNDERFLOW
-from ..schemes._paths import C_EVENT, NEGLIGIBLE, QMAX, QMIN, SAFETY, SNAP
+from ..schemes._paths import C_EVENT, NEGLIGIBLE, PROJECTION_ITERATIONS, QMAX, QMIN, SAFETY, SNAP
 from ..schemes._steps import apply_noise
 from ..solution import Stats
 from . import Inputs, Result, Work, no_failures
@@ -486,7 +486,13 @@ class EventRecord:
                 v = sum(slopes[:, j, None] * cols[j] for j in range(len(cols)))
                 acc = (slopes * slopes).sum(dim=1)
                 shift = torch.where(acc > 0.0, g_lin / torch.where(acc > 0.0, acc, 1.0), 0.0)[:, None] * v
-                state = state.index_copy(0, check, lin - shift.to(dtype))
+                moved = lin - shift.to(dtype)
+                fired = (theta >= 0.0).nonzero().squeeze(1)
+                if fired.numel():
+                    t_event = t[check][fired] + theta[fired] * h[check][fired]
+                    moved = moved.index_copy(0, fired, _onto_level(fn, p, t_event, moved[fired], v[fired].to(dtype),
+                                                                   self.scalar_time))
+                state = state.index_copy(0, check, moved)
             states.append(state)
             self.g_old[rows[active], e] = g1[active]
         states = torch.stack(states, dim=1)
@@ -506,6 +512,35 @@ class EventRecord:
             self.event_id[gone] = first_event[stopped]
             self.event_x = self.event_x.index_copy(0, gone, stop_states[stopped])
         return stopped, stop_states
+
+
+def _onto_level(fn, p, t_event, x, v, scalar_time):
+    """:func:`sdekit.schemes._paths.onto_level` on rows: ``x`` (k, dim) moved along ``v`` onto the event's level by
+    Newton's method at the rows' event times ``t_event`` (k,) (row by row with number times when the functions take
+    a scalar time)."""
+    if scalar_time:
+        moved = torch.cat([_newton_rows(fn, p, float(t_event[i]), x[i : i + 1], v[i : i + 1]) for i in range(x.shape[0])])
+    else:
+        moved = _newton_rows(fn, p, t_event[:, None].to(x.dtype), x, v)
+    return x + (moved - x).detach()  # the Newton correction is a constant of the graph
+
+
+def _newton_rows(fn, p, t, x, v):
+    vn = torch.sqrt((v.double() ** 2).sum(dim=1))
+    xk = x
+    with torch.no_grad():
+        gk = fn(t, xk, p).double()
+        for _ in range(PROJECTION_ITERATIONS):
+            xn = torch.sqrt((xk.double() ** 2).sum(dim=1)).clamp_min(1.0)
+            eps = 1e-7 * xn / torch.where(vn > 0.0, vn, 1.0)
+            slope = (fn(t, xk + (eps[:, None] * v.double()).to(x.dtype), p).double() - gk) / eps
+            ok = (vn > 0.0) & (gk != 0.0) & torch.isfinite(gk) & (slope != 0.0) & torch.isfinite(slope)
+            step = torch.where(ok, gk / torch.where(ok, slope, 1.0), 0.0)
+            if not bool(ok.any()):
+                break
+            xk = xk - (step[:, None] * v.double()).to(x.dtype)
+            gk = fn(t, xk, p).double()
+    return xk
 
 
 def _event_scale(fn, p, t_col, x, gx, g0, m):

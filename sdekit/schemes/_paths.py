@@ -54,8 +54,8 @@ After each accepted step every event function is evaluated at the new state.
   Gaussian with mean ``d0 / |d1|`` and shape ``d0^2 / |h|`` (from the
   first-passage density and the Markov property; sampled by Michael, Schucany &
   Haas 1976). The state at the crossing is the straight line between the two
-  states, moved along ``sum_j (grad G . sigma_j) sigma_j`` onto ``G = 0`` (exact
-  for a level of a scalar state).
+  states, moved along ``sum_j (grad G . sigma_j) sigma_j`` onto ``G = 0`` by
+  Newton's method (exact in one step for a level of a scalar state).
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ QMAX, QMIN, SAFETY = 1.125, 0.2, 0.9
 SNAP = 8.0  # an adaptive step's end is snapped to a dyadic spacing of at most |h| / SNAP
 EVENT_TOL = 1e-12  # ODE event times: |dt| <= EVENT_TOL * max(1, |t|)
 EVENT_ITERATIONS = 100
+PROJECTION_ITERATIONS = 16  # Newton steps that move an SDE event's state onto the level
 NEGLIGIBLE = 40.0  # SDE events: a crossing probability below exp(-NEGLIGIBLE) (~4e-18) is not computed
 C_EVENT = np.uint64(0x2545F4914F6CDD1D)
 _TWO53_INV = 1.0 / 9007199254740992.0
@@ -220,6 +221,31 @@ def event_scale(ev, p, t, x, gx, g0, m, slopes):
         slopes[j] = a
         acc += a * a
     return math.sqrt(acc)
+
+
+@register_jitable
+def onto_level(ev, p, t, x, v):
+    """``x`` (1, dim) moved along ``v`` onto ``G = 0`` (``G = ev(t, ., p)``) by Newton's method on
+    ``s -> G(x - s v)``, the derivative along ``v`` by a difference; exact in one step for a linear ``G``."""
+    vn = math.sqrt(np.sum(v * v))
+    xk = x.copy()
+    if vn == 0.0:
+        return xk
+    gk = ev(t, xk, p)[0]
+    for _ in range(PROJECTION_ITERATIONS):
+        if gk == 0.0 or not math.isfinite(gk):
+            break
+        xn = max(1.0, math.sqrt(np.sum(xk * xk)))
+        eps = 1e-7 * xn / vn
+        slope = (ev(t, xk + eps * v, p)[0] - gk) / eps
+        if slope == 0.0 or not math.isfinite(slope):
+            break
+        s = gk / slope
+        xk = xk - s * v
+        gk = ev(t, xk, p)[0]
+        if abs(s) * vn <= 1e-14 * xn:
+            break
+    return xk
 
 
 @register_jitable
@@ -400,7 +426,8 @@ def integrate_path(attempt, f, g, p, tab, exponent, adaptive, n_drift, n_diffusi
                     for j in range(m):
                         v += slopes[j] * apply_noise(gx, unit_row(m, j))
                         acc += slopes[j] * slopes[j]
-                    states[e] = (lin - (g_lin / acc) * v)[0] if acc > 0.0 else lin[0]
+                    start = lin - (g_lin / acc) * v if acc > 0.0 else lin
+                    states[e] = onto_level(events[e], p, t + theta * h, start, v)[0]
             else:
                 crossed = g_old[e] * g_new[e] < 0.0 or (g_new[e] == 0.0 and g_old[e] != 0.0)
                 rising = g_old[e] < 0.0
