@@ -19,7 +19,9 @@ record                        methods                    fields
                               ``unipc3_bh2``
 :class:`PredictorCorrector`   ``pc``                     ``snr``, ``corrector_steps``
 :class:`AnnealedLangevin`     ``ald``                    ``step_size``, ``corrector_steps``
-:class:`Adaptive`             ``dopri5``                 ``rtol``, ``atol``
+:class:`Adaptive`             ``dopri5``; the reverse-   ``rtol``, ``atol``
+                              SDE methods (per-sample
+                              steps, only when given)
 :class:`AncestralSDE`         ``euler_ancestral``,       ``eta``, ``s_noise``, ``solver_type`` (2M only)
                               ``dpmpp_2m_sde``,
                               ``dpmpp_3m_sde``
@@ -156,13 +158,17 @@ class AnnealedLangevin:
 
 @dataclass(frozen=True)
 class Adaptive:
-    """Tolerances of the adaptive Dormand–Prince integration of the probability-flow ODE (method ``"dopri5"``).
+    """Tolerances of the adaptive Dormand–Prince integration of the probability-flow ODE (method ``"dopri5"``), and of
+    the reverse SDE with steps per sample (``euler_maruyama``, ``euler_heun``, ``milstein``, ``sra1``, ``sriw1``: given
+    this record or ``rtol``/``atol``, :func:`sdekit.solve` adapts each sample's steps on its Brownian path with the
+    method's embedded error estimate, e.g. Rackauckas & Nie 2017 for ``sra1``; without it they take fixed steps).
 
     Parameters
     ----------
     rtol, atol : float, default 1e-5
         Relative and absolute local error tolerances (Hairer, Nørsett & Wanner
-        1993, §II.4, eq. 4.10).
+        1993, §II.4, eq. 4.10; the SDE controller is the same, on the embedded
+        estimate of one step's error on the sample's own path).
     """
 
     rtol: float = 1e-5

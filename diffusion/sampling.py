@@ -35,12 +35,17 @@ method              dynamics                integrator
 ``edm``             PF-ODE + churn          Karras et al. 2022, Alg. 2: Heun (order 2; with churn weak order 2)
 =================== ======================= =====================================================
 
+The reverse-SDE methods adapt their steps per sample when given ``rtol``/``atol``
+(or ``options=Adaptive(...)``): sdekit's adaptive SDE solve on the virtual
+Brownian path (docs/adaptive.md); ``Samples.nfe_per_sample`` then differs
+between samples.
+
 Options of a method family are one record (:mod:`diffusion.options`),
 passed as ``options=``: :class:`Ancestral` (``eta``, ddim),
 :class:`Exponential` (``prediction``, the exponential methods),
 :class:`PredictorCorrector` (``snr``, ``corrector_steps``, pc),
 :class:`AnnealedLangevin` (``step_size``, ``corrector_steps``, ald) and
-:class:`Adaptive` (``rtol``, ``atol``, dopri5),
+:class:`Adaptive` (``rtol``, ``atol``; dopri5, and the reverse-SDE methods adapt with it),
 :class:`AncestralSDE` (``eta``, ``s_noise``, ``solver_type``; euler_ancestral,
 dpmpp_2m_sde, dpmpp_3m_sde) and :class:`Churn` (``S_churn``, ``S_tmin``,
 ``S_tmax``, ``S_noise``; edm). The exponential methods
@@ -108,8 +113,10 @@ EXP_METHODS = {"ddim": "exp_euler", "dpmpp_2m": "dpmpp_2m", "exp_ab2": "exp_ab2"
 CHAIN_METHODS = ("ddpm", "pc", "ald", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "edm")
 METHODS = tuple(SDE_METHODS) + tuple(ODE_METHODS) + tuple(EXP_METHODS) + CHAIN_METHODS
 
-# The option records each method reads (the first is its default); a method missing here reads none.
-METHOD_OPTIONS = {"ddim": (Exponential, Ancestral), "dpmpp_2m": (Exponential,), "dpmpp_3m": (Exponential,),
+# The option records each method reads (the first is its default); a method missing here reads none. The reverse-SDE
+# methods read Adaptive only when given tolerances (without them: fixed steps).
+METHOD_OPTIONS = {**dict.fromkeys(SDE_METHODS, (Adaptive,)), "ddim": (Exponential, Ancestral), "dpmpp_2m": (Exponential,),
+                  "dpmpp_3m": (Exponential,),
                   "exp_ab3": (Exponential,), "exp_ab2": (Exponential,), "unipc": (Exponential,), "unipc_bh1": (Exponential,),
                   "unipc_bh2": (Exponential,), "unipc3": (Exponential,), "unipc3_bh1": (Exponential,),
                   "unipc3_bh2": (Exponential,), "pc": (PredictorCorrector,), "ald": (AnnealedLangevin,),
@@ -120,6 +127,7 @@ OPTION_KEYWORDS = {"eta": 0.0, "snr": 0.16, "corrector_steps": 1, "step_size": 0
                    "prediction": "x0", "rho": None, "s_noise": 1.0, "solver_type": "midpoint", "S_churn": 0.0, "S_tmin": 0.0,
                    "S_tmax": math.inf, "S_noise": 1.0, "lower_order_final": False}
 ANCESTRAL_SDE_METHODS = ("euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde")
+ADAPTIVE_METHODS = ("dopri5", *SDE_METHODS)  # the methods that take rtol/atol (the reverse SDE: per-sample steps)
 
 
 # Score evaluations of a method: (per step, once); "corrector" marks the chains whose cost grows with their
@@ -208,7 +216,11 @@ class Samples:
     times : ndarray
         The grid times visited, from ``T`` to ``eps``.
     nfe : int
-        Score evaluations per sample.
+        Score evaluations per sample (the adaptive reverse SDE: their mean
+        over the samples, rounded).
+    nfe_per_sample : ndarray of int64, (n,)
+        Score evaluations of each sample; they differ between samples only
+        for the adaptive reverse SDE (its steps and rejections are per sample).
     method, grid : str
         The method and the kind of time grid.
     seconds : float
@@ -232,6 +244,7 @@ class Samples:
     trajectory: object = None
     solution: object = field(default=None, repr=False)
     options: object = None
+    nfe_per_sample: np.ndarray = field(default=None, repr=False)
 
 
 def _check_int(v, name, low=1):
@@ -268,7 +281,8 @@ def sample(sde, score: Score, n: int, *, method: str | None = None, steps: int |
         included: the method takes the most steps whose evaluations fit
         (``Samples.nfe <= nfe``); instead of ``steps``. Without ``method``,
         ``nfe`` also picks the default sampler (default budget
-        :data:`DEFAULT_NFE`). ``dopri5`` chooses its own steps and takes no budget.
+        :data:`DEFAULT_NFE`). ``dopri5`` and the adaptive reverse SDE choose
+        their own steps and take no budget.
     grid : {"uniform", "quadratic", "logsnr", "karras"}, TimeGrid or array, optional
         Default: the default sampler's grid when ``method`` is not given, else
         ``"uniform"``.
@@ -318,7 +332,10 @@ def sample(sde, score: Score, n: int, *, method: str | None = None, steps: int |
           Langevin step ``delta`` (the step at grid time ``t`` is
           ``delta sigma_t^2``; Song & Ermon 2019) and the steps per level;
         * :class:`~diffusion.options.Adaptive` ``(rtol=1e-5, atol=1e-5)``,
-          ``dopri5``: the tolerances;
+          ``dopri5``: the tolerances; the reverse-SDE methods
+          (``euler_maruyama``, ``euler_heun``, ``milstein``, ``sra1``,
+          ``sriw1``) adapt their steps per sample when given it (or
+          ``rtol``/``atol``), and take fixed steps without it;
         * :class:`~diffusion.options.AncestralSDE`
           ``(eta=1.0, s_noise=1.0, solver_type="midpoint")``,
           ``euler_ancestral``, ``dpmpp_2m_sde``, ``dpmpp_3m_sde``: the noise
@@ -385,9 +402,13 @@ def sample(sde, score: Score, n: int, *, method: str | None = None, steps: int |
     rho = option_keywords.pop("rho", None)
     grid = _custom_grid(sde, grid, sigmas)
     grid_kind = grid.kind if isinstance(grid, TimeGrid) else grid
-    if method == "dopri5" and grid_kind != "uniform":
-        raise ValueError("dopri5 chooses its own steps; drop `grid` (it applies to fixed-step methods).")
     options = _method_options(method, grid_kind, options, option_keywords)
+    adaptive_name = method if method == "dopri5" else f"{method} with `rtol`/`atol`"
+    if isinstance(options, Adaptive) and grid_kind != "uniform":
+        raise ValueError(f"{adaptive_name} chooses its own steps; drop `grid` (it applies to fixed steps).")
+    if isinstance(options, Adaptive) and method != "dopri5" and (steps is not None or nfe_budget is not None):
+        raise ValueError(f"{adaptive_name} chooses its own steps per sample; drop `steps`/`nfe` "
+                         "(or drop the tolerances for fixed steps).")
     time_grid = _time_grid(sde, grid, eps, rho, method)
     if time_grid.kind == "custom":
         if steps is not None and steps != time_grid.steps:
@@ -450,12 +471,15 @@ def sample(sde, score: Score, n: int, *, method: str | None = None, steps: int |
         if denoise:
             x = score.x0(x, float(times[-1]))
             nfe += 1
+    nfe_per_sample = np.full(n, nfe, dtype=np.int64)
+    if isinstance(options, Adaptive) and method in SDE_METHODS:  # per-sample steps: each sample's own count
+        nfe_per_sample = np.asarray(solution.drift_evals_per_path, dtype=np.int64) + int(bool(denoise))
     _check_finite(x, method)
     if nfe_budget is not None and nfe > nfe_budget:  # the cost table (NFE_PER_STEP) disagrees with the integrator
         raise AssertionError(f"{method} spent {nfe} score evaluations, over the budget nfe={nfe_budget}.")
     return Samples(x=x, x_T=x_T, times=times, nfe=int(nfe), method=method, grid=time_grid.kind,
                    seconds=time.perf_counter() - t_start, trajectory=trajectory if return_trajectory else None,
-                   solution=solution, options=options)
+                   solution=solution, options=options, nfe_per_sample=nfe_per_sample)
 
 
 def _method_options(method, grid_kind, options, option_keywords):
@@ -479,8 +503,8 @@ def _method_options(method, grid_kind, options, option_keywords):
         raise ValueError(f"`eta` applies to method='ddim' and {list(ANCESTRAL_SDE_METHODS)} only.")
     for name, applies, where in (("snr", method == "pc", "method='pc'"), ("step_size", method == "ald", "method='ald'"),
                                  ("corrector_steps", method in ("pc", "ald"), "method='pc' or 'ald'"),
-                                 ("rtol", method == "dopri5", "method='dopri5'"),
-                                 ("atol", method == "dopri5", "method='dopri5'"),
+                                 *((name, method in ADAPTIVE_METHODS, f"the adaptive methods {list(ADAPTIVE_METHODS)}")
+                                   for name in ("rtol", "atol")),
                                  ("s_noise", method in ANCESTRAL_SDE_METHODS, f"method in {list(ANCESTRAL_SDE_METHODS)}"),
                                  ("solver_type", method == "dpmpp_2m_sde", "method='dpmpp_2m_sde'"),
                                  ("lower_order_final", method in EXP_METHODS, f"the exponential methods {list(EXP_METHODS)}"),
@@ -494,8 +518,8 @@ def _method_options(method, grid_kind, options, option_keywords):
         raise ValueError(f"`prediction` must be 'x0' or 'eps', got {prediction!r}.")
     if prediction != "x0" and method not in EXP_METHODS:
         raise ValueError(f"`prediction` applies to the exponential methods {list(EXP_METHODS)}, not {method!r}.")
-    if not accepted:
-        return None
+    if not accepted or (method in SDE_METHODS and not ({"rtol", "atol"} & set(option_keywords))):
+        return None  # a reverse-SDE method without tolerances takes fixed steps
     chosen = [record for record in accepted if any(f.name in option_keywords and not _is_default(option_keywords[f.name], f.default)
                                                    for f in fields(record))]
     if len(chosen) > 1:  # ddim with both eta > 0 and prediction='eps'
@@ -584,9 +608,11 @@ def _solve_general(score, time_grid, method, steps, x_T, seed, backend, options,
     solve_options = {"backend": backend}
     if is_sde:
         solve_options["seed"] = _stream_seed(seed, 1)
-    if method == "dopri5":
+    if isinstance(options, Adaptive):  # dopri5, or the reverse SDE with steps per sample
         solution = sdekit.solve(problem, x_T, (time_grid.T, time_grid.eps), method=scheme, rtol=options.rtol,
                                 atol=options.atol, **solve_options)
+        if is_sde and solution.failed.any():
+            raise FloatingPointError(f"{method}: {solution.message}")
         nfe = int(round(solution.stats.n_drift_evals / solution.stats.n_paths))
         return solution.x[-1], nfe, solution.x if keep else None, solution, np.array([time_grid.T, time_grid.eps])
     if time_grid.kind == "uniform":

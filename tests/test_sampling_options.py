@@ -189,7 +189,8 @@ def test_records_are_frozen():
 
 @pytest.mark.parametrize("method, options, message", [
     ("rk4", PredictorCorrector(), r"`options` PredictorCorrector apply to method 'pc'; method='rk4' reads no options"),
-    ("pc", Adaptive(), r"`options` Adaptive apply to method 'dopri5'; method='pc' reads PredictorCorrector options"),
+    ("pc", Adaptive(), r"`options` Adaptive apply to method 'euler_maruyama' or .* or 'sra1' or 'sriw1' or 'dopri5'; method='pc' "
+                       r"reads PredictorCorrector options"),
     ("dpmpp_2m", Ancestral(eta=0.3), r"`options` Ancestral apply to method 'ddim'; method='dpmpp_2m' reads Exponential"),
     ("pc", {"snr": 0.2}, r"`options` must be an option record \(Ancestral, .*\), got dict"),
 ])
