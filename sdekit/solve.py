@@ -57,6 +57,7 @@ def solve(
     lower_order_final: bool = False,
     events=None,
     dt0: float | None = None,
+    dt_max: float | None = None,
 ) -> Solution:
     """Solve an SDE or ODE for many paths.
 
@@ -154,6 +155,10 @@ def solve(
     dt0 : float, optional
         Adaptive SDE steps: the first step size (default: estimated from the
         sizes of the state, drift and diffusion).
+    dt_max : float, optional
+        Adaptive SDE steps: the largest step. An error estimate sees only the
+        step it is made on: bound the step to resolve features of the
+        coefficients shorter than the steps the tolerance would allow.
 
     Returns
     -------
@@ -188,6 +193,9 @@ def solve(
     if dt0 is not None and not adaptive_sde:
         raise ValueError("`dt0` is the first step of an adaptive SDE solve (give `rtol`/`atol`); drop it here.")
     dt0 = None if dt0 is None else checks.positive_float(dt0, "dt0")
+    if dt_max is not None and not adaptive_sde:
+        raise ValueError("`dt_max` bounds the steps of an adaptive SDE solve (give `rtol`/`atol`); drop it here.")
+    dt_max = None if dt_max is None else checks.positive_float(dt_max, "dt_max")
     noise = _noise(problem, scheme, seed, brownian, t0, t1, n_steps, inputs.n_paths, inputs.noise_dim)
     engine.probe(inputs, t0)
     save_at = None if save_at is None else checks.times(save_at, "save_at")
@@ -207,7 +215,8 @@ def solve(
         raise ValueError(f"`detect_instability` must be True or False, got {detect_instability!r}.")
     beta = stability_boundary(plan) if plan is not None and detect_instability else 0.0
     work = Work(scheme, t0, t1, save_t, save_idx, plan=plan, n_steps=n_steps, h=h, grid=grid, brownian=noise,
-                tolerances=tolerances, stability_boundary=beta, events=events, dt0=dt0, path_plan=path_plan)
+                tolerances=tolerances, stability_boundary=beta, events=events, dt0=dt0, dt_max=dt_max,
+                path_plan=path_plan)
     return _solution(engine.run(inputs, work), work, engine.name)
 
 

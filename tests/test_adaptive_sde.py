@@ -325,3 +325,24 @@ def test_max_steps_is_a_reported_failure():
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sdekit.solve(gbm(0.5, 0.8), 1.0, (0.0, 1.0), n_paths=2, seed=1, backend="numpy", **kwargs)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "torch"])
+def test_dt_max_bounds_every_step(backend):
+    """A burst of noise narrower than the steps a loose tolerance allows is stepped over unless ``dt_max`` bounds the
+    steps: with dt_max = 1e-3 every path takes at least 1000 steps and the burst's variance is resolved."""
+    if backend == "torch":
+        pytest.importorskip("torch")
+    burst = sdekit.SDE(lambda t, x, p: 0.0 * x,
+                       lambda t, x, p: 0.05 + 3.0 * sdekit.ops.exp(-((t - 0.503) / 0.004) ** 2) + 0.0 * x,
+                       noise="additive")
+    n = 400 if backend != "numpy" else 100
+    sol = sdekit.solve(burst, 0.0, (0.0, 1.0), method="sra1", rtol=1e-1, atol=1e-1, dt_max=1e-3, n_paths=n, seed=5,
+                       backend=backend)
+    assert np.all(np.asarray(sol.steps_per_path) >= 1000)
+    # Var X_1 = int sigma^2 dt = 0.05^2 + 2 * 0.05 * 3 * 0.004 sqrt(pi) + 9 * 0.004 sqrt(pi / 2)
+    var = 0.05**2 + 0.3 * 0.004 * np.sqrt(np.pi) + 9.0 * 0.004 * np.sqrt(np.pi / 2.0)
+    final = np.asarray(sol.x[-1, :, 0])
+    assert abs(final.var() / var - 1.0) < 4.0 * np.sqrt(2.0 / n)
+    with pytest.raises(ValueError, match="`dt_max` bounds the steps of an adaptive SDE solve"):
+        sdekit.solve(burst, 0.0, (0.0, 1.0), method="sra1", n_steps=8, dt_max=0.1, backend=backend)

@@ -154,8 +154,8 @@ class Work:
         turns the check off.
     events : tuple of sdekit.Event
         The solve's events (:mod:`sdekit.events`).
-    dt0 : float or None
-        Adaptive SDE steps: the first step (None: estimated).
+    dt0, dt_max : float or None
+        Adaptive SDE steps: the first step (None: estimated) and the largest (None: no bound).
     path_plan : PathPlan or None
         Set when the solve runs path by path (adaptive SDE steps, or events): the backends' ``run`` hands it to
         their per-path integrator.
@@ -175,6 +175,7 @@ class Work:
     stability_boundary: float = 0.0
     events: tuple = ()
     dt0: float | None = None
+    dt_max: float | None = None
     path_plan: PathPlan | None = None
 
     @property

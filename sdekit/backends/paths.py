@@ -9,8 +9,11 @@ scheme adapts its steps (``rtol``/``atol`` given) or when events are given.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from numba import types
+from numba.core.errors import NumbaExperimentalFeatureWarning
 
 from .. import _cursor, checks, ops
 from .._rng import lane_keys
@@ -19,6 +22,9 @@ from ..solution import Stats
 from . import Inputs, Result, Work, no_failures
 
 __all__ = ["attempt_of", "memory_per_thread", "run_numba", "run_numpy"]
+
+# The kernels take the scheme's step and the user's functions as first-class functions; Numba flags the feature.
+warnings.filterwarnings("ignore", category=NumbaExperimentalFeatureWarning, message="First-class function type")
 
 # Event firings kept per path on a first run; a path that fires more is run again with room for all of them.
 LOG_CAPACITY = 8
@@ -120,9 +126,10 @@ def common_arguments(inputs: Inputs, work: Work):
     tol = work.tolerances
     rtol, atol, max_steps = (tol.rtol, tol.atol, tol.max_steps) if tol is not None else (0.0, 0.0, n_fixed + 1)
     dt0 = 0.0 if work.dt0 is None else float(work.dt0)
+    dt_max = 0.0 if work.dt_max is None else float(work.dt_max)
     return dict(exponent=plan.exponent, adaptive=plan.adaptive, n_drift=plan.n_drift, n_diffusion=plan.n_diffusion,
                 tau0=tau0, tau1=tau1, lo=lo, hi=hi, n_cells=n_cells, cell_length=cell_length, n_fixed=n_fixed, rtol=rtol,
-                atol=atol, max_steps=max_steps, dt0=dt0, save_tau=save_tau)
+                atol=atol, max_steps=max_steps, dt0=dt0, dt_max=dt_max, save_tau=save_tau)
 
 
 def event_settings(work: Work):
@@ -179,7 +186,8 @@ def run_numpy(inputs: Inputs, work: Work) -> Result:
                 plan.attempt, f, g, inputs.params, plan.tab, args["exponent"], args["adaptive"], args["n_drift"],
                 args["n_diffusion"], xi, args["tau0"], args["tau1"], args["lo"], args["hi"], args["n_cells"],
                 args["cell_length"], args["n_fixed"], args["rtol"], args["atol"], args["max_steps"], args["dt0"],
-                args["save_tau"], res, cursor, m, keys[0], events, len(events), direction, terminal, bridge, a["log_t"][i],
+                args["dt_max"], args["save_tau"], res, cursor, m, keys[0], events, len(events), direction, terminal, bridge,
+                a["log_t"][i],
                 a["log_x"][i], a["log_id"][i], ev_x)
             _store(a, i, res, code, t_end, acc, rej, nf, ng, n_log, ev_t, ev_id, ev_x, failure_time, failure_codes)
 
@@ -233,9 +241,9 @@ def _kernel_signature(matrix: bool, n_slots: int):
     return types.void(
         types.FunctionType(attempt_signature(matrix, False)), FN2, FN3 if matrix else FN2, FLAT, F64_2, f64, b1, i64, i64,
         F64_2, f64, f64, f64, f64, i64, f64, i64, f64, f64,
-        i64, f64, F64_1, F64_3, types.uint64, i64, i64, b1, types.UniTuple(fne, n_slots), i64, i64_1,
-        types.boolean[::1], types.boolean[::1], F64_2, F64_3, i64_2, i64_1, F64_1, i64_1, F64_2, i64_1, i64_1, i64_1, i64_1, F64_1, i64_1,
-        i64, i64,
+        i64, f64, f64, F64_1, F64_3, types.uint64, i64, i64, b1, types.UniTuple(fne, n_slots), i64, i64_1,
+        types.boolean[::1], types.boolean[::1], F64_2, F64_3, i64_2, i64_1, F64_1, i64_1, F64_2, i64_1, i64_1, i64_1,
+        i64_1, F64_1, i64_1, i64, i64,
     )
 
 
@@ -248,7 +256,7 @@ def path_kernel(matrix: bool, n_slots: int):
     key = ("path", matrix, n_slots)
     if key not in _KERNELS:
         def run_range(step, f, g, p, tab, exponent, adaptive, n_drift, n_diffusion, x0, tau0, tau1, lo, hi, n_cells,
-                      cell_length, n_fixed, rtol, atol, max_steps, dt0, save_tau, out, seed_key, first_path, m,
+                      cell_length, n_fixed, rtol, atol, max_steps, dt0, dt_max, save_tau, out, seed_key, first_path, m,
                       levy_area, events, n_events, ev_direction, ev_terminal, ev_bridge, log_t, log_x, log_id, log_n, ev_t, ev_id,
                       ev_x, steps, rejected, n_f, n_g, fail_t, codes, path_lo, path_hi):
             dim = x0.shape[1]
@@ -263,7 +271,7 @@ def path_kernel(matrix: bool, n_slots: int):
                 exv = np.full((1, dim), np.nan)
                 code, t_end, acc, rej, nf, ng, n_log, et, eid = _paths.integrate_path(
                     step, f, g, p, tab, exponent, adaptive, n_drift, n_diffusion, xi, tau0, tau1, lo, hi, n_cells,
-                    cell_length, n_fixed, rtol, atol, max_steps, dt0, save_tau, res, cursor, m, keys[0], events,
+                    cell_length, n_fixed, rtol, atol, max_steps, dt0, dt_max, save_tau, res, cursor, m, keys[0], events,
                     n_events, ev_direction, ev_terminal, ev_bridge, log_t[i], log_x[i], log_id[i], exv)
                 for j in range(save_tau.shape[0]):
                     for c in range(dim):
@@ -343,8 +351,8 @@ def run_numba(inputs: Inputs, work: Work) -> Result:
             thread_flat = flat.copy()
             kernel(step, f, g, thread_flat, tab, args["exponent"], args["adaptive"], args["n_drift"], args["n_diffusion"], x0,
                    args["tau0"], args["tau1"], args["lo"], args["hi"], args["n_cells"], args["cell_length"],
-                   args["n_fixed"], args["rtol"], args["atol"], args["max_steps"], args["dt0"], args["save_tau"],
-                   a["out"], np.uint64(seed_key), first_path, m, levy_area, events_arg, len(events), direction, terminal,
+                   args["n_fixed"], args["rtol"], args["atol"], args["max_steps"], args["dt0"], args["dt_max"],
+                   args["save_tau"], a["out"], np.uint64(seed_key), first_path, m, levy_area, events_arg, len(events), direction, terminal,
                    bridge, a["log_t"], a["log_x"], a["log_id"], a["log_n"], a["ev_t"], a["ev_id"], a["ev_x"], a["steps"],
                    a["rejected"], a["n_f"], a["n_g"], failure_time, failure_codes, lo, hi)
             err = shape_error(thread_flat, n_params, all_names, dim, m, all_forms)
@@ -368,7 +376,7 @@ def _kernel_batch_signature(matrix: bool):
     i64, f64, b1, i64_1 = types.int64, types.float64, types.boolean, types.int64[::1]
     return types.void(
         types.FunctionType(attempt_signature(matrix, True)), fn2, fn3 if matrix else fn2, FLAT, F64_2, f64, i64, i64,
-        F64_2, f64, f64, f64, f64, i64, f64, f64, f64, i64, f64,
+        F64_2, f64, f64, f64, f64, i64, f64, f64, f64, i64, f64, f64,
         F64_1, F64_3, types.uint64, i64, i64, b1, i64, i64_1, i64_1, i64_1, i64_1, F64_1, i64_1, i64, i64,
     )
 
@@ -382,7 +390,7 @@ def batch_kernel(matrix: bool):
     key = ("batch", matrix)
     if key not in _KERNELS:
         def run_batches(step, f, g, p, tab, exponent, n_drift, n_diffusion, x0, tau0, tau1, lo, hi, n_cells, cell_length,
-                        rtol, atol, max_steps, dt0, save_tau, out, seed_key, first_path, m, levy_area, batch, steps,
+                        rtol, atol, max_steps, dt0, dt_max, save_tau, out, seed_key, first_path, m, levy_area, batch, steps,
                         rejected, n_f, n_g, fail_t, codes, path_lo, path_hi):
             dim = x0.shape[1]
             for b0 in range(path_lo, path_hi, batch):
@@ -395,7 +403,8 @@ def batch_kernel(matrix: bool):
                 cursors = [_cursor.new_cursor(lane_keys(seed_key, first_path + b0 + a, 1, max(m, 1)), n_cells,
                                               cell_length, levy_area) for a in range(b1 - b0)]
                 _paths.integrate_batch(step, f, g, p, tab, exponent, n_drift, n_diffusion, xb, tau0, tau1, lo, hi,
-                                       n_cells, cell_length, rtol, atol, max_steps, dt0, save_tau, out[:, b0:b1, :],
+                                       n_cells, cell_length, rtol, atol, max_steps, dt0, dt_max, save_tau,
+                                       out[:, b0:b1, :],
                                        cursors, m, steps[b0:b1], rejected[b0:b1], n_f[b0:b1], n_g[b0:b1],
                                        fail_t[b0:b1], codes[b0:b1])
 
@@ -469,7 +478,8 @@ def run_numba_batched(inputs: Inputs, work: Work):
         thread_flat = flat.copy()
         kernel(step, f, g, thread_flat, tab, args["exponent"], args["n_drift"], args["n_diffusion"], x0, args["tau0"],
                args["tau1"], args["lo"], args["hi"], args["n_cells"], args["cell_length"], args["rtol"], args["atol"],
-               args["max_steps"], args["dt0"], args["save_tau"], a["out"], np.uint64(work.brownian._seed_key),
+               args["max_steps"], args["dt0"], args["dt_max"], args["save_tau"], a["out"],
+               np.uint64(work.brownian._seed_key),
                work.brownian.first_path, m, bool(work.brownian.levy_area), BATCH, a["steps"], a["rejected"], a["n_f"],
                a["n_g"], failure_time, failure_codes, lo, hi)
         err = shape_error(thread_flat, n_params, names, dim, m, forms)
@@ -504,7 +514,7 @@ def run_numpy_batched(inputs: Inputs, work: Work):
         _paths.integrate_batch(plan.attempt, f, g, inputs.params, plan.tab, args["exponent"], args["n_drift"],
                                args["n_diffusion"], x0, args["tau0"], args["tau1"], args["lo"], args["hi"],
                                args["n_cells"], args["cell_length"], args["rtol"], args["atol"], args["max_steps"],
-                               args["dt0"], args["save_tau"], a["out"][:, b0:b1], cursors, m, a["steps"][b0:b1],
+                               args["dt0"], args["dt_max"], args["save_tau"], a["out"][:, b0:b1], cursors, m, a["steps"][b0:b1],
                                a["rejected"][b0:b1], a["n_f"][b0:b1], a["n_g"][b0:b1], failure_time[b0:b1],
                                failure_codes[b0:b1])
     return _result(inputs, work, a, failure_time, failure_codes)

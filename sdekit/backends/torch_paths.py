@@ -261,6 +261,8 @@ def integrate(plan, f, g, p, x0, brownian, paths, args, events):
         rows = running.nonzero().squeeze(1)
         if rows.numel() == 0:
             break
+        if args["dt_max"] > 0.0:
+            h_cells = h_cells.clamp_max(args["dt_max"] / cell_length)
         tau_r, proposal = tau[rows], h_cells[rows]
         if adaptive:
             tau_stop = save_ext[si[rows]]

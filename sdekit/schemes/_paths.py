@@ -295,8 +295,8 @@ def illinois(attempt, f, g, p, tab, ev, t, x, h, dw, area, g0, g1):
 
 @register_jitable
 def integrate_path(attempt, f, g, p, tab, exponent, adaptive, n_drift, n_diffusion, x0, tau0, tau1, lo, hi, n_cells,
-                   cell_length, n_fixed, rtol, atol, max_steps, dt0, save_tau, out, cursor, m, path_key, events, n_events,
-                   ev_direction, ev_terminal, ev_bridge, log_t, log_x, log_id, ev_x):
+                   cell_length, n_fixed, rtol, atol, max_steps, dt0, dt_max, save_tau, out, cursor, m, path_key, events,
+                   n_events, ev_direction, ev_terminal, ev_bridge, log_t, log_x, log_id, ev_x):
     """Integrate one path (``x0`` of shape (1, dim)) from cell position ``tau0`` to ``tau1``.
 
     ``attempt(f, g, p, tab, t, x, h, sqrt|h|, dw, levy_area) -> (x_new, err)`` is one step of the scheme with its
@@ -307,7 +307,7 @@ def integrate_path(attempt, f, g, p, tab, exponent, adaptive, n_drift, n_diffusi
     ``ev_direction``, ``ev_terminal`` and ``ev_bridge`` (SDE: bridge crossings between steps); every firing goes
     to ``log_t``/``log_x``/``log_id`` (as many as fit: the
     count is returned), the terminal one's state to ``ev_x``. ``exponent``: the controller's ``1 / q`` for an
-    error estimate of size ``h^q``.
+    error estimate of size ``h^q``; ``dt0`` the first step and ``dt_max`` the largest (0: none).
 
     Returns ``(code, t_end, accepted, rejected, drift calls, diffusion calls, n_log, event_t, event_id)``.
     """
@@ -358,6 +358,8 @@ def integrate_path(attempt, f, g, p, tab, exponent, adaptive, n_drift, n_diffusi
         if accepted + rejected >= max_steps:
             code = MAX_STEPS
             break
+        if dt_max > 0.0:
+            h_cells = min(h_cells, dt_max / cell_length)
         proposal = h_cells
         if adaptive:
             tau_stop = tau1
@@ -516,7 +518,7 @@ def initial_steps(f, g, p, t, x, atol, rtol, span, m):
 
 @register_jitable
 def integrate_batch(attempt, f, g, p, tab, exponent, n_drift, n_diffusion, x0, tau0, tau1, lo, hi, n_cells,
-                    cell_length, rtol, atol, max_steps, dt0, save_tau, out, cursors, m, steps, rejected, n_f, n_g,
+                    cell_length, rtol, atol, max_steps, dt0, dt_max, save_tau, out, cursors, m, steps, rejected, n_f, n_g,
                     fail_t, codes):
     """Adaptive SDE steps for a batch of paths, each with its own steps: :func:`integrate_path`'s algorithm (no
     events) with the scheme called once per round on the paths still running, at their own times.
@@ -573,6 +575,8 @@ def integrate_batch(attempt, f, g, p, tab, exponent, n_drift, n_diffusion, x0, t
         k = 0
         for i in range(n_run):
             a = rows[i]
+            if dt_max > 0.0:
+                h_cells[a] = min(h_cells[a], dt_max / cell_length)
             tau_stop = tau1
             if si[a] < n_save and direction * (save_tau[si[a]] - tau1) < 0.0:
                 tau_stop = save_tau[si[a]]
