@@ -25,8 +25,7 @@ __all__ = ["warmup", "warmup_items"]
 def warmup_items() -> list[tuple[str, Callable[[], object]]]:
     """``(name, compile)`` for every library kernel; calling ``compile()`` compiles (or loads) it."""
     from .backends import numba_adapters as adapters
-    from .backends import numba_backend, numba_kernels, paths, rosenbrock
-    from .schemes import SCHEMES
+    from .backends import numba_backend, numba_kernels, rosenbrock
 
     items = []
     for matrix in (False, True):
@@ -40,11 +39,6 @@ def warmup_items() -> list[tuple[str, Callable[[], object]]]:
     items.append(("Rosenbrock integrator (rodas4, rodas5)", lambda: rosenbrock._rosenbrock_range.compiled))
     items.append(("stand-in Jacobian of problems without jac", lambda: numba_kernels.no_jacobian.compiled))
     items.append(("zero diffusion of an ODE", lambda: numba_backend._zero_diffusion.compiled))
-    items.append(("per-path adaptive SDE integrator (batched)", lambda: paths.batch_kernel(False).compiled))
-    items.append(("per-path integrator with events", lambda: paths.path_kernel(False, paths.EVENT_SLOTS).compiled))
-    for name in ("euler", "euler_heun", "milstein", "sra1", "sriw1"):
-        step = SCHEMES[("sde", name)].embedded
-        items.append((f"{name} adaptive step", lambda step=step: paths.compiled_attempt(step, False, True)))
     items.append(("Brownian tree", _brownian))
     items.append(("broadcasting of results", lambda: _broadcasting(adapters)))
     items.append(("ensemble moments", _ensemble_moments))
