@@ -132,6 +132,13 @@ def common_arguments(inputs: Inputs, work: Work):
                 atol=atol, max_steps=max_steps, dt0=dt0, dt_max=dt_max, save_tau=save_tau)
 
 
+def path_source(work: Work):
+    """``(seed key, index of path 0, with Lévy area)`` of the solve's Brownian path (an ODE: placeholders)."""
+    if work.brownian is None:
+        return np.uint64(0), 0, False
+    return work.brownian._seed_key, work.brownian.first_path, bool(work.brownian.levy_area)
+
+
 def event_settings(work: Work):
     """``(direction int64 (k,), terminal bool (k,), bridge bool (k,))`` of the solve's events (one unused slot when
     there are none)."""
@@ -170,9 +177,7 @@ def run_numpy(inputs: Inputs, work: Work) -> Result:
     direction, terminal, bridge = event_settings(work)
     events = tuple(_event_function(ev, f"events[{i}]") for i, ev in enumerate(work.events))
     plan = work.path_plan
-    seed_key = work.brownian._seed_key if work.brownian is not None else np.uint64(0)
-    first_path = work.brownian.first_path if work.brownian is not None else 0
-    levy_area = bool(work.brownian is not None and work.brownian.levy_area)
+    seed_key, first_path, levy_area = path_source(work)
 
     def run_paths(a, capacity, failure_time, failure_codes):
         x0 = inputs.x0
@@ -340,9 +345,7 @@ def run_numba(inputs: Inputs, work: Work) -> Result:
     plan = work.path_plan
     kernel = path_kernel(matrix, n_slots)
     step = compiled_attempt(plan.attempt, matrix, False)
-    seed_key = work.brownian._seed_key if work.brownian is not None else np.uint64(0)
-    first_path = work.brownian.first_path if work.brownian is not None else 0
-    levy_area = bool(work.brownian is not None and work.brownian.levy_area)
+    seed_key, first_path, levy_area = path_source(work)
     x0 = np.ascontiguousarray(inputs.x0, dtype=np.float64)
     tab = np.ascontiguousarray(plan.tab, dtype=np.float64)
 
