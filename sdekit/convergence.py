@@ -52,6 +52,13 @@ class OrderFit:
     slope in the fitted range agrees with the fitted order (within
     ``max(0.05, 2 se)``): if not, the errors are still pre-asymptotic and the
     fit should use finer steps (or ``fit_from`` in :func:`study`).
+
+    A weak fit also carries its lack of fit: ``scatter`` is the Birge ratio
+    ``sqrt(chi^2 / dof)`` of the residuals in units of their standard errors
+    (``None`` when the fit has no spare degree of freedom), and ``power_law``
+    is False when the residuals reject the model ``C dt^p (1 + b dt)`` at the
+    0.1 % level (the errors are not a power law within their noise; the
+    interval is then dominated by the model's misfit, not by Monte Carlo noise).
     """
 
     order: float
@@ -60,6 +67,8 @@ class OrderFit:
     local_slopes: np.ndarray
     confidence: float = 0.95
     local_se: np.ndarray | None = None
+    scatter: float | None = None
+    power_law: bool = True
 
     def contains_or_exceeds(self, declared: float) -> bool:
         """True if the interval contains ``declared`` or lies above it."""
@@ -72,7 +81,10 @@ class OrderFit:
         return bool(np.all(np.abs(self.local_slopes - self.order) <= tol))
 
     def __str__(self):
-        return f"{self.order:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}]"
+        text = f"{self.order:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}]"
+        if not self.power_law:
+            text += f" (not a power law within the noise: residuals {self.scatter:.1f} standard errors)"
+        return text
 
 
 def _slope(log_dt, log_err):
@@ -98,12 +110,17 @@ def fit_order(dts, per_path_errors, *, n_boot=1000, confidence=0.95, seed=0) -> 
     order = _slope(log_dt, np.log(mean))
     rng = np.random.default_rng(seed)
     n = e.shape[1]
-    boots = np.empty(n_boot)
-    local_boots = np.empty((n_boot, len(dts) - 1))
-    for b in range(n_boot):
-        lm = np.log(e[:, rng.integers(0, n, n)].mean(axis=1))
-        boots[b] = _slope(log_dt, lm)
-        local_boots[b] = np.diff(lm) / np.diff(log_dt)
+    log_mean_boots = np.empty((n_boot, len(dts)))
+    chunk = max(1, 2**22 // n)  # resamples per block: (chunk, n) counts in memory at once
+    for start in range(0, n_boot, chunk):
+        size = min(chunk, n_boot - start)
+        # each resample's multiplicities of the n paths, applied to every level alike (the same paths at each level)
+        picks = rng.integers(0, n, (size, n)) + n * np.arange(size)[:, None]
+        counts = np.bincount(picks.ravel(), minlength=size * n).reshape(size, n)
+        log_mean_boots[start:start + size] = np.log(counts @ e.T / n)
+    centred = log_dt - log_dt.mean()
+    boots = (log_mean_boots - log_mean_boots.mean(axis=1, keepdims=True)) @ centred / (centred @ centred)
+    local_boots = np.diff(log_mean_boots, axis=1) / np.diff(log_dt)
     a = (1 - confidence) / 2
     lo, hi = np.quantile(boots, [a, 1 - a])
     local = np.diff(np.log(mean)) / np.diff(log_dt)
@@ -111,19 +128,36 @@ def fit_order(dts, per_path_errors, *, n_boot=1000, confidence=0.95, seed=0) -> 
 
 
 def fit_weak_order(dts, errors, std_errors, *, z=1.96) -> OrderFit:
-    """Fit ``|e| = C dt^p (1 + b dt)`` by weighted least squares; interval from the standard errors.
+    """Fit ``|e| = C dt^p (1 + b dt)`` by weighted least squares; interval from the standard errors and the misfit.
 
     The correction term ``b dt`` absorbs the next order of the error
     expansion, which otherwise biases a straight-line fit on coarse grids;
-    weights are the Monte Carlo standard errors, taken as absolute, and the
-    interval is ``p ± z * se(p)`` from the fit's covariance. Meaningful only
-    where ``|e|`` stands well above its standard error.
+    weights are the Monte Carlo standard errors, taken as absolute. Weak errors
+    on common random numbers can be nearly deterministic (tiny standard errors),
+    so the higher terms of the expansion the model leaves out can bias ``p`` by
+    many standard errors. The interval therefore accounts for lack of fit: with
+    ``chi^2`` the weighted residual sum and ``dof = levels - 3``, a Birge ratio
+    ``B = sqrt(chi^2 / dof) > 1`` scales the standard error of ``p`` by ``B``
+    and the normal quantile ``z`` becomes Student's ``t`` with ``dof`` degrees
+    of freedom (the scale is then estimated from the residuals: Birge 1932,
+    Phys. Rev. 40, 207; Seber & Wild 1989, Nonlinear Regression, §2.2);
+    otherwise the interval is ``p ± z se(p)``. ``power_law`` is False where
+    ``chi^2`` exceeds its 99.9 % quantile. Meaningful only where ``|e|``
+    stands well above its standard error.
     """
     from scipy.optimize import curve_fit
+    from scipy.stats import chi2 as chi2_law
+    from scipy.stats import t as student_t
 
     h = np.asarray(dts, float)
     e = np.abs(np.asarray(errors, float))
     s = np.asarray(std_errors, float)
+    if not (h.ndim == e.ndim == s.ndim == 1 and h.size == e.size == s.size >= 3):
+        raise ValueError(f"`dts`, `errors` and `std_errors` must be 1-D of one length >= 3 (three parameters are fitted), "
+                         f"got shapes {h.shape}, {e.shape}, {s.shape}.")
+    if not (np.all(s > 0) and np.all(e > 0)):
+        raise ValueError("`errors` must be nonzero and `std_errors` positive (the fit is in log scale, weighted by the "
+                         "standard errors); drop the levels whose error is within its noise.")
     x = np.log(h)
     p0 = np.polyfit(x, np.log(e), 1)
 
@@ -132,11 +166,21 @@ def fit_weak_order(dts, errors, std_errors, *, z=1.96) -> OrderFit:
 
     popt, pcov = curve_fit(model, h, e, p0=[p0[1], p0[0], 0.0], sigma=s, absolute_sigma=True, maxfev=10000)
     order, se = popt[1], float(np.sqrt(pcov[1, 1]))
+    confidence = float(math.erf(z / math.sqrt(2.0)))
+    dof = h.size - 3
+    scatter, power_law, quantile = None, True, z
+    if dof > 0:
+        chi2 = float((((e - model(h, *popt)) / s) ** 2).sum())
+        scatter = math.sqrt(chi2 / dof)
+        power_law = bool(chi2 <= chi2_law.ppf(0.999, dof))
+        if scatter > 1.0:
+            se *= scatter
+            quantile = float(student_t.ppf(0.5 + confidence / 2, dof))
     local = np.diff(np.log(e)) / np.diff(x)
     rel = s / e
     local_se = np.sqrt(rel[1:] ** 2 + rel[:-1] ** 2) / np.abs(np.diff(x))
-    confidence = float(math.erf(z / math.sqrt(2.0)))
-    return OrderFit(float(order), float(order - z * se), float(order + z * se), local, confidence, local_se)
+    return OrderFit(float(order), float(order - quantile * se), float(order + quantile * se), local, confidence, local_se,
+                    scatter, power_law)
 
 
 # --------------------------------------------------------------------------- the record

@@ -183,3 +183,93 @@ def test_converge_refuses_one_path_and_unwritable_outputs_before_solving(tmp_pat
         one_line_error(r, option, "is a file, not a folder")
         assert "strong order" not in r.stdout  # nothing was solved
     one_line_error(_converge("--problem", "gbm", "--paths", 20, "--plot", tmp_path), "--plot", "is a folder")
+
+
+# --------------------------------------------------------------------------- the fits' intervals, against their levels
+def _proportional_errors(rng, dts, order, n_paths, level_noise):
+    """Per-path errors ``dt^order A_i B_ki``: ``A_i`` (lognormal, shared by every level, as the errors of one path are)
+    and ``B_ki`` (mean 1, independent). ``E e_k = dt_k^order E A`` exactly, so the true order is ``order``."""
+    shared = rng.lognormal(0.0, 1.0, n_paths)
+    own = rng.gamma(1.0 / level_noise**2, level_noise**2, (len(dts), n_paths)) if level_noise else 1.0
+    return np.asarray(dts)[:, None] ** order * shared * own
+
+
+def test_strong_interval_collapses_on_errors_proportional_across_levels():
+    """Errors proportional across levels on every path: every resample of the paths (the same paths at every
+    level) has the slope ``order`` exactly, so the interval is that point. Resampling each level independently
+    would not."""
+    dts = 1.0 / np.array([8, 16, 32, 64])
+    e = _proportional_errors(np.random.default_rng(0), dts, 1.5, 200, 0.0)
+    fit = convergence.fit_order(dts, e, n_boot=200)
+    assert fit.order == pytest.approx(1.5, abs=1e-12)
+    assert fit.ci_low == pytest.approx(1.5, abs=1e-12) and fit.ci_high == pytest.approx(1.5, abs=1e-12)
+
+
+@pytest.mark.parametrize("confidence", [0.95, 0.8])
+def test_strong_interval_covers_the_true_order_at_its_level(confidence):
+    """400 seeded studies with a known order: the bootstrap interval covers it in ``confidence`` of them, within
+    3 standard errors of a binomial proportion (a wrong quantile level or per-level resampling is far outside)."""
+    rng = np.random.default_rng(1)
+    dts = 1.0 / np.array([8, 16, 32, 64])
+    n_studies = 400
+    covered = 0
+    for _ in range(n_studies):
+        fit = convergence.fit_order(dts, _proportional_errors(rng, dts, 1.0, 200, 0.3), n_boot=300,
+                                    confidence=confidence, seed=int(rng.integers(2**31)))
+        covered += fit.ci_low <= 1.0 <= fit.ci_high
+    se = math.sqrt(confidence * (1 - confidence) / n_studies)
+    assert abs(covered / n_studies - confidence) <= 3 * se, (covered, n_studies)
+
+
+def _weak_model(dts, order=1.0):
+    return 0.7 * dts**order * (1.0 + 1.5 * dts)
+
+
+def test_weak_interval_covers_the_true_order_at_least_at_its_level():
+    """Weak errors ``C dt^p (1 + b dt)`` plus normal noise of known standard error: the interval covers ``p`` in at
+    least 95 % of 400 fits (minus 3 binomial standard errors). With the model right the lack-of-fit widening makes
+    it conservative: measured 97.5 % (so the upper bound allows that, not 100 %)."""
+    rng = np.random.default_rng(2)
+    dts = 1.0 / np.array([8, 16, 32, 64, 128])
+    se = 0.02 * _weak_model(dts)[0] * np.sqrt(dts / dts[0])
+    n_fits, covered = 400, 0
+    for _ in range(n_fits):
+        fit = convergence.fit_weak_order(dts, _weak_model(dts) + se * rng.standard_normal(dts.size), se)
+        covered += fit.ci_low <= 1.0 <= fit.ci_high
+    assert 0.95 - 3 * math.sqrt(0.95 * 0.05 / n_fits) <= covered / n_fits <= 0.99, covered
+
+
+@pytest.mark.parametrize("theta, steps", [(1.0, [8, 16, 32, 64, 128]), (4.0, [8, 16, 32, 64, 128]), (4.0, [4, 8, 16, 32])])
+def test_weak_interval_accounts_for_lack_of_fit(theta, steps):
+    """Euler's weak error in the mean of dX = -theta X dt + dW, X_0 = 1, is ``(1 - theta h)^(1/h) - exp(-theta)``
+    exactly (order 1, with every higher power of h). With standard errors of 1e-4 of the error (nearly deterministic
+    errors, as common random numbers give), the Monte Carlo interval alone excludes 1 (0.9992 [0.9990, 0.9995] at
+    theta = 1); widened by the residual scatter it covers 1, and a misfit beyond the noise is reported."""
+    h = 1.0 / np.array(steps, float)
+    err = (1.0 - theta * h) ** (1.0 / h) - math.exp(-theta)
+    fit = convergence.fit_weak_order(h, err, 1e-4 * np.abs(err))
+    assert fit.ci_low <= 1.0 <= fit.ci_high, str(fit)
+    assert fit.scatter is not None and fit.scatter > 1.0
+    if not fit.power_law:
+        assert "not a power law" in str(fit)
+
+
+def test_weak_fit_flags_errors_that_are_not_a_power_law():
+    """``dt + 40 dt^3`` with 0.1 % standard errors is no ``C dt^p (1 + b dt)``: flagged; the model itself is not."""
+    dts = 1.0 / np.array([4, 8, 16, 32, 64])
+    bent = convergence.fit_weak_order(dts, dts + 40 * dts**3, 1e-3 * dts)
+    assert not bent.power_law and bent.scatter > 5 and "not a power law" in str(bent)
+    clean = convergence.fit_weak_order(dts, _weak_model(dts), 1e-3 * _weak_model(dts))
+    assert clean.power_law and clean.scatter < 1e-6
+    assert clean.order == pytest.approx(1.0, abs=1e-8)
+    assert clean.ci_high - clean.ci_low == pytest.approx(2 * 1.96 * (clean.ci_high - clean.order) / 1.96, rel=1e-12)
+
+
+@pytest.mark.parametrize("args, match", [
+    (([0.1, 0.05], [1.0, 0.5], [0.1, 0.1]), "length >= 3"),
+    (([0.1, 0.05, 0.025], [1.0, 0.0, 0.2], [0.1, 0.1, 0.1]), "nonzero"),
+    (([0.1, 0.05, 0.025], [1.0, 0.5, 0.2], [0.1, 0.0, 0.1]), "positive"),
+])
+def test_weak_fit_refuses_what_it_cannot_fit(args, match):
+    with pytest.raises(ValueError, match=match):
+        convergence.fit_weak_order(*args)
