@@ -66,9 +66,18 @@ def cache_dir() -> str | None:
 
 @cache
 def cache_salt() -> str:
-    """A digest of the interpreter, NumPy, Numba and llvmlite versions and every source file of sdekit and diffusion."""
+    """A digest of the interpreter, NumPy, Numba and llvmlite versions and every source file of sdekit and diffusion.
+
+    ``$SDEKIT_CACHE_SALT``, when set, stands for the source files: for tools that rewrite sdekit's sources one
+    change at a time (the mutation tests, ``benchmarks/mutation``), where recompiling every adapter for each
+    change would cost minutes. An adapter still changes with the functions it compiles in (their fingerprint),
+    and the Numba kernels with their own sources (:mod:`sdekit._jitcache`); never set it otherwise.
+    """
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{sys.version}|{np.__version__}|{numba.__version__}|{llvmlite.__version__}".encode())
+    if os.environ.get("SDEKIT_CACHE_SALT"):
+        h.update(os.environ["SDEKIT_CACHE_SALT"].encode())
+        return h.hexdigest()
     for name in _OWN_MODULES:
         module = sys.modules.get(name)
         if module is None or not getattr(module, "__file__", None):

@@ -15,6 +15,9 @@ settings.load_profile("sdekit")
 
 
 def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:  # torch is imported only where a test asks for CUDA (a run of sdekit's tests alone skips it)
+        return
     try:
         import torch
 
@@ -22,8 +25,8 @@ def pytest_collection_modifyitems(config, items):
     except ImportError:
         has_cuda = False
     skip = pytest.mark.skip(reason="needs a CUDA device")
-    for item in items:
-        if "gpu" in item.keywords and not has_cuda:
+    for item in gpu_items:
+        if not has_cuda:
             item.add_marker(skip)
 
 
