@@ -217,7 +217,7 @@ def classify(record: dict, equivalents: list[dict]) -> dict:
     for m in record["mutants"]:
         counts["total"] += 1
         match = next((e for e in mine if e["operator"] == m["operator"] and e["source"] == m["source"]
-                      and e.get("occurrence", m["occurrence"]) == m["occurrence"]), None)
+                      and e.get("nth", m["nth"]) == m["nth"]), None)
         if m["outcome"] == "killed":
             counts["killed"] += 1
         elif match is not None:
