@@ -1,11 +1,13 @@
 """Coefficient tables check themselves; dopri5 agrees with scipy's independent copy."""
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
 from scipy.integrate._ivp.rk import RK45
 
+import sdekit as sk
 from sdekit import tableaus as tb
 
 
@@ -18,10 +20,25 @@ def test_dopri5_matches_scipy():
     np.testing.assert_allclose(t.dense, RK45.P, atol=1e-14)
 
 
-@pytest.mark.parametrize("tab", [tb.EULER, tb.HEUN, tb.MIDPOINT, tb.RK4, tb.DOPRI5])
-def test_butcher_consistency(tab):
-    np.testing.assert_allclose(tab.A.sum(axis=1), tab.c, atol=1e-14)
-    assert abs(tab.b.sum() - 1) < 1e-14
+def _power_of_t(k):
+    return lambda t, x, p: t**k + 0.0 * x
+
+
+@pytest.mark.parametrize("method, order", [("euler", 1), ("heun", 2), ("midpoint", 2), ("rk4", 4)])
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_one_solver_step_is_the_taylor_polynomial_and_integrates_polynomials_exactly(method, order, backend):
+    """Through the solver, not the table: an explicit Runge–Kutta method with as many stages as its order p has the
+    stability function ``R(z) = sum_{j <= p} z^j / j!`` (Hairer, Nørsett & Wanner 1993, §II.1, eq. 1.9), so one step of
+    ``x' = x`` is that polynomial; and its quadrature ``sum b_i c_i^k`` is exact for ``x' = t^k``, ``k < p``, from any
+    ``t0`` (Butcher 2016, §3.1)."""
+    h = 0.3
+    one = sk.solve(sk.ODE(lambda t, x, p: x), 1.0, (0.0, h), method=method, n_steps=1, backend=backend)
+    assert float(one.x[-1].ravel()[0]) == pytest.approx(sum(h**j / math.factorial(j) for j in range(order + 1)), rel=1e-14)
+    t0 = 0.7
+    for k in range(order):
+        quad = sk.solve(sk.ODE(_power_of_t(k)), 0.0, (t0, t0 + h), method=method, n_steps=1, backend=backend)
+        exact = ((t0 + h) ** (k + 1) - t0 ** (k + 1)) / (k + 1)
+        assert float(quad.x[-1].ravel()[0]) == pytest.approx(exact, rel=1e-13), k
 
 
 def test_mistyped_coefficients_are_rejected():
