@@ -165,3 +165,20 @@ def test_the_power_grid_is_a_power_of_the_reference_vp_time_on_every_process(mak
     v, h = np.linspace(0.05, 0.95, 9), 1e-6
     slope = (np.asarray(grid.phi(v + h, grid.params)) - np.asarray(grid.phi(v - h, grid.params))) / (2 * h)
     np.testing.assert_allclose(np.asarray(grid.dphi(v, grid.params)), slope, rtol=1e-6)
+
+
+def test_the_default_is_the_table_docs_samplers_md_documents():
+    """The budget table users read (docs/samplers.md, "How the default was chosen") is what runs, at both ends of every
+    row's range of budgets."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "samplers.md").read_text()
+    rows = re.findall(r"^\| (\d+)(?:–(\d+)| and more) \| `(\w+)`[^|]*\| `power`, rho ([\d.]+) \| ([^|]*)\|$", text, re.M)
+    assert len(rows) == len(dsampling.DEFAULT_SAMPLERS), rows
+    for low, high, method, rho, options in rows:
+        for nfe in {int(low), int(high or low) if high else 10 * int(low)}:
+            chosen = default_sampler(nfe)
+            assert (chosen["method"], chosen["grid"], chosen["rho"]) == (method, "power", float(rho)), (nfe, chosen)
+            assert chosen["options"].get("lower_order_final", False) == ("lower_order_final=True" in options), nfe
+    with pytest.raises(ValueError, match="nfe"):
+        default_sampler(int(rows[0][0]) - 1)
