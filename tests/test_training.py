@@ -331,3 +331,77 @@ def test_training_loop_runs_every_objective(loss):
                 progress=False)
     first, last = np.mean(res["losses"][:20]), np.mean(res["losses"][-20:])
     assert np.all(np.isfinite(res["losses"])) and last < first
+
+
+# --------------------------------------------------------------------------- losses on their own draws, exactly
+def test_flow_matching_loss_is_the_squared_velocity_error_on_its_own_draws():
+    """Rectified flow (``alpha = 1 - t``, ``sigma = t``): the target is ``z - x0`` (Liu et al. 2023, eq. 1). With a fixed
+    time and a network predicting ``c x``, the loss is ``mean_i |c x_t,i - (z_i - x0_i)|^2`` with the same normals."""
+    from diffusion import RectifiedFlow
+    from diffusion.training import flow_matching_loss
+
+    class Linear(torch.nn.Module):
+        parameterisation = "velocity"
+
+        def forward(self, x, t):
+            return 0.7 * x
+
+    x0 = torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    for time_sampling in ("uniform", "logit_normal"):
+        loss = flow_matching_loss(Linear(), RectifiedFlow(), x0, t=0.3, time_sampling=time_sampling,
+                                  generator=torch.Generator().manual_seed(5))
+        z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5), dtype=F64)
+        xt = 0.7 * x0 + 0.3 * z
+        expected = ((0.7 * xt - (z - x0)) ** 2).sum(dim=1).mean()
+        assert float(loss) == pytest.approx(float(expected), rel=1e-12)
+    with pytest.raises(ValueError, match="time_sampling"):
+        flow_matching_loss(Linear(), RectifiedFlow(), x0, time_sampling="normal")
+
+
+@pytest.mark.parametrize("variance_reduction", [True, False])
+def test_ssm_loss_is_its_formula_on_its_own_projections(variance_reduction):
+    """Sliced score matching of a linear score ``s(x) = A x`` (Song et al. 2019, eq. 8): per projection ``v``, the term
+    ``v^T A v + |s|^2 / 2`` (with variance reduction, the expectation over ``v`` of ``(v.s)^2 / 2`` taken exactly) or
+    ``v^T A v + (v.s)^2 / 2``; the loss averages over rows and projections, with the same normals ``v``."""
+    A = torch.tensor([[-1.0, 0.4], [0.1, -2.0]], dtype=F64)
+    x = torch.randn(50, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    w = torch.rand(50, generator=torch.Generator().manual_seed(2), dtype=F64)
+    loss = ssm_loss(lambda y: y @ A.T, x, n_projections=3, variance_reduction=variance_reduction, weights=w,
+                    generator=torch.Generator().manual_seed(3))
+    g, s, total = torch.Generator().manual_seed(3), x @ A.T, 0.0
+    for _ in range(3):
+        v = torch.randn(x.shape, generator=g, dtype=F64)
+        quad = ((v @ A) * v).sum(dim=1)
+        second = 0.5 * (s * s).sum(dim=1) if variance_reduction else 0.5 * (s * v).sum(dim=1) ** 2
+        total += (w * (quad + second)).mean()
+    assert float(loss.detach()) == pytest.approx(float(total) / 3, rel=1e-12)
+
+
+def test_edm_loss_defaults_are_karras_table_1():
+    """EDM's published training distribution and data scale (Karras et al. 2022, Table 1): P_mean = -1.2,
+    P_std = 1.2, sigma_data = 0.5."""
+    from diffusion.training import edm_loss
+
+    net = torch.nn.Linear(2, 2).to(F64)
+
+    def raw(x, c_noise):
+        return net(x)
+
+    x0 = torch.randn(32, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
+    sde = diffusion.VPSDE()
+    default = edm_loss(raw, sde, x0, generator=torch.Generator().manual_seed(6))
+    explicit = edm_loss(raw, sde, x0, sigma_data=0.5, p_mean=-1.2, p_std=1.2, generator=torch.Generator().manual_seed(6))
+    other = edm_loss(raw, sde, x0, sigma_data=0.6, generator=torch.Generator().manual_seed(6))
+    assert float(default) == float(explicit) != float(other)
+
+
+def test_foreign_checkpoints_and_weights_name_what_is_wrong(tmp_path):
+    """The error lists exactly the entries a checkpoint lacks, and the mismatched parameter of foreign weights."""
+    from diffusion.training import load_checkpoint, load_weights
+
+    path = tmp_path / "partial.pt"
+    torch.save({"model": {}, "ema": {}, "optimizer": {}, "scheduler": {}, "step": 3, "generator": None}, path)
+    with pytest.raises(ValueError, match=r"missing \['config', 'losses'\]\)"):
+        load_checkpoint(path)
+    with pytest.raises(ValueError, match=r"size mismatch for weight"):
+        load_weights(torch.nn.Linear(3, 2, bias=False), torch.nn.Linear(2, 2, bias=False).state_dict(), "run/x.pt")

@@ -157,11 +157,12 @@ def _spec_record(mutation, source):
 
 
 def _numbered(items, source):
-    """``(job_id, record)`` of each mutation, ``nth`` counting the same operator at the same line and column."""
+    """``(job_id, record)`` of each mutation, ``nth`` counting the same operator at the same column of the same line
+    text (a line can repeat in a module, and an operator can make several mutants at one place)."""
     seen, out = {}, []
     for job_id, mutation in items:
         r = _spec_record(mutation, source)
-        k = (r["operator"], r["line"], r["col"])
+        k = (r["operator"], r["source"], r["col"])
         r["nth"] = seen.get(k, 0)
         seen[k] = r["nth"] + 1
         out.append((job_id, r))
@@ -182,6 +183,7 @@ def choose(session: Path, source: list[str], known: dict, sample: int | None, re
         items = [(w.job_id, w.mutations[0]) for w in db.work_items if w.job_id not in filtered]
         numbered = _numbered(sorted(items, key=lambda i: (i[1].start_pos, i[1].operator_name, i[1].occurrence)), source)
         population = {mutant_key(r): job_id for job_id, r in numbered}
+        assert len(population) == len(numbered), "mutant keys must be unique"
         again = [job for key, job in population.items() if retest and key in known and known[key]["outcome"] != "killed"]
         untested = [job for key, job in population.items() if key not in known]
         random.Random(0).shuffle(untested)
@@ -209,15 +211,27 @@ def read_session(session: Path, source: list[str]) -> list[dict]:
     return out
 
 
+def _is_equivalent(entry: dict, m: dict) -> bool:
+    """Whether the config's ``[[equivalent]]`` entry describes mutant ``m``: the same operator and either the same
+    source line (and ``nth``, where given) or, for a rule over every module, a mutated line matching ``diff-pattern``."""
+    import re
+
+    if entry["operator"] != m["operator"]:
+        return False
+    if "diff-pattern" in entry:
+        added = [line for line in m["diff"].splitlines() if line.startswith("+") and not line.startswith("+++")]
+        return any(re.search(entry["diff-pattern"], line) for line in added)
+    return entry["source"] == m["source"] and entry.get("nth", m["nth"]) == m["nth"]
+
+
 def classify(record: dict, equivalents: list[dict]) -> dict:
     """Counts of a module's outcomes, a mutant listed in ``equivalents`` (module, operator, source line) counted apart."""
-    mine = [e for e in equivalents if e["module"] == record["module"]]
+    mine = [e for e in equivalents if e["module"] in (record["module"], "*")]
     counts = {"total": 0, "killed": 0, "survived": 0, "equivalent": 0, "incompetent": 0, "error": 0}
     survivors, equivalent = [], []
     for m in record["mutants"]:
         counts["total"] += 1
-        match = next((e for e in mine if e["operator"] == m["operator"] and e["source"] == m["source"]
-                      and e.get("nth", m["nth"]) == m["nth"]), None)
+        match = next((e for e in mine if _is_equivalent(e, m)), None)
         if m["outcome"] == "killed":
             counts["killed"] += 1
         elif match is not None:
