@@ -405,3 +405,16 @@ def test_foreign_checkpoints_and_weights_name_what_is_wrong(tmp_path):
         load_checkpoint(path)
     with pytest.raises(ValueError, match=r"size mismatch for weight"):
         load_weights(torch.nn.Linear(3, 2, bias=False), torch.nn.Linear(2, 2, bias=False).state_dict(), "run/x.pt")
+
+
+def test_edm_loss_with_labels_is_the_loss_of_the_network_given_them():
+    """A class-conditional network that ignores its labels has the unconditional loss, on the same draws."""
+    from diffusion.training import edm_loss
+
+    net = torch.nn.Linear(2, 2).to(F64)
+    x0 = torch.randn(32, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
+    labels = torch.arange(32) % 3
+    sde = diffusion.VPSDE()
+    plain = edm_loss(lambda x, c: net(x), sde, x0, generator=torch.Generator().manual_seed(6))
+    given = edm_loss(lambda x, c, y: net(x), sde, x0, y=labels, generator=torch.Generator().manual_seed(6))
+    assert float(given) == float(plain)
