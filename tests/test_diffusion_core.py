@@ -275,9 +275,9 @@ def test_trajectory_and_callback():
     sde = SDES["vp"]
     sc = gaussian_score(sde)
     seen = []
-    for method in ("rk4", "sra1", "dpmpp_2m", "pc"):
+    for method, grid in [(m, g) for m in ("rk4", "sra1", "dpmpp_2m", "pc") for g in ("karras", "uniform")]:
         seen.clear()
-        r = sample(sde, sc, 4, method=method, steps=6, seed=1, grid="karras", return_trajectory=True,
+        r = sample(sde, sc, 4, method=method, steps=6, seed=1, grid=grid, return_trajectory=True,
                    callback=lambda k, t, x: seen.append((k, t, x.shape)), denoise=False)
         assert [k for k, _, _ in seen] == list(range(7))
         np.testing.assert_allclose([t for _, t, _ in seen], r.times)

@@ -226,3 +226,20 @@ def test_a_time_grid_object_must_fit_the_call():
         sample(VP, score, 3, method="heun", steps=2, backend="numpy", grid=TimeGrid(VP, "logsnr", T=0.5))
     with pytest.raises(ValueError, match="dopri5 chooses its own steps"):
         sample(VP, score, 3, method="dopri5", backend="numpy", grid=TimeGrid(VP, "karras"))
+
+
+def test_the_keyword_shorthand_defaults_are_the_option_records_defaults():
+    """``sample(..., snr=...)`` stands for ``options=PredictorCorrector(snr=...)``: a keyword left at its default must
+    mean the record's default (a method that does not read it accepts exactly that value; ``rho`` is the grid's)."""
+    import diffusion.options as records
+    from diffusion.sampling import OPTION_KEYWORDS
+
+    defaults = {}
+    for record in (records.Ancestral, records.Exponential, records.PredictorCorrector, records.AnnealedLangevin,
+                   records.Adaptive, records.AncestralSDE, records.Churn):
+        for f in dataclasses.fields(record):
+            defaults.setdefault(f.name, set()).add(f.default)
+    assert set(OPTION_KEYWORDS) - {"rho"} <= set(defaults)
+    for name, value in OPTION_KEYWORDS.items():
+        if name != "rho":  # eta's default is 0 for ddim (Ancestral) and 1 for the ancestral SDE samplers
+            assert value in defaults[name] and (len(defaults[name]) == 1 or name == "eta"), (name, value, defaults[name])

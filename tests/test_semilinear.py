@@ -197,3 +197,35 @@ def test_time_changed_sde_has_the_right_law(backend):
     m, v = math.exp(2 * theta), sig**2 * math.expm1(4 * theta) / (2 * theta)
     assert abs(x.mean() - m) < 4 * math.sqrt(v / n)
     assert abs(x.var() - v) < 4 * v * math.sqrt(2 / n)
+
+
+# --------------------------------------------------------------------------- the amplification safeguard's constants
+def _adams_bashforth(q):
+    """The q-step Adams–Bashforth coefficients ``b_j = int_0^1 prod_{k != j} (s + k) / (k - j) ds`` (nodes 0, -1, ...,
+    -(q-1) in units of the step; Hairer, Nørsett & Wanner 1993, §III.1, eq. 1.5), from the Lagrange basis."""
+    out = []
+    for j in range(q):
+        basis = np.poly1d([1.0])
+        for k in range(q):
+            if k != j:
+                basis *= np.poly1d([1.0, k]) / (k - j)
+        antiderivative = basis.integ()
+        out.append(antiderivative(1.0) - antiderivative(0.0))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("q", [1, 2, 3])
+def test_amplification_tends_to_the_adams_bashforth_sum_of_absolute_coefficients(q):
+    """On equal steps h -> 0 the exponential weights tend to h times the Adams–Bashforth ones, so the amplification
+    ``sum |w_j| / |sum w_j|`` tends to ``sum |b_j|`` (``AB_ABS_SUM``, the safeguard's yardstick) at rate O(h)."""
+    from sdekit.semilinear import AB_ABS_SUM, amplification
+
+    b = _adams_bashforth(q)
+    assert b.sum() == pytest.approx(1.0, abs=1e-14)
+    assert AB_ABS_SUM[q] == pytest.approx(np.abs(b).sum(), rel=1e-14)
+    gaps = []
+    for h in (1e-2, 1e-3):
+        nodes = -h * np.arange(q)  # the current point, then the earlier ones
+        np.testing.assert_allclose(exponential_weights(nodes, h) / h, b, atol=5 * q * h)
+        gaps.append(abs(amplification(nodes, h) - np.abs(b).sum()))
+    assert gaps[1] <= 0.2 * gaps[0] + 1e-12
