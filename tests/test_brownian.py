@@ -169,11 +169,16 @@ def test_blocks_concatenate_to_the_increments(levy, reverse, block_steps, paths)
 
 
 def test_reused_block_buffers_hold_the_same_numbers():
+    """Reused buffers are refilled in place for every full block (one array), and the short last block is its own."""
     bm = sk.BrownianPath(22, n_paths=6, base_steps=5, levy_area=True)
     dw, area = bm.increments(40)
+    buffers = []
     for b in bm.blocks(40, block_steps=6, reuse_buffers=True):
         np.testing.assert_array_equal(b.dw, dw[b.first_step : b.first_step + b.dw.shape[0]])
         np.testing.assert_array_equal(b.levy_area, area[b.first_step : b.first_step + b.dw.shape[0]])
+        buffers.append(b.dw)
+    assert [x.shape[0] for x in buffers] == [6] * 6 + [4]
+    assert all(x is buffers[0] for x in buffers[:6]) and buffers[6] is not buffers[0]
 
 
 @pytest.mark.parametrize("generator", ["numba", "torch"])
@@ -187,6 +192,25 @@ def test_torch_cpu_blocks_equal_numpy_blocks(generator, levy, reverse):
     for name in ("dw", "levy_area") if levy else ("dw",):
         expected = np.concatenate([getattr(b, name) for b in ref])
         np.testing.assert_allclose(torch.cat([getattr(b, name) for b in got]).numpy(), expected, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float32])
+def test_tensor_blocks_default_to_cpu_float64_and_take_a_dtype(dtype):
+    """``device`` or ``dtype`` alone makes torch blocks: CPU by default, float64 by default; float32 blocks are the
+    float64 numbers rounded."""
+    bm = sk.BrownianPath(24, n_paths=5, noise_dim=2, base_steps=4)
+    ref = np.concatenate([b.dw for b in bm.blocks(16)])
+    got = list(bm.blocks(16, dtype=dtype) if dtype is not None else bm.blocks(16, device="cpu"))
+    expected_dtype = torch.float64 if dtype is None else dtype
+    assert all(b.dw.device.type == "cpu" and b.dw.dtype == expected_dtype for b in got)
+    host = np.float32 if dtype is torch.float32 else np.float64
+    np.testing.assert_array_equal(torch.cat([b.dw for b in got]).numpy(), ref.astype(host))
+
+
+@pytest.mark.parametrize("n_steps", [0, -4, 2.5, "8"])
+def test_grids_that_are_not_positive_integers_are_refused(n_steps):
+    with pytest.raises(ValueError, match="`n_steps` must be a positive integer"):
+        sk.BrownianPath(1, base_steps=4).level(n_steps)
 
 
 def test_bad_block_steps():
