@@ -216,3 +216,23 @@ def test_grids_that_are_not_positive_integers_are_refused(n_steps):
 def test_bad_block_steps():
     with pytest.raises(ValueError, match="block_steps"):
         sk.BrownianPath(1).blocks(4, block_steps=0)
+
+
+def test_paths_slice_bounds_and_a_one_step_grid():
+    """``paths_slice`` takes exactly ``0 <= start < stop <= n_paths``; a grid of one step is a grid."""
+    bm = sk.BrownianPath(3, n_paths=4, base_steps=1)
+    for start, stop in ((-1, 2), (2, 2), (0, 5)):
+        with pytest.raises(ValueError, match="paths_slice needs"):
+            bm.paths_slice(start, stop)
+    np.testing.assert_array_equal(bm.paths_slice(0, 4).increments(1)[0], bm.increments(1)[0])
+    assert bm.level(1) == 0 and bm.level(8) == 3
+
+
+def test_a_brownian_path_is_an_immutable_value():
+    """A path is its seed and settings: frozen (no attribute can change under a running solve) and hashable."""
+    import dataclasses
+
+    bm = sk.BrownianPath(3, n_paths=4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        bm.n_paths = 5
+    assert hash(bm) == hash(sk.BrownianPath(3, n_paths=4))

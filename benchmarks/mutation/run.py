@@ -129,7 +129,7 @@ def run_module(module: dict, settings: dict, copy: Path, log, previous: dict | N
     call(BIN / "cr-filter-operators", session, cfg)
     source = (copy / module["path"]).read_text().splitlines()
     known = {mutant_key(m): m for m in previous["mutants"]} if previous else {}
-    retest = previous is not None and previous["fingerprint"] != fingerprint(module, settings)
+    retest = previous is not None and (sample == -1 or previous["fingerprint"] != fingerprint(module, settings))
     chosen = choose(session, source, known, sample, retest)
     call(BIN / "cosmic-ray", "baseline", cfg)
     call(BIN / "cosmic-ray", "exec", cfg, session)
@@ -187,7 +187,7 @@ def choose(session: Path, source: list[str], known: dict, sample: int | None, re
         again = [job for key, job in population.items() if retest and key in known and known[key]["outcome"] != "killed"]
         untested = [job for key, job in population.items() if key not in known]
         random.Random(0).shuffle(untested)
-        run = set(again) | set(untested if sample is None else untested[:sample])
+        run = set(again) | set(untested if sample is None else untested[:max(sample, 0)])
         skip = [job for job in population.values() if job not in run]
         db.set_multiple_results(skip, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
     return {"population": population, "run": run}
@@ -325,6 +325,8 @@ def main(argv=None) -> int:
     parser.add_argument("--all", action="store_true", help="run every module, changed and complete or not")
     parser.add_argument("--jobs", type=int, default=2, help="copies of the tree working at once (default 2)")
     parser.add_argument("--report", action="store_true", help="only rewrite REPORT.md from the stored results")
+    parser.add_argument("--survivors", action="store_true",
+                        help="test again only the mutants that survived (after adding tests), no untested ones")
     parser.add_argument("--sample", type=int, default=None,
                         help="untested mutants per module this run (default: config's `sample`; 0: all of them)")
     args = parser.parse_args(argv)
@@ -345,10 +347,13 @@ def main(argv=None) -> int:
             for m in config["module"]:
                 stored = RESULTS / f"{slug(m['path'])}.json"
                 record = json.loads(stored.read_text()) if stored.exists() else None
-                if (args.all or record is None or record["fingerprint"] != fingerprint(m, settings)
+                if args.survivors:
+                    if record is not None and any(x["outcome"] != "killed" for x in record["mutants"]):
+                        todo.append(m)
+                elif (args.all or record is None or record["fingerprint"] != fingerprint(m, settings)
                         or len(record["mutants"]) < record["population"]):
                     todo.append(m)
-        sample = None if args.sample == 0 else (args.sample or settings["sample"])
+        sample = -1 if args.survivors else None if args.sample == 0 else (args.sample or settings["sample"])
         todo.sort(key=lambda m: -(ROOT / m["path"]).stat().st_size)  # largest first: the copies finish together
         print(f"mutating {len(todo)} module(s) with {args.jobs} copies: {[m['path'] for m in todo]}", flush=True)
         base = Path(tempfile.gettempdir()) / "sdekit-mutation"
