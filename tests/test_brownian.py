@@ -236,3 +236,21 @@ def test_a_brownian_path_is_an_immutable_value():
     with pytest.raises(dataclasses.FrozenInstanceError):
         bm.n_paths = 5
     assert hash(bm) == hash(sk.BrownianPath(3, n_paths=4))
+
+
+def test_a_negative_first_path_is_refused():
+    with pytest.raises(ValueError, match="first_path"):
+        sk.BrownianPath(3, n_paths=4, first_path=-1)
+
+
+@pytest.mark.parametrize("tensors", [False, True])
+def test_more_paths_than_a_block_holds_give_blocks_of_one_step(tensors):
+    """Paths whose increments alone exceed the block budget (2^17 numbers for NumPy, 2^22 for torch) are read one step
+    per block, the same numbers as the whole grid at once."""
+    n = (1 << 22) + 3 if tensors else (1 << 17) + 3
+    bm = sk.BrownianPath(5, n_paths=n, base_steps=1)
+    blocks = list(bm.blocks(2, device="cpu") if tensors else bm.blocks(2))
+    assert [b.dw.shape[0] for b in blocks] == [1, 1]
+    ref = bm.increments(2, paths=range(n - 3, n))  # (steps, paths, noise_dim): no Lévy area
+    got = np.concatenate([np.asarray(b.dw[:, -3:]) for b in blocks])
+    np.testing.assert_array_equal(got, ref)

@@ -418,3 +418,15 @@ def test_edm_loss_with_labels_is_the_loss_of_the_network_given_them():
     plain = edm_loss(lambda x, c: net(x), sde, x0, generator=torch.Generator().manual_seed(6))
     given = edm_loss(lambda x, c, y: net(x), sde, x0, y=labels, generator=torch.Generator().manual_seed(6))
     assert float(given) == float(plain)
+
+
+def test_evaluations_are_logged_with_every_metric_but_the_step():
+    from diffusion.training import TrainConfig, train
+
+    lines = []
+    torch.manual_seed(0)
+    net = ScoreMLP(2, hidden=8, depth=1)
+    x = diffusion.datasets.load("moons", 64, seed=0).x
+    train(net, diffusion.VPSDE(), x, TrainConfig(steps=4, batch_size=16, seed=1, warmup=1), progress=False,
+          evaluate=lambda step, model: {"step": -1, "held_out": 0.5 + step, "ratio": 2.0}, eval_every=2, log_eval=lines.append)
+    assert lines == ["step 2: held_out 2.5, ratio 2", "step 4: held_out 4.5, ratio 2"]
