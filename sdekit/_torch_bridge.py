@@ -31,8 +31,9 @@ from .brownian import BrownianBlock
 
 _TWO53_INV = 1.0 / 9007199254740992.0
 _TWO_PI = 2.0 * math.pi
-_split_node = split_node.py_func  # the compiled split's own source, applied to tensors
-_leaf_split = leaf_split.py_func
+# the compiled splits' own sources, applied to tensors (plain functions already under NUMBA_DISABLE_JIT=1)
+_split_node = getattr(split_node, "py_func", split_node)
+_leaf_split = getattr(leaf_split, "py_func", leaf_split)
 
 
 def _signed(u) -> int:

@@ -130,6 +130,8 @@ def run_module(module: dict, settings: dict, copy: Path, log, previous: dict | N
     source = (copy / module["path"]).read_text().splitlines()
     known = {mutant_key(m): m for m in previous["mutants"]} if previous else {}
     retest = previous is not None and (sample == -1 or previous["fingerprint"] != fingerprint(module, settings))
+    if sample is not None and sample >= 0 and "sample" in module:
+        sample = min(sample, int(module["sample"]))  # a module whose every mutant recompiles Numba kernels
     chosen = choose(session, source, known, sample, retest)
     call(BIN / "cosmic-ray", "baseline", cfg)
     call(BIN / "cosmic-ray", "exec", cfg, session)
