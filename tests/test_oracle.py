@@ -282,3 +282,24 @@ def test_errors():
         gm.score(np.zeros((4, 2)), 0.5)
     with pytest.raises(ValueError, match="direction"):
         gm.projected_cdf(0.0, [0.0, 0.0])
+
+
+def test_sliced_ks_in_one_dimension_is_the_kolmogorov_smirnov_statistic():
+    """In 1-D every direction is ±1 and the KS distance of -X to the reflected law is that of X: the sliced statistic is
+    scipy's one-sample KS statistic against the mixture's CDF (written here from its components), at any time."""
+    gm = GaussianMixture([0.3, 0.7], [[-1.0], [2.0]], [[[0.25]], [[0.5]]])
+    x = gm.sample(300, seed=4)
+    sde = VPSDE()
+    for t in (None, 0.4):
+        if t is None:
+            loc, scale = np.array([-1.0, 2.0]), np.sqrt([0.25, 0.5])
+        else:
+            a, s = float(sde.alpha(t)), float(sde.sigma(t))
+            loc, scale = a * np.array([-1.0, 2.0]), np.sqrt(a * a * np.array([0.25, 0.5]) + s * s)
+        y = x if t is None else gm.diffused(sde, t).sample(300, seed=5)
+
+        def cdf(z, loc=loc, scale=scale):
+            return 0.3 * stats.norm.cdf(z, loc[0], scale[0]) + 0.7 * stats.norm.cdf(z, loc[1], scale[1])
+
+        expected = stats.kstest(y[:, 0], cdf).statistic
+        assert gm.sliced_ks(y, t, None if t is None else sde, n_directions=5) == pytest.approx(expected, rel=1e-12)
