@@ -77,9 +77,11 @@ def fingerprint(module: dict, settings: dict) -> str:
 
 
 def copy_tree(dest: Path) -> None:
-    """The working tree (tracked and untracked, not ignored files) copied to ``dest``."""
+    """The working tree (tracked and untracked, not ignored files) copied to ``dest`` (its compile cache kept)."""
     if dest.exists():
-        shutil.rmtree(dest)
+        for entry in dest.iterdir():
+            if entry.name != ".cache":
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True, capture_output=True,
                            text=True).stdout.split()
     for f in files:
@@ -133,7 +135,12 @@ def run_module(module: dict, settings: dict, copy: Path, log, previous: dict | N
     if sample is not None and sample >= 0 and "sample" in module:
         sample = min(sample, int(module["sample"]))  # a module whose every mutant recompiles Numba kernels
     chosen = choose(session, source, known, sample, retest)
-    call(BIN / "cosmic-ray", "baseline", cfg)
+    # the baseline, run directly (no time limit: it compiles what the tests use into the copy's cache, which the
+    # mutants then share); a mutant is killed only by tests that pass unmutated
+    baseline = subprocess.run(test_command(module, settings), shell=True, cwd=copy, env=env, capture_output=True, text=True)
+    log.write(f"$ {test_command(module, settings)}\n{baseline.stdout[-3000:]}{baseline.stderr[-3000:]}\n")
+    if baseline.returncode != 0:
+        raise RuntimeError(f"{module['path']}: its tests fail unmutated, fix them or the config first:\n{baseline.stdout[-2000:]}")
     call(BIN / "cosmic-ray", "exec", cfg, session)
     seconds = time.perf_counter() - start
     fresh = {mutant_key(m): m for m in read_session(session, source)}
