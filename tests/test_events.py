@@ -134,6 +134,17 @@ def test_numpy_and_numba_event_times_agree():
     np.testing.assert_allclose(a.x, b.x, rtol=1e-13, atol=0)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba", "torch"])
+def test_an_event_without_noise_along_it_is_the_straight_line_crossing(backend):
+    """sigma = 0: X = mu t exactly, and the event X = L is crossed at L / mu, between steps (7 steps: the crossing
+    step starts at g = -1/7), upwards only; a falling event never fires. (The numba backend divided by the last noise
+    scale, 0 here, and raised ZeroDivisionError.)"""
+    for direction, expected in ((1, LEVEL / MU), (0, LEVEL / MU), (-1, math.nan)):
+        sol = sdekit.solve(bm(MU, 0.0, LEVEL), 0.0, (0.0, T), method="euler", n_steps=7, n_paths=2, seed=1,
+                           backend=backend, events=[sdekit.Event(at_level, direction=direction)])
+        np.testing.assert_allclose(sol.event_t, [expected, expected], rtol=1e-12)
+
+
 # ---------------------------------------------------------------- two events, adaptive steps
 def test_brownian_motion_stays_in_a_strip():
     """W from 0 in (-1, 1) on [0, 1], two terminal events (one per wall), 4 euler steps with the bridge:

@@ -470,7 +470,7 @@ class EventRecord:
             g0 = self.g_old[rows, e]
             with torch.no_grad():
                 g1 = fn(t_new_col, x_new, p).double()
-            far = (2.0 * g0 * g1 / (9.0 * self.scale_prev[rows, e] ** 2 * h.abs()) > NEGLIGIBLE) if bridge else True
+            far = (2.0 * g0 * g1 > NEGLIGIBLE * (9.0 * self.scale_prev[rows, e] ** 2 * h.abs())) if bridge else True
             check = (active & ~((g0 * g1 > 0.0) & far)).nonzero().squeeze(1)
             if check.numel():
                 xs = x[check]

@@ -410,8 +410,9 @@ def integrate_path(attempt, f, g, p, tab, exponent, adaptive, n_drift, n_diffusi
             g_new[e] = events[e](t_new, x_new, p)[0]
             if m > 0:
                 # skip the noise scale where even three times the last one leaves a negligible crossing probability
-                if g_old[e] * g_new[e] > 0.0 and (not ev_bridge[e] or 2.0 * g_old[e] * g_new[e] / (
-                        9.0 * scale_prev[e] ** 2 * abs(h)) > NEGLIGIBLE):
+                # (multiplied out: a last scale of 0, no noise along G, must not divide by zero in compiled code)
+                if g_old[e] * g_new[e] > 0.0 and (not ev_bridge[e] or 2.0 * g_old[e] * g_new[e] > NEGLIGIBLE * (
+                        9.0 * scale_prev[e] ** 2 * abs(h))):
                     continue
                 gx = g(t, x, p)
                 ng += 1
