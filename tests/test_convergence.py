@@ -194,6 +194,14 @@ def _proportional_errors(rng, dts, order, n_paths, level_noise):
     return np.asarray(dts)[:, None] ** order * shared * own
 
 
+def test_fit_order_defaults_to_a_95_percent_interval_of_1000_resamples():
+    dts = 1.0 / np.array([8, 16, 32])
+    e = _proportional_errors(np.random.default_rng(3), dts, 1.0, 50, 0.3)
+    default, explicit = convergence.fit_order(dts, e), convergence.fit_order(dts, e, n_boot=1000, confidence=0.95, seed=0)
+    assert default.confidence == 0.95
+    assert (default.ci_low, default.ci_high) == (explicit.ci_low, explicit.ci_high)
+
+
 def test_strong_interval_collapses_on_errors_proportional_across_levels():
     """Errors proportional across levels on every path: every resample of the paths (the same paths at every
     level) has the slope ``order`` exactly, so the interval is that point. Resampling each level independently

@@ -260,6 +260,10 @@ def test_errors():
         GaussianMixture([1.0, 1.0], mu, [np.eye(2), [[1.0, 0.5], [0.0, 1.0]]])
     with pytest.raises(ValueError, match=r"`covs` of component 0 is not positive definite"):
         GaussianMixture([1.0, 1.0], mu, [[[1.0, 2.0], [2.0, 1.0]], np.eye(2)])
+    # numerically singular: the smallest eigenvalue within eigh's rounding error D eps lambda_max of zero
+    with pytest.raises(ValueError, match=r"`covs` of component 1 is not positive definite \(smallest eigenvalue 1e-14\)"):
+        GaussianMixture([1.0, 1.0], mu, [np.eye(2), np.diag([100.0, 1e-14])])
+    GaussianMixture([1.0, 1.0], mu, [np.eye(2), np.diag([100.0, 1e-12])])  # 1e-12 > 2 eps 100 = 4.4e-14: accepted
     with pytest.raises(ValueError, match="covs"):
         GaussianMixture([1.0, 1.0], mu, [1.0, 0.0])
     with pytest.raises(ValueError, match=r"covs.*shape"):
