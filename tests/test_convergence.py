@@ -281,3 +281,15 @@ def test_weak_fit_flags_errors_that_are_not_a_power_law():
 def test_weak_fit_refuses_what_it_cannot_fit(args, match):
     with pytest.raises(ValueError, match=match):
         convergence.fit_weak_order(*args)
+
+
+@pytest.mark.parametrize("spec, steps", [("8..64", [8, 16, 32, 64]), ("1..2", [1, 2]), ("3,6, 12", [3, 6, 12]),
+                                         ([4, 8], [4, 8])])
+def test_parse_steps(spec, steps):
+    assert convergence.parse_steps(spec) == steps
+
+
+@pytest.mark.parametrize("spec", ["0..8", "16..8", "-4..8", "8..48", "a..b"])
+def test_parse_steps_refuses_ranges_that_are_not_doublings(spec):
+    with pytest.raises(ValueError, match="steps"):
+        convergence.parse_steps(spec)
