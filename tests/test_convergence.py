@@ -293,3 +293,18 @@ def test_parse_steps(spec, steps):
 def test_parse_steps_refuses_ranges_that_are_not_doublings(spec):
     with pytest.raises(ValueError, match="steps"):
         convergence.parse_steps(spec)
+
+
+def test_two_resamples_give_finite_local_standard_errors():
+    """The smallest bootstrap (n_boot=2) still gives a standard error per local slope (sample std, ddof=1)."""
+    dts = 1.0 / np.array([8, 16, 32])
+    fit = convergence.fit_order(dts, _proportional_errors(np.random.default_rng(4), dts, 1.0, 40, 0.3), n_boot=2)
+    assert np.all(np.isfinite(fit.local_se)) and np.all(fit.local_se >= 0)
+
+
+def test_an_array_valued_phi_is_summed_over_its_components():
+    """``phi`` returning (n, k) values: the weak error is that of the sum of the components."""
+    kw = dict(methods=["euler"], steps=[4, 8, 16], n_paths=50, seed=2, n_boot=10, backend="numpy")
+    both = convergence.study("ou", phi=lambda x: np.stack([x[:, 0], x[:, 0] ** 2], axis=1), **kw)
+    summed = convergence.study("ou", phi=lambda x: x[:, 0] + x[:, 0] ** 2, **kw)
+    np.testing.assert_allclose(both.weak_error("euler"), summed.weak_error("euler"), rtol=1e-12)

@@ -331,3 +331,27 @@ def test_problems_are_built_once_per_score_kernel():
     rb = sample(sde, b, 8, method="rk4", steps=20, grid="logsnr", x_T=x_T, denoise=False)
     np.testing.assert_allclose(ra.x, gaussian_flow(sde, x_T, sde.eps, mu=1.5), atol=1e-4)
     np.testing.assert_allclose(rb.x, gaussian_flow(sde, x_T, sde.eps, mu=-0.5), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["vp", "subvp", "ve"])
+def test_perturb_is_the_marginal_map_and_seeds_are_non_negative(kind):
+    """``perturb(x0, t, z) = alpha_t x0 + sigma_t z`` for one time or one per row; a negative seed is refused."""
+    sde = SDES[kind]
+    rng = np.random.default_rng(0)
+    x0, z, t = rng.normal(size=(4, 2)), rng.normal(size=(4, 2)), np.array([0.1, 0.3, 0.6, 0.9])
+    np.testing.assert_allclose(sde.perturb(x0, 0.3, z), sde.alpha(0.3) * x0 + sde.sigma(0.3) * z, rtol=1e-14)
+    np.testing.assert_allclose(sde.perturb(x0, t, z), sde.alpha(t)[:, None] * x0 + sde.sigma(t)[:, None] * z, rtol=1e-14)
+    with pytest.raises(ValueError, match="`seed` must be a non-negative integer"):
+        sde.prior_sample(4, 2, seed=-1)
+
+
+def test_a_custom_grid_of_one_step():
+    """Two times, T and eps: one step, through the monotone interpolation of the log-SNR between the two knots, a
+    straight line: the one-step log-SNR grid's run."""
+    sde = SDES["vp"]
+    sc = gaussian_score(sde)
+    x_T = sde.prior_sample(8, 2, seed=2)
+    one = sample(sde, sc, 8, method="euler", grid=[sde.T, sde.eps], x_T=x_T, denoise=False, backend="numpy")
+    same = sample(sde, sc, 8, method="euler", grid="logsnr", steps=1, x_T=x_T, denoise=False, backend="numpy")
+    assert one.nfe == 1
+    np.testing.assert_allclose(one.x, same.x, rtol=1e-13)
