@@ -124,3 +124,11 @@ def test_bad_custom_grids_are_refused_in_one_line(score, keywords, message):
 def test_sigmas_must_be_positive():
     with pytest.raises(ValueError, match=r"`sigmas` must be positive, got -0.5;"):
         TimeGrid.from_sigmas(VP, [float(VP.edm_sigma(VP.T)), 1.0, -0.5])
+
+
+def test_a_custom_grid_may_start_within_a_relative_1e9_of_t():
+    """The start tolerance is relative to T (here T = 2, so 1.5e-9 off is within it, 1e-8 off is not)."""
+    sde = VPSDE(T=2.0)
+    TimeGrid.from_times(sde, [2.0 + 1.5e-9, 1.0, sde.eps])
+    with pytest.raises(ValueError, match="must start at the SDE's start time"):
+        TimeGrid.from_times(sde, [2.0 + 2e-8, 1.0, sde.eps])

@@ -381,3 +381,9 @@ def test_bad_interpolants_are_refused_in_one_line(functions, keywords, match):
 def test_rectified_flow_refuses_T_one():
     with pytest.raises(ValueError, match="choose T < 1"):
         RectifiedFlow(T=1.0)
+
+
+@pytest.mark.parametrize("eps", [0.0, -0.5, 1.5, math.nan])
+def test_flow_times_outside_zero_one_are_refused(eps):
+    with pytest.raises(ValueError, match=r"`eps` must be a number in \(0, 1\]"):
+        RectifiedFlow(eps=eps)
