@@ -132,3 +132,28 @@ def test_a_custom_grid_may_start_within_a_relative_1e9_of_t():
     TimeGrid.from_times(sde, [2.0 + 1.5e-9, 1.0, sde.eps])
     with pytest.raises(ValueError, match="must start at the SDE's start time"):
         TimeGrid.from_times(sde, [2.0 + 2e-8, 1.0, sde.eps])
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=["vp", "ve"])
+def test_a_custom_grid_map_is_scipys_pchip_of_the_log_snr(sde):
+    """Between the given times the map steps through the monotone cubic (PCHIP) of the log-SNR at the knots
+    ``u_k = k/n``: SciPy's independent ``PchipInterpolator`` (Fritsch & Butland 1984), ends included; its derivative
+    ``dphi`` is that of ``phi``."""
+    from scipy.interpolate import PchipInterpolator
+
+    times = np.array([sde.T, 0.8, 0.55, 0.5, 0.2, 0.04, sde.eps])
+    grid = TimeGrid.from_times(sde, times)
+    n = times.size - 1
+    lam = PchipInterpolator(np.arange(n + 1) / n, np.asarray(sde.log_snr(times), dtype=float))
+    for u in np.linspace(0.002, 0.998, 31):
+        t = float(grid.phi(u, grid.params))
+        assert float(sde.log_snr(t)) == pytest.approx(float(lam(u)), rel=1e-9, abs=1e-9)
+        fd = (float(grid.phi(u + 1e-7, grid.params)) - float(grid.phi(u - 1e-7, grid.params))) / 2e-7
+        assert float(grid.dphi(u, grid.params)) == pytest.approx(fd, rel=1e-5)
+
+
+def test_the_power_grid_needs_rho_of_at_least_one_and_karras_does_not():
+    with pytest.raises(ValueError, match=r"the power grid needs `rho` >= 1"):
+        TimeGrid(VPSDE(), "power", rho=0.5)
+    times = TimeGrid(VPSDE(), "karras", rho=0.5).times(4)
+    assert times[0] == VPSDE().T and np.all(np.diff(times) < 0)
