@@ -275,7 +275,8 @@ def test_trajectory_and_callback():
     sde = SDES["vp"]
     sc = gaussian_score(sde)
     seen = []
-    for method, grid in [(m, g) for m in ("rk4", "sra1", "dpmpp_2m", "pc") for g in ("karras", "uniform")]:
+    # the uniform grid: the general schemes' fixed-step solve, whose saves must hold the whole trajectory
+    for method, grid in [*((m, "karras") for m in ("rk4", "sra1", "dpmpp_2m", "pc")), ("rk4", "uniform"), ("sra1", "uniform")]:
         seen.clear()
         r = sample(sde, sc, 4, method=method, steps=6, seed=1, grid=grid, return_trajectory=True,
                    callback=lambda k, t, x: seen.append((k, t, x.shape)), denoise=False)
