@@ -13,11 +13,12 @@ from sdekit import tableaus as tb
 
 def test_dopri5_matches_scipy():
     t = tb.DOPRI5
-    np.testing.assert_allclose(t.A[:6, :5], RK45.A, atol=1e-15)
-    np.testing.assert_allclose(t.b[:6], RK45.B, atol=1e-15)
-    np.testing.assert_allclose(t.c[:6], RK45.C, atol=1e-15)
-    np.testing.assert_allclose(t.b_err - t.b, RK45.E, atol=1e-15)  # scipy stores b_err - b
-    np.testing.assert_allclose(t.dense, RK45.P, atol=1e-14)
+    # to round-off of the coefficients (rtol=0: assert_allclose's default relative 1e-7 would pass a wrong digit)
+    np.testing.assert_allclose(t.A[:6, :5], RK45.A, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(t.b[:6], RK45.B, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(t.c[:6], RK45.C, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(t.b_err - t.b, RK45.E, rtol=0, atol=1e-15)  # scipy stores b_err - b
+    np.testing.assert_allclose(t.dense, RK45.P, rtol=1e-15, atol=1e-15)
 
 
 def _power_of_t(k):
@@ -39,6 +40,11 @@ def test_one_solver_step_is_the_taylor_polynomial_and_integrates_polynomials_exa
         quad = sk.solve(sk.ODE(_power_of_t(k)), 0.0, (t0, t0 + h), method=method, n_steps=1, backend=backend)
         exact = ((t0 + h) ** (k + 1) - t0 ** (k + 1)) / (k + 1)
         assert float(quad.x[-1].ravel()[0]) == pytest.approx(exact, rel=1e-13), k
+
+
+def test_weights_that_do_not_sum_to_one_fail_the_order_one_condition():
+    with pytest.raises(ValueError, match=r"order-1 condition"):
+        tb.ButcherTableau("twice", np.zeros((1, 1)), np.array([2.0]), np.zeros(1), order=1)
 
 
 def test_mistyped_coefficients_are_rejected():
