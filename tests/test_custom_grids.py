@@ -157,3 +157,12 @@ def test_the_power_grid_needs_rho_of_at_least_one_and_karras_does_not():
         TimeGrid(VPSDE(), "power", rho=0.5)
     times = TimeGrid(VPSDE(), "karras", rho=0.5).times(4)
     assert times[0] == VPSDE().T and np.all(np.diff(times) < 0)
+
+
+def test_grid_ends_outside_the_process_are_refused():
+    """A grid's T may not pass the process's T, and an EDM level so small that its time underflows to 0 is refused."""
+    with pytest.raises(ValueError, match="T"):
+        TimeGrid(VPSDE(), "uniform", T=1.5)
+    for sde in (VPSDE(), VESDE()):
+        with pytest.raises(ValueError, match="not strictly decreasing and positive"):
+            TimeGrid.from_sigmas(sde, [float(sde.edm_sigma(sde.T)), 1.0, 1e-300])

@@ -387,3 +387,8 @@ def test_rectified_flow_refuses_T_one():
 def test_flow_times_outside_zero_one_are_refused(eps):
     with pytest.raises(ValueError, match=r"`eps` must be a number in \(0, 1\]"):
         RectifiedFlow(eps=eps)
+
+
+def test_the_repr_names_the_interpolant():
+    text = repr(FlowMatching(trig_alpha, trig_sigma, trig_dalpha, trig_dsigma))
+    assert text.startswith("FlowMatching(alpha=trig_alpha, sigma=trig_sigma,"), text
