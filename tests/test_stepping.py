@@ -1,5 +1,7 @@
 """sdekit.Stepper takes exactly the steps of sdekit.solve, and refuses what it cannot run."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -94,8 +96,9 @@ def test_stepper_errors():
         stepper.step(0.0, x, 0.1)
     with pytest.raises(ValueError, match=r"`x` must have shape \(n, 1\)"):
         stepper.step(0.0, np.ones(4), 0.1, dw, dw)
-    with pytest.raises(ValueError, match="`h` must be a non-zero finite number"):
-        stepper.step(0.0, x, 0.0, dw, dw)
+    for h in (0.0, True, "0.1", math.inf):
+        with pytest.raises(ValueError, match="`h` must be a non-zero finite number"):
+            stepper.step(0.0, x, h, dw, dw)
     with pytest.raises(ValueError, match="`x` must be a float NumPy array on backend='numpy'"):
         stepper.step(0.0, torch.ones(4, 1), 0.1, dw, dw)
     bad = sk.Stepper(sk.SDE(lambda t, x, p: np.ones((3, 3)), lambda t, x, p: 0.1, noise="additive"), "euler", 1)
