@@ -233,3 +233,23 @@ def test_gradient_through_newton_on_torch():
                    backend="torch")
     sol.final.sum().backward()
     assert x0.grad.item() == pytest.approx(n_paths * (1.0 - lam / n_steps) ** -n_steps, rel=1e-12)
+
+
+@pytest.mark.parametrize("method, per_step", [("implicit_euler", 1), ("implicit_euler_heun", 2), ("implicit_milstein", None)])
+def test_the_diffusion_evaluations_counted_are_those_made(method, per_step):
+    """``Solution.stats`` counts the diffusion evaluations each step makes: counted here by the function itself (on the
+    numpy backend every call evaluates the whole batch)."""
+    calls = []
+
+    def diffusion(t, x, p):
+        calls.append(x.shape[0])
+        return 0.3 * x
+
+    calculus = "stratonovich" if method == "implicit_euler_heun" else "ito"
+    sde = sk.SDE(lambda t, x, p: -2.0 * x, diffusion, noise="diagonal", calculus=calculus)
+    calls.clear()
+    sol = sk.solve(sde, 1.0, (0.0, 1.0), method=method, n_steps=5, n_paths=7, seed=1, backend="numpy")
+    batched = sum(1 for n in calls if n == 7)  # the input checks probe on fewer rows
+    assert sol.stats.n_diffusion_evals == batched * 7
+    if per_step is not None:
+        assert batched == per_step * 5

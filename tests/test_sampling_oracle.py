@@ -162,10 +162,12 @@ def test_likelihood_errors(gm):
 
 def test_likelihood_defaults_reach_their_tolerance_and_count_probes(gm):
     """With its default tolerances (rtol 1e-6, atol 1e-8) the PF-ODE log-likelihood with the exact divergence and
-    prior is within 1e-4 nats of the mixture's; a Hutchinson estimate needs at least one probe."""
+    prior is within 1e-4 nats of the mixture's, for a single point too; a Hutchinson estimate needs a probe."""
     x = gm.diffused(VP, VP.eps).sample(10, seed=2)
     prior_T = lambda y: gm.log_prob(y, VP.T, VP)  # noqa: E731
     r = diffusion.log_likelihood(VP, gm.score_fn(VP), x, divergence=gm.divergence_fn(VP), prior=prior_T)
     assert np.max(np.abs(r.log_prob - gm.log_prob(x, VP.eps, VP))) < 1e-4
+    one = diffusion.log_likelihood(VP, gm.score_fn(VP), x[:1], divergence=gm.divergence_fn(VP), prior=prior_T)
+    assert abs(one.log_prob[0] - gm.log_prob(x[:1], VP.eps, VP)[0]) < 1e-4  # a single point is a data set
     with pytest.raises(ValueError, match="n_probes"):
         diffusion.log_likelihood(VP, gm.score_fn(VP), x, divergence="hutchinson", n_probes=0)
