@@ -169,5 +169,8 @@ def test_likelihood_defaults_reach_their_tolerance_and_count_probes(gm):
     assert np.max(np.abs(r.log_prob - gm.log_prob(x, VP.eps, VP))) < 1e-4
     one = diffusion.log_likelihood(VP, gm.score_fn(VP), x[:1], divergence=gm.divergence_fn(VP), prior=prior_T)
     assert abs(one.log_prob[0] - gm.log_prob(x[:1], VP.eps, VP)[0]) < 1e-4  # a single point is a data set
+    # the record: log p = prior + delta (the integrated divergence), one column per probe (none with one)
+    assert r.delta.shape == (10,) and r.stderr is None
+    np.testing.assert_allclose(r.log_prob, r.prior_log_prob + r.delta, rtol=1e-13)
     with pytest.raises(ValueError, match="n_probes"):
         diffusion.log_likelihood(VP, gm.score_fn(VP), x, divergence="hutchinson", n_probes=0)
