@@ -30,8 +30,10 @@ import concurrent.futures
 import datetime
 import hashlib
 import json
+import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -106,8 +108,12 @@ def cosmic_ray_config(module: dict, settings: dict) -> str:
             f"[cosmic-ray.filters.operators-filter]\nexclude-operators = {excluded}\n")
 
 
-def run_module(module: dict, settings: dict, copy: Path, log, previous: dict | None, sample: int | None) -> dict:
-    """Mutate one module in ``copy`` (a sample of its untested mutants, and its survivors again); its results record."""
+def run_module(module: dict, settings: dict, copy: Path, log, previous: dict | None, sample: int | None,
+               deadline: float = math.inf) -> dict:
+    """Mutate one module in ``copy`` (a sample of its untested mutants, and its survivors again); its results record.
+
+    At ``deadline`` (a ``time.monotonic()`` value) the run stops: the mutants tested so far are kept, and the record
+    is marked incomplete, so that the next run tests the rest (and the survivors again)."""
     work = copy / ".mutation"
     work.mkdir(exist_ok=True)
     name = slug(module["path"])
@@ -141,11 +147,25 @@ def run_module(module: dict, settings: dict, copy: Path, log, previous: dict | N
     log.write(f"$ {test_command(module, settings)}\n{baseline.stdout[-3000:]}{baseline.stderr[-3000:]}\n")
     if baseline.returncode != 0:
         raise RuntimeError(f"{module['path']}: its tests fail unmutated, fix them or the config first:\n{baseline.stdout[-2000:]}")
-    call(BIN / "cosmic-ray", "exec", cfg, session)
+    complete = True
+    if time.monotonic() >= deadline:
+        complete = False
+    else:
+        proc = subprocess.Popen([str(BIN / "cosmic-ray"), "exec", str(cfg), str(session)], cwd=copy, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 1.0) if math.isfinite(deadline) else None)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # cosmic-ray and the test run it started
+            proc.wait()
+            complete = False
+        if complete and proc.returncode != 0:
+            raise RuntimeError(f"{module['path']}: `cosmic-ray exec` failed (exit {proc.returncode}); see {log.name}")
     seconds = time.perf_counter() - start
     fresh = {mutant_key(m): m for m in read_session(session, source)}
     mutants = {**{k: m for k, m in known.items() if k in chosen["population"]}, **fresh}
-    return {"module": module["path"], "fingerprint": fingerprint(module, settings), "seconds": round(seconds, 1),
+    return {"module": module["path"], "fingerprint": fingerprint(module, settings) if complete else "incomplete",
+            "seconds": round(seconds, 1),
             "date": datetime.date.today().isoformat(), "test_command": test_command(module, settings),
             "population": len(chosen["population"]), "mutants": sorted(mutants.values(), key=_order)}
 
@@ -259,6 +279,9 @@ def classify(record: dict, equivalents: list[dict]) -> dict:
     return {"counts": counts, "survivors": survivors, "equivalent": equivalent}
 
 
+STATE = {True: " (partial: run again to finish)", False: " (stale: code or tests changed since)"}
+
+
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson's score interval for a proportion ``k / n`` (Wilson 1927, JASA 22, 209): the score's 95 % interval
     when only a random sample of a module's mutants has been tested."""
@@ -293,7 +316,7 @@ def write_report(config: dict) -> str:
         interval = "" if k["total"] == r["population"] else f" [{lo:.0%}, {hi:.0%}]"
         rows.append(f"| `{module['path']}` | {r['population']} | {k['total']} | {k['killed']} | {k['survived'] + k['error']} | "
                     f"{k['equivalent']} | {k['score']:.1%}{interval} | "
-                    f"{r['date']}{'' if current else ' (stale: code or tests changed since)'} |")
+                    f"{r['date']}{'' if current else STATE[r['fingerprint'] == 'incomplete']} |")
         if c["survivors"]:
             details.append(f"\n### `{module['path']}`: surviving mutants\n")
             details += [f"- line {m['line']} `{m['operator'].removeprefix('core/')}`: `{m['source']}`"
@@ -336,6 +359,8 @@ def main(argv=None) -> int:
     parser.add_argument("--all", action="store_true", help="run every module, changed and complete or not")
     parser.add_argument("--jobs", type=int, default=2, help="copies of the tree working at once (default 2)")
     parser.add_argument("--report", action="store_true", help="only rewrite REPORT.md from the stored results")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="stop after this long; the mutants tested so far are kept, the next run goes on")
     parser.add_argument("--survivors", action="store_true",
                         help="test again only the mutants that survived (after adding tests), no untested ones")
     parser.add_argument("--sample", type=int, default=None,
@@ -367,6 +392,7 @@ def main(argv=None) -> int:
         sample = -1 if args.survivors else None if args.sample == 0 else (args.sample or settings["sample"])
         todo.sort(key=lambda m: -(ROOT / m["path"]).stat().st_size)  # largest first: the copies finish together
         print(f"mutating {len(todo)} module(s) with {args.jobs} copies: {[m['path'] for m in todo]}", flush=True)
+        deadline = time.monotonic() + 60.0 * args.minutes if args.minutes else math.inf
         base = Path(tempfile.gettempdir()) / "sdekit-mutation"
         copies = [base / f"copy{i}" for i in range(min(args.jobs, max(len(todo), 1)))]
         for c in copies:
@@ -378,11 +404,15 @@ def main(argv=None) -> int:
             queue = list(todo)
             failed = []
             while queue or pending:
+                if time.monotonic() >= deadline:
+                    queue.clear()  # out of time: the modules not started wait for the next run
                 while queue and free:
                     m, c = queue.pop(0), free.pop()
                     stored = RESULTS / f"{slug(m['path'])}.json"
                     previous = json.loads(stored.read_text()) if stored.exists() else None
-                    pending[pool.submit(run_module, m, settings, c, log, previous, sample)] = (m, c)
+                    pending[pool.submit(run_module, m, settings, c, log, previous, sample, deadline)] = (m, c)
+                if not pending:
+                    break
                 done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
                 for fut in done:
                     m, c = pending.pop(fut)
