@@ -331,9 +331,9 @@ def write_report(config: dict) -> str:
     text = "\n".join([
         "# Mutation testing report",
         "",
-        f"Written {datetime.date.today().isoformat()}.",
+        f"Report of {datetime.date.today().isoformat()}.",
         "",
-        "Written by `python benchmarks/mutation/run.py` (cosmic-ray; the modules, the tests each runs and the operators",
+        "Made by `python benchmarks/mutation/run.py` (cosmic-ray; the modules, the tests each runs and the operators",
         "are in `benchmarks/mutation/config.toml`; see `CONTRIBUTING.md`). *mutants*: the lean operator set's",
         "mutants of the module; *tested*: how many have run (each run tests a seeded random sample of the untested,",
         "so the score of a partly tested module is an estimate, with its 95 % Wilson interval). Score = killed /",
