@@ -88,8 +88,9 @@ class OrderFit:
 
 
 def _slope(log_dt, log_err):
-    A = np.vstack([log_dt, np.ones_like(log_dt)]).T
-    return np.linalg.lstsq(A, log_err, rcond=None)[0][0]
+    """Least-squares slope of ``log_err`` (last axis: one value per step size; any leading axes) against ``log_dt``."""
+    centred = log_dt - log_dt.mean()
+    return (log_err - log_err.mean(axis=-1, keepdims=True)) @ centred / (centred @ centred)
 
 
 def fit_order(dts, per_path_errors, *, n_boot=1000, confidence=0.95, seed=0) -> OrderFit:
@@ -107,7 +108,7 @@ def fit_order(dts, per_path_errors, *, n_boot=1000, confidence=0.95, seed=0) -> 
                          f"bootstrap interval, got {e.shape}.")
     log_dt = np.log(dts)
     mean = e.mean(axis=1)
-    order = _slope(log_dt, np.log(mean))
+    order = float(_slope(log_dt, np.log(mean)))
     rng = np.random.default_rng(seed)
     n = e.shape[1]
     log_mean_boots = np.empty((n_boot, len(dts)))
@@ -118,8 +119,7 @@ def fit_order(dts, per_path_errors, *, n_boot=1000, confidence=0.95, seed=0) -> 
         picks = rng.integers(0, n, (size, n)) + n * np.arange(size)[:, None]
         counts = np.bincount(picks.ravel(), minlength=size * n).reshape(size, n)
         log_mean_boots[start:start + size] = np.log(counts @ e.T / n)
-    centred = log_dt - log_dt.mean()
-    boots = (log_mean_boots - log_mean_boots.mean(axis=1, keepdims=True)) @ centred / (centred @ centred)
+    boots = _slope(log_dt, log_mean_boots)
     local_boots = np.diff(log_mean_boots, axis=1) / np.diff(log_dt)
     a = (1 - confidence) / 2
     lo, hi = np.quantile(boots, [a, 1 - a])
