@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import diffusion
-from diffusion import VESDE, VPSDE, sample
+from diffusion import VESDE, VPSDE, SubVPSDE, sample
 from diffusion.demo import demo_mixture
 from diffusion.grids import TimeGrid
 
@@ -166,3 +166,16 @@ def test_grid_ends_outside_the_process_are_refused():
     for sde in (VPSDE(), VESDE()):
         with pytest.raises(ValueError, match="not strictly decreasing and positive"):
             TimeGrid.from_sigmas(sde, [float(sde.edm_sigma(sde.T)), 1.0, 1e-300])
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE(), SubVPSDE()], ids=["vp", "ve", "subvp"])
+def test_noise_levels_one_ulp_apart_that_map_to_one_time_are_refused(sde):
+    """Half the top noise level and the float just below it are distinct sigmas, but the time map is so flat there
+    (dt/dsigma ~ 1e-3) that they give the same time: a zero-length step, refused in one line."""
+    top = float(sde.edm_sigma(sde.T))
+    a = 0.5 * top
+    b = float(np.nextafter(a, 0.0))
+    times = np.asarray(sde.t_from_edm_sigma(np.array([a, b])), dtype=float)
+    assert times[0] == times[1]  # the premise: one time for both levels
+    with pytest.raises(ValueError, match="not strictly decreasing and positive"):
+        TimeGrid.from_sigmas(sde, [top, a, b])

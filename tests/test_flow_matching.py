@@ -392,3 +392,46 @@ def test_flow_times_outside_zero_one_are_refused(eps):
 def test_the_repr_names_the_interpolant():
     text = repr(FlowMatching(trig_alpha, trig_sigma, trig_dalpha, trig_dsigma))
     assert text.startswith("FlowMatching(alpha=trig_alpha, sigma=trig_sigma,"), text
+
+
+def _steep_alpha(t, p):
+    return 1.0 - 2.0 * t
+
+
+def _steep_dalpha(t, p):
+    return -2.0 + 0.0 * t
+
+
+def test_a_non_positive_alpha_is_reported_at_its_first_time():
+    # alpha = 1 - 2t reaches 0 at t = 1/2: the message names the first checked time at or after it and alpha there
+    with pytest.raises(ValueError, match=r"`alpha` must be positive") as info:
+        FlowMatching(_steep_alpha, _linear_sigma, _steep_dalpha, _one)
+    t = np.linspace(1e-3, 1.0 - 1e-3, diffusion.flow._CHECK_POINTS)
+    first = t[t >= 0.5][0]
+    assert f"got {1.0 - 2.0 * first:g} at t={first:g}" in str(info.value), str(info.value)
+
+
+def _drifting_dsigma(t, p):
+    return 1.0 + 2.0 * t  # sigma = t has sigma' = 1: the mismatch 2t grows along [eps, T]
+
+
+def test_a_wrong_derivative_is_reported_where_it_is_worst():
+    with pytest.raises(ValueError, match=r"`dsigma` is not the derivative of `sigma`") as info:
+        FlowMatching(_linear_alpha, _linear_sigma, _minus_one, _drifting_dsigma)
+    inner = np.linspace(1e-3, 1.0 - 1e-3, diffusion.flow._CHECK_POINTS)[1:-1]
+    worst = inner[-1]  # |fd - d| / max(1, |d|) = 2t / (1 + 2t) is largest at the last interior time
+    assert f": {1.0 + 2.0 * worst:g} at t={worst:g}, where central differences give 1" in str(info.value), str(info.value)
+
+
+def _ve_sigma(t, p):
+    return 1000.0 * t
+
+
+def _ve_dsigma(t, p):
+    return 1000.0 + 0.0 * t
+
+
+def test_large_exact_derivatives_pass_the_relative_check():
+    # sigma_t = 1000 t: central differences carry ~1e-4 of absolute round-off at h = 1e-9, 1e-7 of sigma'
+    fm = FlowMatching(_linear_alpha, _ve_sigma, _minus_one, _ve_dsigma)
+    assert fm.prior_std == pytest.approx(1000.0 * (1.0 - 1e-3), rel=1e-15)

@@ -253,3 +253,51 @@ def test_the_diffusion_evaluations_counted_are_those_made(method, per_step):
     assert sol.stats.n_diffusion_evals == batched * 7
     if per_step is not None:
         assert batched == per_step * 5
+
+
+def _counting_drift(rule):
+    """A drift ``rule(x)`` that records ``(t, rows)`` of every call."""
+    calls = []
+
+    def drift(t, x, p):
+        calls.append((float(np.max(t)) if np.ndim(t) else float(t), x.shape[0]))
+        return rule(x)
+
+    return drift, calls
+
+
+@pytest.mark.parametrize("method", ["implicit_euler", "implicit_euler_heun", "implicit_milstein"])
+@pytest.mark.parametrize("dim, with_jac", [(1, False), (3, False), (3, True)])
+def test_the_drift_evaluations_counted_are_those_of_one_newton_iteration(method, dim, with_jac):
+    """One step from t = 0 to h: f(0, x) twice (the explicit step, and the constant of the residual), then per Newton
+    iteration f(h, y) and, without ``jac``, ``dim`` forward differences at h. A linear drift is solved by the first
+    iteration and the second confirms it, so the calls at h are 2 (1 + dim) or 2; ``Solution.stats`` counts a step
+    with one iteration (docs: sdekit.schemes.implicit)."""
+    drift, calls = _counting_drift(lambda x: -2.0 * x)
+    jac = (lambda t, x, p: np.broadcast_to(-2.0 * np.eye(x.shape[1]), x.shape + x.shape[1:])) if with_jac else None
+    calculus = "stratonovich" if method == "implicit_euler_heun" else "ito"
+    sde = sk.SDE(drift, lambda t, x, p: 0.3 * x, noise="diagonal", calculus=calculus, jac=jac)
+    h, n = 0.25, 7
+    calls.clear()
+    sol = sk.solve(sde, np.ones(dim), (0.0, h), method=method, n_steps=1, n_paths=n, seed=1, backend="numpy")
+    at_start = sum(1 for t, rows in calls if rows == n and t == 0.0)
+    at_end = sum(1 for t, rows in calls if rows == n and t == h)
+    per_iteration = 1 + (0 if with_jac else dim)
+    assert (at_start, at_end) == (2, 2 * per_iteration)
+    assert sol.stats.n_drift_evals == n * (at_start + at_end // 2)
+
+
+@pytest.mark.parametrize("with_jac", [True, False])
+def test_a_newton_iteration_that_cannot_converge_stops_after_fifty(with_jac):
+    """y = x + h y^2 has no real root when 4 h x > 1 (x = 100, h = 0.1): Newton runs the 50 iterations docs/schemes.md
+    documents, each one evaluation of f(h, .) on the batch plus, without ``jac``, one forward difference; that path
+    then fails and the others (x = 0.1, 0.2, which converge) keep their values."""
+    drift, calls = _counting_drift(lambda x: x * x)
+    jac = (lambda t, x, p: (2.0 * x)[:, :, None]) if with_jac else None
+    problem = sk.SDE(drift, lambda t, x, p: 1e-3, noise="additive", jac=jac)
+    calls.clear()
+    sol = sk.solve(problem, np.array([[0.1], [100.0], [0.2]]), (0.0, 0.1), method="implicit_euler", n_steps=1, seed=1,
+                   backend="numpy")
+    assert list(sol.failed) == [False, True, False]
+    assert sum(1 for t, rows in calls if rows == 3 and t == 0.1) == 50 * (1 if with_jac else 2)
+    assert np.isfinite(_final(sol)[[0, 2]]).all()

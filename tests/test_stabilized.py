@@ -234,3 +234,39 @@ def test_a_spectral_radius_below_the_real_one_is_reported(name):
     low = sk.solve(ou, 1.0, (0.0, 1.0), method=name, spectral_radius=50.0, **kw)
     assert low.failed.all() and "unstable" in low.message
     assert sk.solve(ou, 1.0, (0.0, 1.0), method=name, spectral_radius=2000.0, **kw).success
+
+
+@pytest.mark.parametrize("name", ["skrock", "srock"])
+def test_stage_times_are_the_chebyshev_closed_form(name):
+    """Stage j of a Chebyshev method is exact for x' = 1 at t + c_j h with c_j = w1 T_j'(w0) / T_j(w0)
+    (the Runge-Kutta-Chebyshev stage times, Verwer, Hundsdorfer & Sommeijer 1990; the same for the damped polynomials): the packed
+    ``c`` row, which places the drift's stage times, against that closed form from numpy.polynomial."""
+    for s in (3, 4, 7, 20):
+        w0, w1 = _w(name, s)
+        closed = [0.0] + [w1 * C.chebval(w0, C.chebder([0] * j + [1])) / _T(j, w0) for j in range(1, s)]
+        np.testing.assert_allclose(stabilized.chebyshev_tab(name, s)[3], closed, rtol=1e-12, atol=1e-15)
+
+
+def test_srock_damping_is_abdulle_and_cirillis_table():
+    """eta(s) at the tabulated stage numbers (Abdulle & Cirilli 2008, the table of S-ROCK's damping), linear between, flat outside."""
+    table = {3: 3.7, 10: 5.9, 50: 10.8, 100: 13.5, 150: 15.8, 200: 17.0}
+    for s, eta in table.items():
+        assert stabilized.srock_damping(s) == eta
+    assert stabilized.srock_damping(75) == pytest.approx((10.8 + 13.5) / 2, rel=1e-14)
+    assert stabilized.srock_damping(125) == pytest.approx((13.5 + 15.8) / 2, rel=1e-14)
+    assert stabilized.srock_damping(2) == 3.7 and stabilized.srock_damping(400) == 17.0
+
+
+@pytest.mark.parametrize("name, fraction", [("skrock", 1.0), ("srock", 0.8)])
+def test_a_step_on_the_boundary_of_an_interval_takes_those_stages(name, fraction):
+    """``stages_for`` is the fewest stages whose usable interval covers SAFETY |h| rho, the boundary included:
+    at |h| rho = fraction ell(s) / SAFETY (where that product is exact in floating point) it is s, just above s + 1."""
+    checked = 0
+    for s in range(4, 60):
+        h_rho = fraction * stabilized.stability_interval(name, s) / stabilized.SAFETY
+        if stabilized.SAFETY * h_rho != fraction * stabilized.stability_interval(name, s):
+            continue
+        assert stabilized.stages_for(name, h_rho) == s
+        assert stabilized.stages_for(name, h_rho * (1 + 1e-12)) == s + 1
+        checked += 1
+    assert checked >= 10

@@ -90,7 +90,7 @@ def test_stepper_errors():
     x, dw = np.ones((4, 1)), np.zeros((4, 1))
     with pytest.raises(ValueError, match="sra1 needs the Lévy area of each step: pass `levy_area`"):
         stepper.step(0.0, x, 0.1, dw)
-    with pytest.raises(ValueError, match=r"`dw` has shape \(4, 2\); it must be \(4, 1\)"):
+    with pytest.raises(ValueError, match=r"`dw` has shape \(4, 2\); it must be \(4, 1\) for x of shape \(4, 1\)\.$"):
         stepper.step(0.0, x, 0.1, np.zeros((4, 2)), np.zeros((4, 2)))
     with pytest.raises(ValueError, match="`dw` is required for an SDE"):
         stepper.step(0.0, x, 0.1)

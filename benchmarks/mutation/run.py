@@ -109,7 +109,7 @@ def cosmic_ray_config(module: dict, settings: dict) -> str:
 
 
 def run_module(module: dict, settings: dict, copy: Path, log, previous: dict | None, sample: int | None,
-               deadline: float = math.inf) -> dict:
+               deadline: float = math.inf, equivalents: list[dict] = ()) -> dict:
     """Mutate one module in ``copy`` (a sample of its untested mutants, and its survivors again); its results record.
 
     At ``deadline`` (a ``time.monotonic()`` value) the run stops: the mutants tested so far are kept, and the record
@@ -140,7 +140,8 @@ def run_module(module: dict, settings: dict, copy: Path, log, previous: dict | N
     retest = previous is not None and (sample == -1 or previous["fingerprint"] != fingerprint(module, settings))
     if sample is not None and sample >= 0 and "sample" in module:
         sample = min(sample, int(module["sample"]))  # a module whose every mutant recompiles Numba kernels
-    chosen = choose(session, source, known, sample, retest)
+    mine = [e for e in equivalents if e["module"] in (module["path"], "*")]
+    chosen = choose(session, source, known, sample, retest, mine)
     # the baseline, run directly (no time limit: it compiles what the tests use into the copy's cache, which the
     # mutants then share); a mutant is killed only by tests that pass unmutated
     baseline = subprocess.run(test_command(module, settings), shell=True, cwd=copy, env=env, capture_output=True, text=True)
@@ -198,10 +199,12 @@ def _numbered(items, source):
     return out
 
 
-def choose(session: Path, source: list[str], known: dict, sample: int | None, retest: bool) -> dict:
+def choose(session: Path, source: list[str], known: dict, sample: int | None, retest: bool,
+           equivalents: list[dict] = ()) -> dict:
     """Leave pending only the mutants this run tests: up to ``sample`` never tested (in a seeded random order, the
     same every run, so that runs continue where the last stopped) and, where the module or its tests changed
-    (``retest``), those not killed before; the rest are marked skipped. Returns the keys of the whole population."""
+    (``retest``), those not killed before and not documented as equivalent (``equivalents``: the config's entries
+    for this module); the rest are marked skipped. Returns the keys of the whole population."""
     import random
 
     from cosmic_ray.work_db import WorkDB, use_db
@@ -213,7 +216,8 @@ def choose(session: Path, source: list[str], known: dict, sample: int | None, re
         numbered = _numbered(sorted(items, key=lambda i: (i[1].start_pos, i[1].operator_name, i[1].occurrence)), source)
         population = {mutant_key(r): job_id for job_id, r in numbered}
         assert len(population) == len(numbered), "mutant keys must be unique"
-        again = [job for key, job in population.items() if retest and key in known and known[key]["outcome"] != "killed"]
+        again = [job for key, job in population.items() if retest and key in known and known[key]["outcome"] != "killed"
+                 and not any(_is_equivalent(e, known[key]) for e in equivalents)]
         untested = [job for key, job in population.items() if key not in known]
         random.Random(0).shuffle(untested)
         run = set(again) | set(untested if sample is None else untested[:max(sample, 0)])
@@ -384,7 +388,7 @@ def main(argv=None) -> int:
                 stored = RESULTS / f"{slug(m['path'])}.json"
                 record = json.loads(stored.read_text()) if stored.exists() else None
                 if args.survivors:
-                    if record is not None and any(x["outcome"] != "killed" for x in record["mutants"]):
+                    if record is not None and classify(record, config.get("equivalent", []))["survivors"]:
                         todo.append(m)
                 elif (args.all or record is None or record["fingerprint"] != fingerprint(m, settings)
                         or len(record["mutants"]) < record["population"]):
@@ -410,7 +414,8 @@ def main(argv=None) -> int:
                     m, c = queue.pop(0), free.pop()
                     stored = RESULTS / f"{slug(m['path'])}.json"
                     previous = json.loads(stored.read_text()) if stored.exists() else None
-                    pending[pool.submit(run_module, m, settings, c, log, previous, sample, deadline)] = (m, c)
+                    pending[pool.submit(run_module, m, settings, c, log, previous, sample, deadline,
+                                        config.get("equivalent", []))] = (m, c)
                 if not pending:
                     break
                 done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
