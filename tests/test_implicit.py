@@ -301,3 +301,35 @@ def test_a_newton_iteration_that_cannot_converge_stops_after_fifty(with_jac):
     assert list(sol.failed) == [False, True, False]
     assert sum(1 for t, rows in calls if rows == 3 and t == 0.1) == 50 * (1 if with_jac else 2)
     assert np.isfinite(_final(sol)[[0, 2]]).all()
+
+
+@pytest.mark.parametrize("calculus", ["ito", "stratonovich"])
+def test_matrix_noise_diffusion_evaluations_counted_are_those_made(calculus):
+    """implicit_milstein on commutative (2, 2) matrix noise: one evaluation at x, then one (Itô) or two (Stratonovich)
+    support values per Brownian component (Kloeden & Platen 1992, eq. 11.1.7), counted by the function itself."""
+    calls = []
+    _, _, diffusion, params = _coupled()
+
+    def counted(t, x, p):
+        calls.append(x.shape[0])
+        return diffusion(t, x, p)
+
+    problem = sk.SDE(lambda t, x, p: -x, counted, noise="general", noise_dim=2, commutative=True, calculus=calculus,
+                     params=params)
+    calls.clear()
+    sol = sk.solve(problem, np.array([1.0, -0.5]), (0.0, 1.0), method="implicit_milstein", n_steps=3, n_paths=5,
+                   seed=2, backend="numpy")
+    batched = sum(1 for n in calls if n == 5)
+    assert batched == 3 * (1 + (1 if calculus == "ito" else 2) * 2)
+    assert sol.stats.n_diffusion_evals == 5 * batched
+
+
+def test_theta_zero_is_the_explicit_scheme():
+    """theta = 0 puts all of the drift at the step's start: Newton's residual vanishes at the explicit predictor, so
+    implicit_euler(theta=0) is Euler-Maruyama on the same path to round-off (and theta = 0 is accepted)."""
+    problem = sk.SDE(lambda t, x, p: -x ** 3 + np.sin(t), lambda t, x, p: 0.4 * x, noise="diagonal")
+    kw = dict(n_steps=16, n_paths=32, seed=5, backend="numpy")
+    explicit = sk.solve(problem, 0.7, (0.5, 1.5), method="euler", **kw)
+    theta0 = sk.solve(problem, 0.7, (0.5, 1.5), method="implicit_euler", theta=0.0, **kw)
+    assert theta0.success
+    np.testing.assert_allclose(_final(theta0), _final(explicit), rtol=1e-13, atol=1e-15)

@@ -27,7 +27,7 @@ from .numba_kernels import F64_2, F64_3, FLAT, FN2, FN3, cached_kernel, no_jacob
 
 def _coefficients(work: Work):
     tab = work.scheme.tableau
-    return (tab.a, tab.C, float(tab.gamma), tab.c, tab.d, tab.b, tab.e, tab.H, float(tab.order))
+    return (tab.a, tab.C, float(tab.gamma), tab.c, tab.d, tab.b, tab.e, float(tab.order))
 
 
 def _stats(totals, n_paths):
@@ -68,12 +68,12 @@ _integrate_path = njit(_rosenbrock.integrate_path)
 
 @cached_kernel(
     types.void(FN2, FN3, types.boolean, FLAT, F64_2, F64_2, types.float64, types.float64[::1], types.float64[::1],
-               types.float64[::1], types.float64[::1], F64_2, types.float64, types.float64, types.float64, F64_2,
+               types.float64[::1], types.float64[::1], types.float64, types.float64, types.float64, F64_2,
                types.int64, types.int64, types.float64, types.float64, types.int64, types.float64[::1], F64_3,
                types.float64[::1], types.int64[::1], types.int64[::1], types.int64[:, ::1]),
     nogil=True,
 )
-def _rosenbrock_range(f, jac, use_jac, p, a, C, gamma, c, d, b, e, H, order, t0, t1, x0, lo, hi, rtol, atol,
+def _rosenbrock_range(f, jac, use_jac, p, a, C, gamma, c, d, b, e, order, t0, t1, x0, lo, hi, rtol, atol,
                       max_steps, save_t, out, fail_t, codes, totals, per_path):
     counts = np.zeros(3, dtype=np.int64)
     dim = x0.shape[1]
@@ -83,7 +83,7 @@ def _rosenbrock_range(f, jac, use_jac, p, a, C, gamma, c, d, b, e, H, order, t0,
         for k in range(dim):
             xi[0, k] = x0[r, k]
         res = np.full((save_t.shape[0], dim), np.nan)
-        code, t_end = _integrate_path(f, jac, use_jac, p, a, C, gamma, c, d, b, e, H, order, t0, t1, xi, rtol, atol,
+        code, t_end = _integrate_path(f, jac, use_jac, p, a, C, gamma, c, d, b, e, order, t0, t1, xi, rtol, atol,
                                       max_steps, save_t, res, counts)
         for j in range(save_t.shape[0]):
             for k in range(dim):
@@ -171,7 +171,7 @@ def _integrate_batch(f, jac, p, work, x):
     """One batch with one step size: ``(saved states, [accepted, rejected, evaluations], failure_time, codes)``."""
     import torch
 
-    a, C, gamma, c, d, b, e, H, order = _coefficients(work)
+    a, C, gamma, c, d, b, e, order = _coefficients(work)
     t0, t1, rtol, atol = work.t0, work.t1, work.tolerances.rtol, work.tolerances.atol
     save_t = [float(v) for v in work.save_t]
     n, dim = x.shape
@@ -226,11 +226,17 @@ def _integrate_batch(f, jac, p, work, x):
         if accepted + rejected >= work.tolerances.max_steps:
             fail(live, _adaptive.MAX_STEPS)
             break
-        remaining = abs(t1 - t)
+        tiny = 10.0 * np.finfo(np.float64).eps * max(abs(t), np.finfo(np.float64).eps * span)
+        while next_save < len(save_t) and abs(save_t[next_save] - t) <= tiny:  # within round-off of t: x
+            saved[next_save] = x
+            next_save += 1
+        target = save_t[next_save] if next_save < len(save_t) else t1  # save points are step ends (_rosenbrock)
+        remaining = abs(target - t)
+        free = habs
         last = habs >= remaining
         if last:
             habs = remaining
-        if habs <= 10.0 * np.finfo(np.float64).eps * max(abs(t), np.finfo(np.float64).eps * span):
+        if habs <= tiny:
             # The paths that force the step down fail here, as they would on their own; the others go on.
             if errs is None:
                 culprits = live.clone()
@@ -283,23 +289,16 @@ def _integrate_batch(f, jac, p, work, x):
             continue
         nonfinite = False
         if err <= 1.0:
-            t_new = t1 if last else t + h
+            t_new = target if last else t + h
             while next_save < len(save_t) and direction * (save_t[next_save] - t_new) <= 0.0:
-                if save_t[next_save] == t_new:
-                    saved[next_save] = x_new
-                else:
-                    th = (save_t[next_save] - t) / h
-                    xs = (1.0 - th) * x + th * x_new
-                    for j in range(s):
-                        w = _rosenbrock.dense_weight(H, j, th)
-                        if w != 0.0:
-                            xs = xs + w * K[j]
-                    saved[next_save] = xs
+                saved[next_save] = x_new
                 next_save += 1
             t, x = t_new, x_new
             accepted += 1
             h_acc = habs
             habs *= _rosenbrock.accept_factor(err, order, after_reject)
+            if last:
+                habs = max(habs, free)
             after_reject = False
             if direction * (t1 - t) > 0.0:
                 f0 = f(t, x, p)

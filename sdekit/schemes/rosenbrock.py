@@ -1,4 +1,4 @@
-"""Rosenbrock (Rodas) methods for stiff ODEs: adaptive, with dense output, one LU per step.
+"""Rosenbrock (Rodas) methods for stiff ODEs: adaptive, one LU per step, every save point a step end.
 
 ``rodas4`` (Hairer & Wanner 1996) and ``rodas5`` (Di Marzo 1993) are
 stiffly accurate and L-stable; their embedded solution gives the error
@@ -9,6 +9,20 @@ is checked at import against the Rosenbrock order conditions (all rooted
 trees up to its order, on the method transformed back to the standard form
 (7.4)). The integrator is :mod:`sdekit.schemes._rosenbrock`; the backends run it
 per path (numpy, numba) or on the batch with one step size (torch).
+
+The integrator steps onto every save point instead of interpolating: the
+published continuous extensions of Rodas methods (Hairer's ``CONTRO``, and the
+fourth-order one of Rodas5 and Rodas5P, Steinebach 2023) are not error
+controlled, and on very stiff problems, whose fast components are slaved to a
+slow manifold, the step-end error stays far below the tolerance with steps so
+long that the interpolant misses the manifold between them: on
+``x' = -1e8 (x - sin t) + cos t`` at ``rtol = 1e-8``, rodas4's interpolant was
+off by up to 1e6 tolerance units between step ends accurate to 0.04 units.
+A step end is error controlled; the price is a step per save point at least.
+
+Steinebach (2023), Construction of Rosenbrock-Wanner method Rodas5P and
+numerical benchmarks within the Julia Differential Equations package, BIT
+Numer. Math. 63.
 """
 
 from __future__ import annotations
@@ -27,8 +41,7 @@ class RosenbrockTableau:
     """A Rosenbrock method in the transformed form of Hairer & Wanner (II, §IV.7, eq. (7.25)).
 
     Stage ``i`` solves ``(I/(h gamma) - J) k_i = f(t + c_i h, x + sum_j a_ij k_j) + sum_j C_ij k_j / h + d_i h f_t``;
-    the solution is ``x + sum b_i k_i``, the error estimate ``sum e_i k_i`` (``e = b - b_embedded``), and the dense
-    output ``(1 - th) x + th x_new + th (1 - th) sum_r th^r sum_j H_rj k_j``.
+    the solution is ``x + sum b_i k_i`` and the error estimate ``sum e_i k_i`` (``e = b - b_embedded``).
     """
 
     name: str
@@ -41,12 +54,11 @@ class RosenbrockTableau:
     d: np.ndarray
     b: np.ndarray
     e: np.ndarray
-    H: np.ndarray
 
     def __post_init__(self):
         s = len(self.b)
-        if self.a.shape != (s, s) or self.C.shape != (s, s) or self.H.shape[1] != s:
-            raise ValueError(f"tableau {self.name}: a and C must be (s, s) and H (r, s)")
+        if self.a.shape != (s, s) or self.C.shape != (s, s):
+            raise ValueError(f"tableau {self.name}: a and C must be (s, s)")
         alpha, gam, b_std = self.standard_form()
         for what, ok in [("rows of alpha must sum to c", np.allclose(alpha.sum(axis=1), self.c, atol=1e-9)),
                          ("rows of Gamma must sum to d", np.allclose(gam.sum(axis=1), self.d, atol=1e-9))]:
@@ -113,7 +125,7 @@ def order_condition_residuals(alpha, gam, b, order: int) -> list:
             for p in range(1, order + 1) for t in rooted_trees(p)]
 
 
-def _stiffly_accurate(a_rows, C_rows, gamma, c, d, H, name, order):
+def _stiffly_accurate(a_rows, C_rows, gamma, c, d, name, order):
     """A Rodas tableau: the last row of ``a`` plus the last stage is the solution, the last stage the error."""
     s = len(a_rows) + 1
     a = np.zeros((s, s))
@@ -126,10 +138,10 @@ def _stiffly_accurate(a_rows, C_rows, gamma, c, d, H, name, order):
     e = np.zeros(s)
     e[-1] = 1.0
     return RosenbrockTableau(name, order, order - 1, gamma, a, C, np.array(c, dtype=float), np.array(d, dtype=float),
-                             b, e, np.array(H, dtype=float))
+                             b, e)
 
 
-# Hairer & Wanner (1996), Solving ODEs II, §VI.4 and rodas.f (METH = 1); H: rodas.f's dense output coefficients.
+# Hairer & Wanner (1996), Solving ODEs II, §VI.4 and rodas.f (METH = 1).
 RODAS4 = _stiffly_accurate(
     a_rows=[[1.544],
             [0.9466785280815826, 0.2557011698983284],
@@ -142,11 +154,9 @@ RODAS4 = _stiffly_accurate(
             [7.496443313967647, -10.24680431464352, -33.99990352819905, 11.7089089320616],
             [8.083246795921522, -7.981132988064893, -31.52159432874371, 16.31930543123136, -6.058818238834054]],
     gamma=0.25, c=[0, 0.386, 0.21, 0.63, 1, 1], d=[0.25, -0.1043, 0.1035, -0.0362, 0, 0],
-    H=[[10.12623508344586, -7.487995877610167, -34.80091861555747, -7.992771707568823, 1.025137723295662, 0],
-       [-0.6762803392801253, 6.087714651680015, 16.43084320892478, 24.76722511418386, -6.594389125716872, 0]],
     name="rodas4", order=4)
 
-# Di Marzo (1993), Rodas5(4), as tabulated in OrdinaryDiffEq.jl (rosenbrock_tableaus.jl, with its dense output H).
+# Di Marzo (1993), Rodas5(4), as tabulated in OrdinaryDiffEq.jl (rosenbrock_tableaus.jl).
 RODAS5 = _stiffly_accurate(
     a_rows=[[2.0],
             [3.040894194418781, 1.041747909077569],
@@ -167,12 +177,6 @@ RODAS5 = _stiffly_accurate(
              -6.685968952921985, -5.810979938412932]],
     gamma=0.19, c=[0, 0.38, 0.3878509998321533, 0.483971893787384, 0.457047700881958, 1, 1, 1],
     d=[0.19, -0.1823079225333714636, -0.319231832186874912, 0.3449828624725343, -0.377417564392089818, 0, 0, 0],
-    H=[[27.354592673333357, -6.925207756232857, 26.40037733258859, 0.5635230501052979, -4.699151156849391,
-        -1.6008677469422725, -1.5306074446748028, -1.3929872940716344],
-       [44.19024239501722, 1.3677947663381929e-13, 202.93261852171622, -35.5669339789154, -181.91095152160645,
-        3.4116351403665033, 2.5793540257308067, 2.2435122582734066],
-       [-44.0988150021747, -5.755396159656812e-13, -181.26175034586677, 56.99302194811676, 183.21182741427398,
-        -7.480257918273637, -5.792426076169686, -5.32503859794143]],
     name="rodas5", order=5)
 
 
@@ -190,6 +194,6 @@ def _rodas(tableau, reference: str) -> Scheme:
 
 
 RODAS4_SCHEME = _rodas(RODAS4, "Hairer & Wanner (1996), Solving ODEs II, §VI.4 (RODAS, rodas.f); stiffly accurate, "
-                               "L-stable, order 4(3), dense output of order 3.")
+                               "L-stable, order 4(3).")
 RODAS5_SCHEME = _rodas(RODAS5, "Di Marzo (1993), Rodas5(4), Univ. Geneva; Hairer & Wanner (1996) §VI.4; stiffly "
                                "accurate, L-stable, order 5(4).")
