@@ -186,3 +186,15 @@ def test_functions_of_unimportable_modules_are_not_disk_cached():
     exec("f = lambda t, x, p: -x", namespace)  # noqa: S102
     assert _codegen.fingerprint(namespace["f"]) is None
     assert _codegen.fingerprint(lambda t, x, p: -x) is not None  # this test module is importable
+
+
+def test_a_function_with_extra_defaulted_parameters_is_refused_on_numba_in_one_line():
+    """``lambda t, x, p, k=k: ...`` works where Python calls it (numpy) but Numba compiles three arguments only: a
+    one-line error naming the function and the parameter, instead of Numba's "Mismatch number of argument types"."""
+    k = 2.0
+    problem = sk.SDE(lambda t, x, p, k=k: -k * x, lambda t, x, p: 0.1 + 0.0 * x, noise="diagonal")
+    kw = dict(method="euler", n_steps=4, n_paths=2, seed=0)
+    with pytest.raises(ValueError, match=r"^`drift` has parameters beyond \(t, x, p\): k; .*backend='numpy'\.$") as info:
+        sk.solve(problem, 1.0, (0.0, 1.0), backend="numba", **kw)
+    assert "\n" not in str(info.value)
+    assert sk.solve(problem, 1.0, (0.0, 1.0), backend="numpy", **kw).success

@@ -192,6 +192,13 @@ def jit_user(fn, name: str):
     Numba compiles such values in as constants; on a change this warns once, naming the variable and suggesting
     ``params`` (read at run time, no recompilation), and recompiles the dispatchers met on the way.
     """
+    if inspect.isfunction(fn):
+        params = list(inspect.signature(fn).parameters.values())
+        extra = [q.name for q in params[3:] if q.kind not in (q.VAR_POSITIONAL, q.VAR_KEYWORD)]
+        if extra:
+            raise ValueError(f"`{name}` has parameters beyond (t, x, p): {', '.join(extra)}; the numba backend calls it "
+                             "with three arguments and cannot compile their defaults. Read such values from `params` "
+                             "(or from an enclosing function's variables), or use backend='numpy'.")
     frozen, dispatchers = frozen_values(fn)
     entry = _USER.get(fn)
     if entry is not None and entry[0] == frozen:
