@@ -25,7 +25,18 @@ def _power_of_t(k):
     return lambda t, x, p: t**k + 0.0 * x
 
 
-@pytest.mark.parametrize("method, order", [("euler", 1), ("heun", 2), ("midpoint", 2), ("rk4", 4)])
+def _kutta3():
+    """Kutta's third-order method (Kutta 1901; Butcher 2016, §23), not shipped: a user's Scheme of the ERK family, with
+    a negative coefficient a31 = -1 that the stage loop must not skip."""
+    from sdekit.schemes import Scheme
+    from sdekit.schemes.runge_kutta import ERK
+
+    tableau = tb.ButcherTableau("kutta3", np.array([[0.0, 0, 0], [0.5, 0, 0], [-1.0, 2.0, 0]]),
+                                np.array([1 / 6, 2 / 3, 1 / 6]), np.array([0.0, 0.5, 1.0]), order=3)
+    return Scheme("kutta3", "ode", {"ode": 3.0}, {"ode": 3.0}, tableau=tableau, family=ERK, reference="Kutta (1901).")
+
+
+@pytest.mark.parametrize("method, order", [("euler", 1), ("heun", 2), ("midpoint", 2), ("rk4", 4), ("kutta3", 3)])
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_one_solver_step_is_the_taylor_polynomial_and_integrates_polynomials_exactly(method, order, backend):
     """Through the solver, not the table: an explicit Runge–Kutta method with as many stages as its order p has the
@@ -33,6 +44,7 @@ def test_one_solver_step_is_the_taylor_polynomial_and_integrates_polynomials_exa
     ``x' = x`` is that polynomial; and its quadrature ``sum b_i c_i^k`` is exact for ``x' = t^k``, ``k < p``, from any
     ``t0`` (Butcher 2016, §3.1)."""
     h = 0.3
+    method = _kutta3() if method == "kutta3" else method
     one = sk.solve(sk.ODE(lambda t, x, p: x), 1.0, (0.0, h), method=method, n_steps=1, backend=backend)
     assert float(one.x[-1].ravel()[0]) == pytest.approx(sum(h**j / math.factorial(j) for j in range(order + 1)), rel=1e-14)
     t0 = 0.7
