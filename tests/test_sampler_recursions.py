@@ -34,7 +34,7 @@ import torch
 
 import sdekit
 from diffusion import VESDE, VPSDE, Ancestral, AnnealedLangevin, GaussianMixture, PredictorCorrector, SubVPSDE, TimeGrid, sample
-from diffusion.reverse import probability_flow, probability_flow_semilinear
+from diffusion.reverse import probability_flow, probability_flow_semilinear, reverse_sde
 from diffusion.sampling import CHAINS
 from diffusion.sdes import standard_normals
 from diffusion.training import EMA
@@ -243,6 +243,18 @@ STRONG_STEPS = (64, 128, 256, 512, 1024)
 
 
 @pytest.mark.parametrize("sde_name", list(SDES))
+def test_the_reverse_sde_noise_is_g_at_every_state(sde_name):
+    """Additive noise ``g(t)`` whatever the state, zeros and huge values included (a data point at the origin is a
+    state like any other)."""
+    sde = SDES[sde_name]
+    problem = reverse_sde(GAUSS_2D.score_fn(sde))
+    x = np.array([[0.0, 0.0], [0.0, -1e300], [2.5, 1e-300]])
+    for t in (sde.eps, 0.3, sde.T):
+        np.testing.assert_array_equal(np.broadcast_to(problem.diffusion(t, x, problem.params), x.shape),
+                                      np.full(x.shape, math.sqrt(float(sde.g2(t)))))
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
 def test_reverse_sde_converges_at_strong_order_one_to_the_exact_flow(sde_name):
     """Euler–Maruyama (sample(), uniform grid) against the exact solution on the same Brownian path: the RMS error over
     32 paths falls like steps^-1 over 64 ... 1024 steps (fitted slope within 0.15 of 1; measured 1.00 to 1.03, errors
@@ -318,6 +330,19 @@ def test_semilinear_probability_flow_is_the_probability_flow(sde_name, predictio
         velocity = float(sde.f(t)) * x - 0.5 * float(sde.g2(t)) * exact_score(sde, t, x)
         np.testing.assert_allclose(semilinear.rhs(float(t), x, semilinear.params), velocity, rtol=1e-12,
                                    atol=1e-12 * np.abs(velocity).max())
+    # the parts (Lu et al. 2022, DPM-Solver eq. 3.1 with eps; DPM-Solver++ eq. 9 with x0): x0 prediction has
+    # A = log sigma_t, clock lambda_t = log(alpha_t / sigma_t) and D = E[x_0 | x_t]; eps prediction A = log alpha_t,
+    # clock -lambda_t and D = E[eps | x_t] = (x - alpha_t E[x_0 | x_t]) / sigma_t
+    form = probability_flow_semilinear(score, prediction)
+    for t in rng.uniform(sde.eps, sde.T, 3):
+        x = 3.0 * rng.standard_normal((6, 2))
+        alpha, sigma, _ = marginal(sde, t)
+        x0 = tweedie_mean(sde, t, x)
+        log_factor, clock, nonlinear = ((math.log(sigma), math.log(alpha / sigma), x0) if prediction == "x0" else
+                                        (math.log(alpha), -math.log(alpha / sigma), (x - alpha * x0) / sigma))
+        assert float(form.log_factor(float(t), form.params)) == pytest.approx(log_factor, rel=1e-12, abs=1e-12)
+        assert float(form.clock(float(t), form.params)) == pytest.approx(clock, rel=1e-12, abs=1e-12)
+        np.testing.assert_allclose(form.nonlinear(float(t), x, form.params), nonlinear, rtol=1e-11, atol=1e-12)
     x_T = sde.prior_sample(6, 2, seed=2)
     (alpha_T, _, v_T), (alpha_eps, _, v_eps) = marginal(sde, sde.T), marginal(sde, sde.eps)
     exact = alpha_eps * MU + math.sqrt(v_eps / v_T) * (x_T - alpha_T * MU)
