@@ -13,6 +13,7 @@ integrator that runs them compare it with NumPy.
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -412,3 +413,44 @@ def test_torch_per_path_steps_match_numpy():
             want = step(problem.drift, g, (), tab, float(ts[i, 0]), x[i:i + 1], hi, np.sqrt(abs(hi)), dw[i:i + 1], H[i:i + 1])
             for a, b in zip(got, want, strict=True):
                 np.testing.assert_allclose(a[i:i + 1].numpy(), b, rtol=1e-12, atol=1e-15, err_msg=name)
+
+
+_DRIFT = lambda t, x, p: -x**3 + np.sin(t)  # noqa: E731
+_NOISES = {
+    "additive": lambda t, x, p: (0.5 + 0.2 * t) + 0.0 * x,  # time-dependent: its g_t h dW term is of the estimate's size
+    "diagonal": lambda t, x, p: 0.3 * np.sin(x) + 0.5,  # nonlinear in x (g'' != 0)
+}
+
+
+@pytest.mark.parametrize("method, calculus, noise, hs", [
+    ("euler", "ito", "additive", (1e-2, 1e-3, 1e-4)), ("euler", "ito", "diagonal", (1e-2, 1e-3, 1e-4)),
+    ("milstein", "ito", "additive", (1e-2, 1e-3, 1e-4)), ("milstein", "ito", "diagonal", (1e-2, 1e-3, 1e-4)),
+    ("euler_heun", "stratonovich", "additive", (1e-2, 1e-3, 1e-4)),
+    ("euler_heun", "stratonovich", "diagonal", (1e-2, 1e-3, 1e-4)),
+    ("sra1", "ito", "additive", (1e-2, 1e-3, 1e-4)), ("sriw1", "ito", "diagonal", (1e-2, 1e-3, 1e-4)),
+    ("dopri5", None, None, (0.01, 0.005, 0.0025)),
+])
+def test_the_controller_exponent_is_the_measured_order_of_the_error_estimate(method, calculus, noise, hs):
+    """The controller scales steps by err^(-1/q) with q = ``estimate_order``: q must be the power of h in the RMS of
+    the step's error estimate, measured here on one step from 20,000 states (Lamba 2003, §2: h^(p + 1/2) for the
+    Euler pairs, p = 1 with additive noise; h^5 for dopri5's fourth-order member on an ODE); fitted slope within
+    0.1 of q."""
+    from sdekit.schemes import get_scheme
+
+    rng = np.random.default_rng(0)
+    n = 20_000
+    problem = (sdekit.ODE(_DRIFT) if noise is None else
+               sdekit.SDE(_DRIFT, _NOISES[noise], noise=noise, calculus=calculus))
+    scheme = get_scheme(method, problem)
+    step, tab, _, _ = _embedded.embedded_plan(scheme, problem, 1)
+    x = 0.3 + 0.5 * rng.standard_normal((n, 1))
+    z, z2 = rng.standard_normal((n, 1)), rng.standard_normal((n, 1))
+    rms = []
+    for h in hs:
+        dw = math.sqrt(h) * z
+        area = 0.5 * h * (dw + math.sqrt(h) * z2 / math.sqrt(3.0))  # I10 of the step (the SRA/SRI steps read it)
+        _, err = step(problem.drift if noise is not None else problem.rhs, problem.diffusion if noise is not None
+                      else None, (), tab, 0.4, x, h, math.sqrt(h), dw, area)
+        rms.append(math.sqrt(float(np.mean(err**2))))
+    slope = np.polyfit(np.log(hs), np.log(rms), 1)[0]
+    assert abs(slope - _embedded.estimate_order(step, problem, scheme)) < 0.1, (slope, rms)
