@@ -454,3 +454,56 @@ def test_the_controller_exponent_is_the_measured_order_of_the_error_estimate(met
         rms.append(math.sqrt(float(np.mean(err**2))))
     slope = np.polyfit(np.log(hs), np.log(rms), 1)[0]
     assert abs(slope - _embedded.estimate_order(step, problem, scheme)) < 0.1, (slope, rms)
+
+
+def test_a_users_sra_tableau_with_a_negative_drift_coefficient():
+    """An SRA tableau of a user's (Rößler 2010's conditions, checked at construction) whose drift part is Kutta's
+    third-order method, a31 = -1: with the noise switched off, one step of x' = x is R(h) = 1 + h + h^2/2 + h^3/6, in
+    the fixed step on numpy and numba and in the embedded step of adaptive solves (no coefficient skipped)."""
+    from sdekit import tableaus
+    from sdekit.schemes import Scheme
+    from sdekit.schemes.rossler import BOTH_CALCULI, SRA
+
+    table = tableaus.SRATableau(
+        "kutta_sra", c0=np.array([0.0, 0.5, 1.0]), c1=np.array([1.0, 0.0, 0.0]),
+        A0=np.array([[0.0, 0, 0], [0.5, 0, 0], [-1.0, 2.0, 0]]), B0=np.array([[0.0, 0, 0], [1.5, 0, 0], [0, 0, 0]]),
+        alpha=np.array([1 / 6, 2 / 3, 1 / 6]), beta1=np.array([1.0, 0, 0]), beta2=np.array([-1.0, 1, 0]), drift_order=3)
+    scheme = Scheme("kutta_sra", "sde", {"additive": 1.5}, {"additive": 3.0}, BOTH_CALCULI, levy_area=True,
+                    tableau=table, family=SRA, embedded=_embedded.sra_embedded, reference="Kutta (1901) drift.")
+    problem = sdekit.SDE(lambda t, x, p: x, lambda t, x, p: 0.0 * x, noise="additive")
+    h = 0.3
+    taylor = 1 + h + h * h / 2 + h**3 / 6
+    for backend in ("numpy", "numba"):
+        one = sdekit.solve(problem, 1.0, (0.0, h), method=scheme, n_steps=1, n_paths=1, seed=0, backend=backend)
+        assert float(np.asarray(one.x[-1]).ravel()[0]) == pytest.approx(taylor, rel=1e-14)
+    step, tab, _, _ = _embedded.embedded_plan(scheme, problem, 1)
+    x_new, _ = step(problem.drift, problem.diffusion, (), tab, 0.0, np.ones((1, 1)), h, math.sqrt(h), np.zeros((1, 1)),
+                    np.zeros((1, 1)))
+    assert float(x_new[0, 0]) == pytest.approx(taylor, rel=1e-14)
+
+
+def test_a_users_sri_tableau_with_a_negative_drift_coefficient():
+    """SRIW1 with its drift part replaced by Kutta's third-order method (a31 = -1; A0 and alpha enter Rößler 2010's
+    conditions only through alpha.e, alpha.A0 e = 1/2 and alpha.(B0 e)^k, which still hold): with the noise off, one
+    step of x' = x is R(h) = 1 + h + h^2/2 + h^3/6 in the SRI family's fixed and embedded steps."""
+    import dataclasses
+
+    from sdekit import tableaus
+    from sdekit.schemes import Scheme
+    from sdekit.schemes.rossler import SRI
+
+    A0 = np.array([[0.0, 0, 0, 0], [0.5, 0, 0, 0], [-1.0, 2.0, 0, 0], [0, 0, 0, 0]])
+    table = dataclasses.replace(tableaus.SRIW1, name="kutta_sri", A0=A0, c0=A0.sum(axis=1),
+                                alpha=np.array([1 / 6, 2 / 3, 1 / 6, 0.0]))
+    scheme = Scheme("kutta_sri", "sde", {"diagonal": 1.5}, {"diagonal": 2.0}, ("ito",), levy_area=True, tableau=table,
+                    family=SRI, embedded=_embedded.sri_embedded, reference="Rößler (2010) with Kutta's drift.")
+    problem = sdekit.SDE(lambda t, x, p: x, lambda t, x, p: 0.0 * x, noise="diagonal")
+    h = 0.3
+    taylor = 1 + h + h * h / 2 + h**3 / 6
+    for backend in ("numpy", "numba"):
+        one = sdekit.solve(problem, 1.0, (0.0, h), method=scheme, n_steps=1, n_paths=1, seed=0, backend=backend)
+        assert float(np.asarray(one.x[-1]).ravel()[0]) == pytest.approx(taylor, rel=1e-14)
+    step, tab, _, _ = _embedded.embedded_plan(scheme, problem, 1)
+    x_new, _ = step(problem.drift, problem.diffusion, (), tab, 0.0, np.ones((1, 1)), h, math.sqrt(h), np.zeros((1, 1)),
+                    np.zeros((1, 1)))
+    assert float(x_new[0, 0]) == pytest.approx(taylor, rel=1e-14)
