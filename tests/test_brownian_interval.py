@@ -212,3 +212,35 @@ def test_bad_input():
         _cursor.cursor_query(cur, 1.5, np.empty(1), np.empty(1))
     with pytest.raises(ValueError, match="tau_a"):
         interval_torch(torch.zeros(1, dtype=torch.int64), 1, 1, 1.0, False, torch.tensor([0.0]), torch.tensor([2.0]))
+
+
+def test_the_interpreted_cursor_gives_the_compiled_cursors_numbers():
+    """The cursor's query and move run as plain Python (``py_func``: every index bounds-checked, where compiled code
+    would read past an array silently) and compiled, on one walk that steps, retries, jumps and queries inside
+    2**-48 leaves: the same increments and areas to the last bit."""
+    bp = sk.BrownianPath(5, (0.0, 1.0), n_paths=1, noise_dim=2, base_steps=2, levy_area=True)
+    keys = _rng.lane_keys(bp._seed_key, 0, 1, 2)
+    cursors = [_cursor.new_cursor(keys, bp.base_steps, bp.cell_length, True) for _ in range(2)]
+    query = (_cursor.cursor_query.py_func, _cursor.cursor_query)
+    move = (_cursor.cursor_move.py_func, _cursor.cursor_move)
+    rng = np.random.default_rng(9)
+    position = 0.0
+    for r in range(60):
+        kind = r % 4
+        if kind == 0:
+            target = rng.uniform(0, bp.base_steps)
+        elif kind == 1:
+            target = min(bp.base_steps, np.floor((position + rng.uniform(0.5, 1.5) * 2.0**-9) * 2**12) / 2**12)
+        elif kind == 2:
+            target = min(bp.base_steps, max(0.0, position + rng.uniform(-1.0, 1.0) * 2.0**-11))
+        else:  # inside the current leaf
+            target = min(bp.base_steps, position + rng.uniform(0, 1) * 2.0**-49)
+        out = [(np.empty(2), np.empty(2)) for _ in range(2)]
+        for k in range(2):
+            query[k](cursors[k], target, *out[k])
+        np.testing.assert_array_equal(out[0][0], out[1][0])
+        np.testing.assert_array_equal(out[0][1], out[1][1])
+        if rng.uniform() < 0.7:
+            for k in range(2):
+                move[k](cursors[k], target)
+            position = target
