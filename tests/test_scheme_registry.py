@@ -4,6 +4,8 @@ Also: every step function a registered scheme can plan has a compiled Numba bran
 step, and an unknown step fails loudly (Python side before the call; in the kernel, an error code).
 """
 
+import math
+
 import numpy as np
 import pytest
 
@@ -126,3 +128,15 @@ def test_each_step_has_a_kernel_of_its_own():
     names = {kernel.py_func.__qualname__ for kernel in kernels.values()}
     assert len(names) == len(kernels)
     assert all(numba_kernels.fixed_step_kernel(step, matrix) is kernel for (step, matrix), kernel in kernels.items())
+
+
+@pytest.mark.parametrize("orders", [{"diagonal": 0.0}, {"diagonal": -0.5}, {"diagonal": math.inf}, {"diagonal": "1"}])
+def test_a_scheme_declaring_no_convergence_is_refused(orders):
+    """A declared order is the rate the registry-driven tests hold the scheme to (tests/test_orders.py): 0, a
+    negative, an infinite or a non-numeric one would let any result pass."""
+    from sdekit.schemes import Scheme
+
+    with pytest.raises(ValueError, match=r"scheme 'bad': strong_order must map noise types to positive orders"):
+        Scheme("bad", "sde", orders, {"diagonal": 1.0})
+    with pytest.raises(ValueError, match=r"scheme 'bad': weak_order must map"):
+        Scheme("bad", "sde", {"diagonal": 1.0}, orders)

@@ -10,6 +10,7 @@ alone, and :meth:`Scheme.plan` gives a backend everything it runs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -107,6 +108,13 @@ class Scheme:
     family: Family | None = None
     matrix_noise: bool = True
     embedded: Callable | None = None
+
+    def __post_init__(self):
+        for what, orders in (("strong_order", self.strong_order), ("weak_order", self.weak_order)):
+            bad = {k: v for k, v in orders.items() if not (isinstance(v, int | float) and 0.0 < v < math.inf)}
+            if bad:
+                raise ValueError(f"scheme {self.name!r}: {what} must map noise types to positive orders (the declared "
+                                 f"rate of convergence), got {bad}.")
 
     @property
     def noise_types(self) -> tuple:
