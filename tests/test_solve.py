@@ -120,3 +120,18 @@ def test_million_paths_with_save_at_stay_under_300_mb():
                        env=dict(os.environ))
     before_kb, after_kb = (int(v) for v in r.stdout.strip().splitlines()[-1].split())
     assert (after_kb - before_kb) < 300 * 1024, f"the solve added {(after_kb - before_kb) / 1024:.0f} MB"
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rodas4"])
+@pytest.mark.parametrize("backend", ["numpy", "numba", "torch"])
+def test_adaptive_save_points_off_the_start_hold_the_solution_there(method, backend):
+    """save_at without t0, first point inside the first step: x' = -(x - cos t) - sin t from x(t0) = 2 has
+    x(t) = cos t + (2 - cos t0) e^(t0 - t) (t0 = 0.25, forward and backward in time); every saved state within the
+    tolerance."""
+    rhs = ((lambda t, x, p: -(x - np.cos(t)) - np.sin(t)) if backend != "torch" else
+           (lambda t, x, p: -(x - float(np.cos(t))) - float(np.sin(t))))
+    t0, rtol = 0.25, 1e-8
+    for t1, save_at in ((1.25, [0.2500001, 0.5, 1.0, 1.25]), (-0.75, [0.2499999, 0.0, -0.75])):
+        sol = sk.solve(sk.ODE(rhs), 2.0, (t0, t1), method=method, rtol=rtol, atol=rtol, save_at=save_at, backend=backend)
+        exact = np.cos(save_at) + (2.0 - np.cos(t0)) * np.exp(t0 - np.array(save_at))
+        np.testing.assert_allclose(np.asarray(sol.x)[:, 0, 0], exact, rtol=20 * rtol, atol=20 * rtol)
