@@ -355,3 +355,26 @@ def test_save_points_on_a_slow_manifold_are_within_the_tolerance(method, backend
     assert sol.success
     exact = np.sin(save_at)
     assert in_tolerance_units(np.asarray(sol.x)[:, 0], exact[:, None], rtol, atol) < TOLERANCE_FACTOR
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("with_jac", [False, True])
+def test_the_evaluations_counted_are_those_made(method, with_jac):
+    """``Solution.stats.n_drift_evals`` counts every call of ``rhs`` a solve makes (stages, Jacobian and time
+    differences, the starting step's), counted here by the function itself; the input checks' probes, the same for
+    any batch, cancel in the difference between a batch of 3 and one path (numpy: each path alone)."""
+    def run(n):
+        calls = []
+
+        def rhs(t, x, p):
+            calls.append(x.shape[0])
+            return -3.0 * (x - np.cos(t)) - np.sin(t) * x * x
+
+        jac = (lambda t, x, p: (-3.0 - 2.0 * np.sin(t) * x)[:, :, None] * np.eye(2)) if with_jac else None
+        sol = sk.solve(sk.ODE(rhs, jac=jac), np.array([2.0, -1.0]), (0.25, 3.0), method=method, rtol=1e-6,
+                       atol=1e-8, n_paths=n, backend="numpy", save_at=[1.0, 3.0])
+        return sum(calls), sol.stats.n_drift_evals
+
+    (calls_1, counted_1), (calls_3, counted_3) = run(1), run(3)
+    assert counted_3 == 3 * counted_1  # identical paths
+    assert calls_3 - calls_1 == counted_3 - counted_1

@@ -135,3 +135,39 @@ def test_adaptive_save_points_off_the_start_hold_the_solution_there(method, back
         sol = sk.solve(sk.ODE(rhs), 2.0, (t0, t1), method=method, rtol=rtol, atol=rtol, save_at=save_at, backend=backend)
         exact = np.cos(save_at) + (2.0 - np.cos(t0)) * np.exp(t0 - np.array(save_at))
         np.testing.assert_allclose(np.asarray(sol.x)[:, 0, 0], exact, rtol=20 * rtol, atol=20 * rtol)
+
+
+def _hairer_initial_step(f, t0, y0, direction, rtol, atol, order):
+    """Hairer, Nørsett & Wanner (1993), Solving ODEs I, §II.4 ("starting step size"), for an RMS norm scaled by
+    atol + rtol |y0| (SciPy's select_initial_step computes the same)."""
+    def rms(v):
+        return float(np.sqrt(np.mean(v * v)))
+
+    scale = atol + rtol * np.abs(y0)
+    f0 = f(t0, y0)
+    d0, d1 = rms(y0 / scale), rms(f0 / scale)
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    d2 = rms((f(t0 + direction * h0, y0 + direction * h0 * f0) - f0) / scale) / h0
+    h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
+    return min(100.0 * h0, h1)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rodas4", "rodas5"])
+@pytest.mark.parametrize("backend", ["numpy", "numba", "torch"])
+def test_the_first_step_is_hairers_starting_step(method, backend):
+    """With max_steps=1 the solve stops after its first step, at t0 + h: h is Hairer's starting step (order-4
+    exponent 1/5 for all three), forwards and backwards; the first trial is accepted at rtol 1e-3."""
+    def rhs(t, x, p):
+        return -3.0 * (x - np.cos(t)) - np.sin(t)
+
+    def rhs_torch(t, x, p):
+        return -3.0 * (x - float(np.cos(t))) - float(np.sin(t))
+
+    y0, rtol, atol = np.array([2.0, -1.0]), 1e-3, 1e-6
+    for t0, t1 in ((0.25, 5.0), (0.25, -4.0)):
+        direction = 1.0 if t1 > t0 else -1.0
+        sol = sk.solve(sk.ODE(rhs_torch if backend == "torch" else rhs), y0, (t0, t1), method=method, rtol=rtol,
+                       atol=atol, max_steps=1, backend=backend)
+        h = _hairer_initial_step(lambda t, y: rhs(t, y[None, :], None)[0], t0, y0, direction, rtol, atol, 4)
+        assert (sol.stats.n_accepted, sol.stats.n_rejected) == (1, 0)
+        assert float(sol.failure_time[0]) == pytest.approx(t0 + direction * h, rel=1e-12)
