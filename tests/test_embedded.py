@@ -456,6 +456,21 @@ def test_the_controller_exponent_is_the_measured_order_of_the_error_estimate(met
     assert abs(slope - _embedded.estimate_order(step, problem, scheme)) < 0.1, (slope, rms)
 
 
+def _assert_noiseless_step_is_kutta(scheme, noise):
+    """One step of x' = x with the noise off, h = 0.3: Kutta's R(h) = 1 + h + h^2/2 + h^3/6 in the fixed step (numpy,
+    numba) and in the scheme's embedded step."""
+    problem = sdekit.SDE(lambda t, x, p: x, lambda t, x, p: 0.0 * x, noise=noise)
+    h = 0.3
+    taylor = 1 + h + h * h / 2 + h**3 / 6
+    for backend in ("numpy", "numba"):
+        one = sdekit.solve(problem, 1.0, (0.0, h), method=scheme, n_steps=1, n_paths=1, seed=0, backend=backend)
+        assert float(np.asarray(one.x[-1]).ravel()[0]) == pytest.approx(taylor, rel=1e-14)
+    step, tab, _, _ = _embedded.embedded_plan(scheme, problem, 1)
+    x_new, _ = step(problem.drift, problem.diffusion, (), tab, 0.0, np.ones((1, 1)), h, math.sqrt(h), np.zeros((1, 1)),
+                    np.zeros((1, 1)))
+    assert float(x_new[0, 0]) == pytest.approx(taylor, rel=1e-14)
+
+
 def test_a_users_sra_tableau_with_a_negative_drift_coefficient():
     """An SRA tableau of a user's (Rößler 2010's conditions, checked at construction) whose drift part is Kutta's
     third-order method, a31 = -1: with the noise switched off, one step of x' = x is R(h) = 1 + h + h^2/2 + h^3/6, in
@@ -470,16 +485,7 @@ def test_a_users_sra_tableau_with_a_negative_drift_coefficient():
         alpha=np.array([1 / 6, 2 / 3, 1 / 6]), beta1=np.array([1.0, 0, 0]), beta2=np.array([-1.0, 1, 0]), drift_order=3)
     scheme = Scheme("kutta_sra", "sde", {"additive": 1.5}, {"additive": 3.0}, BOTH_CALCULI, levy_area=True,
                     tableau=table, family=SRA, embedded=_embedded.sra_embedded, reference="Kutta (1901) drift.")
-    problem = sdekit.SDE(lambda t, x, p: x, lambda t, x, p: 0.0 * x, noise="additive")
-    h = 0.3
-    taylor = 1 + h + h * h / 2 + h**3 / 6
-    for backend in ("numpy", "numba"):
-        one = sdekit.solve(problem, 1.0, (0.0, h), method=scheme, n_steps=1, n_paths=1, seed=0, backend=backend)
-        assert float(np.asarray(one.x[-1]).ravel()[0]) == pytest.approx(taylor, rel=1e-14)
-    step, tab, _, _ = _embedded.embedded_plan(scheme, problem, 1)
-    x_new, _ = step(problem.drift, problem.diffusion, (), tab, 0.0, np.ones((1, 1)), h, math.sqrt(h), np.zeros((1, 1)),
-                    np.zeros((1, 1)))
-    assert float(x_new[0, 0]) == pytest.approx(taylor, rel=1e-14)
+    _assert_noiseless_step_is_kutta(scheme, "additive")
 
 
 def test_a_users_sri_tableau_with_a_negative_drift_coefficient():
@@ -497,13 +503,4 @@ def test_a_users_sri_tableau_with_a_negative_drift_coefficient():
                                 alpha=np.array([1 / 6, 2 / 3, 1 / 6, 0.0]))
     scheme = Scheme("kutta_sri", "sde", {"diagonal": 1.5}, {"diagonal": 2.0}, ("ito",), levy_area=True, tableau=table,
                     family=SRI, embedded=_embedded.sri_embedded, reference="Rößler (2010) with Kutta's drift.")
-    problem = sdekit.SDE(lambda t, x, p: x, lambda t, x, p: 0.0 * x, noise="diagonal")
-    h = 0.3
-    taylor = 1 + h + h * h / 2 + h**3 / 6
-    for backend in ("numpy", "numba"):
-        one = sdekit.solve(problem, 1.0, (0.0, h), method=scheme, n_steps=1, n_paths=1, seed=0, backend=backend)
-        assert float(np.asarray(one.x[-1]).ravel()[0]) == pytest.approx(taylor, rel=1e-14)
-    step, tab, _, _ = _embedded.embedded_plan(scheme, problem, 1)
-    x_new, _ = step(problem.drift, problem.diffusion, (), tab, 0.0, np.ones((1, 1)), h, math.sqrt(h), np.zeros((1, 1)),
-                    np.zeros((1, 1)))
-    assert float(x_new[0, 0]) == pytest.approx(taylor, rel=1e-14)
+    _assert_noiseless_step_is_kutta(scheme, "diagonal")
