@@ -11,8 +11,8 @@ trees up to its order, on the method transformed back to the standard form
 per path (numpy, numba) or on the batch with one step size (torch).
 
 The integrator steps onto every save point instead of interpolating: the
-published continuous extensions of Rodas methods (Hairer's ``CONTRO``, and the
-fourth-order one of Rodas5 and Rodas5P, Steinebach 2023) are not error
+published continuous extensions of Rodas methods (Hairer's ``CONTRO``; those of
+Rodas5 in OrdinaryDiffEq.jl, and Rodas5P's, Steinebach 2023) are not error
 controlled, and on very stiff problems, whose fast components are slaved to a
 slow manifold, the step-end error stays far below the tolerance with steps so
 long that the interpolant misses the manifold between them: on
