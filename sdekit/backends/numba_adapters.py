@@ -192,7 +192,7 @@ def jit_user(fn, name: str):
     Numba compiles such values in as constants; on a change this warns once, naming the variable and suggesting
     ``params`` (read at run time, no recompilation), and recompiles the dispatchers met on the way.
     """
-    if inspect.isfunction(fn):
+    if fn not in _USER and inspect.isfunction(fn):  # checked once per function (a compiled one passed)
         params = list(inspect.signature(fn).parameters.values())
         extra = [q.name for q in params[3:] if q.kind not in (q.VAR_POSITIONAL, q.VAR_KEYWORD)]
         if extra:
